@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv in the repo root and install the pinned OpenMMLab stack plus mmgfp.
+#
+# mmcv 2.1.0 has no wheel for torch 2.14 / Python 3.11, so it is built from its sdist with ops.
+# torch 2.14's headers need C++20 while mmcv's setup.py asks for C++17: the flag is patched.
+# The built wheel is kept under $MMGFP_CACHE (default ~/.cache/mmgfp), keyed by the versions,
+# so a second setup on the same machine takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+MMCV_VERSION=2.1.0
+CACHE="${MMGFP_CACHE:-$HOME/.cache/mmgfp}"
+PYTAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+WHEEL_DIR="$CACHE/mmcv-${MMCV_VERSION}_torch-${TORCH_VERSION}_${PYTAG}"
+
+log() { printf '[setup_env] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+
+# Pin torch for every later install: an unpinned resolve would pull a multi-GB download.
+CONSTRAINTS="$VENV/mmgfp-constraints.txt"
+printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" > "$CONSTRAINTS"
+export PIP_CONSTRAINT="$CONSTRAINTS"
+
+log "installing torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION and build tools"
+pip install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" 'setuptools<80' wheel ninja numpy
+
+build_mmcv() {
+  local work
+  work="$(mktemp -d)"
+  log "building mmcv $MMCV_VERSION with ops from its sdist (about 9 minutes on 2 cores)"
+  pip download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$work"
+  tar -xzf "$work/mmcv-$MMCV_VERSION.tar.gz" -C "$work"
+  sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-$MMCV_VERSION/setup.py"
+  mkdir -p "$WHEEL_DIR"
+  (cd "$work/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-2}" \
+     pip wheel -q --no-deps --no-build-isolation . -w "$work/dist")
+  # Move into the cache only once complete, so an interrupted build never leaves a broken wheel.
+  mv "$work"/dist/mmcv-*.whl "$WHEEL_DIR/"
+  rm -rf "$work"
+}
+
+if ! python -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
+  if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
+    build_mmcv
+  else
+    log "reusing cached mmcv wheel from $WHEEL_DIR"
+  fi
+  MMCV_WHEEL="$(ls "$WHEEL_DIR"/mmcv-*.whl | head -n 1)"
+else
+  MMCV_WHEEL="mmcv==$MMCV_VERSION"
+fi
+
+log "installing mmengine, mmcv, mmdet, mmpretrain and mmgfp"
+pip install -q "mmengine==0.10.7" "$MMCV_WHEEL" "mmdet==3.3.0" "mmpretrain==1.2.0"
+pip install -q -e "$ROOT[tests]"
+python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmgfp', mmgfp.__version__)"
