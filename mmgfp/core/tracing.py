@@ -202,10 +202,8 @@ class VouchedModule:
 
     @classmethod
     def lookup(cls, module: nn.Module) -> Optional[Callable]:
-        for klass in type(module).__mro__:
-            if klass in cls.registry:
-                return cls.registry[klass]
-        return None
+        # Exact type only: a subclass may add layers inside the forward that must be traced.
+        return cls.registry.get(type(module))
 
 
 def _install_module_hooks(tracer: _Tracer, model: nn.Module) -> List[Any]:

@@ -1,0 +1,28 @@
+"""Tracer rules for MMDetection modules built on ops the tracer cannot see."""
+from mmgfp.core.layout import Layout
+from mmgfp.core.tracing import VouchedModule
+
+
+def _roi_extractor(tracer, module, inputs, output) -> None:
+    """SingleRoIExtractor: RoI features keep the channels of the FPN maps they are cut from.
+
+    Its forward uses mmcv's RoIAlign (a C++ op) and adds ``feats.sum() * 0`` to keep unused
+    parameters in the graph; neither moves channels.
+    """
+    feats = inputs[0] if inputs else ()
+    lays = [tracer.layout(f) for f in feats[:module.num_inputs]]
+    if not lays or any(lay is None or lay.ch_dim != 1 or lay.inner != 1 for lay in lays):
+        for lay in lays:
+            tracer.mark(lay, 'RoI extractor over feature maps the tracer could not follow')
+        return
+    for lay in lays[1:]:
+        tracer.union(lays[0], lay, 'RoI extractor')
+    tracer.set_layout(output, Layout(1, lays[0].segs))
+
+
+def register() -> None:
+    try:
+        from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+    except ImportError:
+        return
+    VouchedModule.register(SingleRoIExtractor, _roi_extractor)
