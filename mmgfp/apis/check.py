@@ -1,0 +1,140 @@
+"""Check that mmgfp handles an architecture: group, prune at random, compact, rebuild, compare."""
+import copy
+import os.path as osp
+import tempfile
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+
+from mmgfp.core import FisherPruner, GroupSet, build_groups, make_spec, save_spec
+from .deploy import compact_config, load_strict, strip_pretrained
+from .inputs import demo_batch, loss_forward, tensor_forward
+
+
+def build_model(cfg: Config, init: bool = True) -> nn.Module:
+    """Build ``cfg.model`` in its default scope, without downloading pretrained weights."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.get('default_scope') or 'mmdet')
+    model = MODELS.build(strip_pretrained(cfg.model))
+    if init and hasattr(model, 'init_weights'):
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+    return model
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    """Give norm layers non-trivial statistics so equivalence is tested, not assumed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm)) and m.affine:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+
+
+def random_masks(pruner: FisherPruner, ratio: float, seed: int) -> None:
+    """Mask a random fraction ``ratio`` of the units of every prunable group (keep >= 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, keep in pruner.masker.keep.items():
+        n = keep.numel()
+        drop = min(int(round(ratio * n)), n - 1)
+        order = torch.randperm(n, generator=gen)
+        new = torch.ones(n, dtype=torch.bool)
+        new[order[:drop]] = False
+        pruner.masker.set_keep(key, new)
+
+
+def rel_diff(out, ref) -> float:
+    """Largest ``||out - ref|| / ||ref||`` over matching tensors of two output structures."""
+    if isinstance(ref, torch.Tensor):
+        if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+            return float('inf')
+        ref, out = ref.double(), out.double()
+        return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+    if isinstance(ref, (list, tuple)):
+        if not isinstance(out, (list, tuple)) or len(out) != len(ref):
+            return float('inf')
+        return max([rel_diff(o, r) for o, r in zip(out, ref)] + [0.0])
+    if isinstance(ref, dict):
+        return max([rel_diff(out[k], ref[k]) for k in ref] + [0.0])
+    return 0.0
+
+
+def group_table(gs: GroupSet) -> list:
+    return [{'key': g.key, 'channels': g.channels, 'block': g.block, 'prunable': g.prunable,
+             'reasons': g.reasons, 'producers': g.producers, 'consumers': g.consumers,
+             'passthrough': g.passthrough, 'params': g.params} for g in gs.groups.values()]
+
+
+def analyze(cfg: Config, input_size: Sequence[int] = (128, 128), batch_size: int = 2,
+            seed: int = 0) -> Dict:
+    """Groups of the model a config builds (no weights needed)."""
+    model = build_model(cfg)
+    data = demo_batch(model, batch_size, input_size, seed)
+    model.train()
+    gs = build_groups(model, loss_forward(data))
+    return {'model': model, 'groups': gs, 'data': data}
+
+
+def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
+                input_size: Sequence[int] = (128, 128), tol: float = 1e-4,
+                work_dir: Optional[str] = None) -> Dict:
+    """Group, prune at random by masks, export, rebuild from the compact config, compare.
+
+    Returns:
+        dict: ``num_groups``, ``num_prunable_groups``, ``flops/params/acts_before/after``,
+        ``max_rel_diff``, ``equivalent``, ``groups`` and ``rebuilt_class``.
+    """
+    if not 0 <= ratio < 1:
+        raise ValueError(f'`ratio` must lie in [0, 1), but got {ratio!r}')
+    torch.manual_seed(seed)
+    found = analyze(cfg, input_size, 2, seed)
+    model, gs, data = found['model'], found['groups'], found['data']
+    randomize_norms(model, seed)
+    pruner = FisherPruner(model, gs)
+    random_masks(pruner, ratio, seed)
+    pruner.masker.attach()
+    model.eval()
+    with torch.no_grad():
+        ref = tensor_forward(data)(model)
+    remaining = pruner.remaining()
+    spec = make_spec(pruner.masker)
+    pruner.masker.detach()
+    state = copy.deepcopy(model.state_dict())
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        from mmgfp.core import apply_spec
+        apply_spec(model, spec)
+        save_spec(spec, osp.join(tmp, 'channels.json'))
+        new_cfg = compact_config(cfg, osp.join(tmp, 'channels.json'), None)
+        new_cfg.dump(osp.join(tmp, 'compact.py'))
+        rebuilt = build_model(Config.fromfile(osp.join(tmp, 'compact.py')), init=False)
+    load_strict(rebuilt, model.state_dict(), 'the compact state dict')
+    rebuilt.eval()
+    with torch.no_grad():
+        out = tensor_forward(data)(rebuilt)
+    diff = rel_diff(out, ref)
+    params_after = sum(p.numel() for p in rebuilt.parameters())
+    full = pruner.full
+    del state
+    return {
+        'num_groups': len(gs.groups), 'num_prunable_groups': len(gs.prunable),
+        'flops_before': full['flops'], 'flops_after': full['flops'] * remaining['flops'],
+        'params_before': full['params'], 'params_after': params_after,
+        'params_after_predicted': full['params'] * remaining['params'],
+        'acts_before': full['acts'], 'acts_after': full['acts'] * remaining['acts'],
+        'max_rel_diff': diff, 'equivalent': bool(diff < tol),
+        'rebuilt_class': type(rebuilt).__name__, 'original_class': type(model).__name__,
+        'groups': group_table(gs)}

@@ -1,0 +1,150 @@
+"""Turn a pruning checkpoint into a compact checkpoint plus a config that builds it."""
+import copy
+import os
+import os.path as osp
+import shutil
+import tempfile
+from typing import Dict, Optional
+
+import torch
+from mmengine.config import Config, ConfigDict
+
+from mmgfp.core import apply_spec, save_spec
+from mmgfp.core.spec import SpecError, is_empty, validate
+
+COMPACT_TYPE = 'GFPCompactModel'
+
+
+def strip_pretrained(cfg):
+    """Drop ``init_cfg=dict(type='Pretrained')`` everywhere: weights come from the checkpoint."""
+    if isinstance(cfg, dict):
+        out = type(cfg)() if isinstance(cfg, ConfigDict) else {}
+        for k, v in cfg.items():
+            if k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained':
+                out[k] = None
+            else:
+                out[k] = strip_pretrained(v)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(strip_pretrained(v) for v in cfg)
+    return cfg
+
+
+def scoped_type(cfg: Config) -> str:
+    t = cfg.model['type']
+    if not isinstance(t, str):
+        raise TypeError('the model type must be a registered name to deploy, got '
+                        f'{t!r}')
+    if '.' in t:
+        return t
+    return f"{cfg.get('default_scope') or 'mmdet'}.{t}"
+
+
+def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) -> Config:
+    """The original config with a model that builds the compact model, and no pruning hook."""
+    if cfg.model.get('type') == COMPACT_TYPE:
+        raise ValueError('this config already builds a compact model; deploy the checkpoint '
+                         'with the config it was trained with')
+    new = copy.deepcopy(cfg)
+    model = {k: v for k, v in strip_pretrained(cfg.model).items() if k != 'type'}
+    new.model = dict(type=COMPACT_TYPE, gfp_architecture=scoped_type(cfg),
+                     gfp_channel_spec=spec_ref, **model)
+    imports = list((cfg.get('custom_imports') or {}).get('imports', []))
+    if 'mmgfp' not in imports:
+        imports.append('mmgfp')
+    new.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    hooks = [h for h in cfg.get('custom_hooks', []) or []
+             if h.get('type') not in ('FisherPruningHook', 'mmgfp.FisherPruningHook')]
+    new.custom_hooks = hooks
+    new.load_from = checkpoint_ref
+    new.resume = False
+    return new
+
+
+def read_checkpoint(path: str) -> Dict:
+    """Load a checkpoint with ``weights_only`` and say clearly when it cannot be read."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise SpecError(f'cannot read checkpoint {path}: {type(e).__name__}: {e} (truncated, '
+                        'corrupted, or not a PyTorch checkpoint?)') from None
+    if not isinstance(ckpt, dict):
+        raise SpecError(f'{path} is not an MMEngine checkpoint (no dict inside)')
+    return ckpt
+
+
+def _atomic_write(path: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), prefix='.tmp-')
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_strict(model: torch.nn.Module, state_dict: Dict, what: str) -> None:
+    """Load ``state_dict`` exactly; a mismatch names the layers and the likely cause."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise SpecError(f'{what} does not match the config: missing {missing[:3]}, unexpected '
+                        f'{unexpected[:3]}, shape mismatches {shapes[:3]}. Use the config the '
+                        'checkpoint was trained with.')
+    model.load_state_dict(state_dict)
+
+
+def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str, str]:
+    """Write ``compact.pth``, ``channels.json`` and ``<config>_compact.py`` into ``out_dir``.
+
+    Args:
+        config (str): The config the checkpoint was trained with (with the pruning hook).
+        checkpoint (str): A checkpoint saved while or after pruning.
+        out_dir (str): Output folder (created).
+
+    Returns:
+        dict: Paths of what was written, and ``'pruned'`` ('yes'/'no').
+    """
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope') or 'mmdet')
+    ckpt = read_checkpoint(checkpoint)
+    state = ckpt.get('mmgfp') or {}
+    spec = state.get('spec')
+    os.makedirs(out_dir, exist_ok=True)
+    base = osp.splitext(osp.basename(config))[0]
+    out = {'checkpoint': osp.join(out_dir, 'compact.pth'),
+           'spec': osp.join(out_dir, 'channels.json'),
+           'config': osp.join(out_dir, f'{base}_compact.py')}
+    state_dict = ckpt.get('state_dict', ckpt)
+    model = MODELS.build(strip_pretrained(cfg.model))
+    load_strict(model, state_dict, f'checkpoint {checkpoint}')
+    if spec is None or is_empty(validate(spec)):
+        logger(f'{checkpoint} holds no pruned channels (never pruned, or saved before the '
+               'first pruning step): writing an exact copy and the unchanged config')
+        _atomic_write(out['checkpoint'], lambda p: shutil.copyfile(checkpoint, p))
+        plain = copy.deepcopy(cfg)
+        plain.load_from = out['checkpoint']
+        _atomic_write(out['config'], lambda p: plain.dump(p + '.py') or os.replace(p + '.py',
+                                                                                   p))
+        out['pruned'] = 'no'
+        return out
+    apply_spec(model, spec)
+    meta = {'dataset_meta': (ckpt.get('meta') or {}).get('dataset_meta'),
+            'mmgfp': {'source_checkpoint': osp.abspath(checkpoint)}}
+    save_spec(spec, out['spec'])
+    _atomic_write(out['checkpoint'], lambda p: torch.save(
+        {'state_dict': model.state_dict(), 'meta': meta}, p))
+    new = compact_config(cfg, '{{ fileDirname }}/channels.json',
+                         '{{ fileDirname }}/compact.pth')
+    _atomic_write(out['config'], lambda p: new.dump(p + '.py') or os.replace(p + '.py', p))
+    out['pruned'] = 'yes'
+    logger(f'compact model written to {out_dir}: {out["config"]}, {out["checkpoint"]}')
+    return out
