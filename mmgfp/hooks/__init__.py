@@ -1,0 +1,3 @@
+from .fisher_pruning_hook import FisherPruningHook
+
+__all__ = ['FisherPruningHook']

@@ -1,0 +1,256 @@
+"""FisherPruningHook: Group Fisher Pruning while a normal MMEngine runner trains."""
+import os.path as osp
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from mmengine.dist import all_reduce, is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from mmgfp.apis.inputs import loss_forward
+from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
+from mmgfp.core.spec import save_spec
+
+VALID_DELTAS = ('acts', 'flops')
+VALID_METRICS = ('flops', 'acts', 'params')
+
+
+@HOOKS.register_module()
+class FisherPruningHook(Hook):
+    """Prune coupled channel groups by Group Fisher importance while training.
+
+    The first training iteration traces the model on its own batch and finds the channel
+    groups. From then on, every iteration accumulates the per-sample Fisher information of each
+    group's mask, and every ``interval`` iterations the unit with the lowest importance per cost
+    is masked out, until ``target`` of ``target_metric`` remains. Training then goes on with the
+    masks fixed. Masks, statistics and progress are saved in checkpoints (key ``'mmgfp'``) and
+    restored on ``resume``/``load_from``; ``tools/deploy_pruned.py`` turns a checkpoint into a
+    physically smaller model.
+
+    Args:
+        interval (int): Iterations between two pruning steps. Defaults to 10.
+        delta (str): Cost that normalises importance: ``'acts'`` (activation memory, the
+            paper's default) or ``'flops'``. Defaults to 'acts'.
+        target (float): Fraction of ``target_metric`` to keep; pruning stops once at or below
+            it. Defaults to 0.5.
+        target_metric (str): ``'flops'``, ``'acts'`` or ``'params'``. Defaults to 'flops'.
+        channels_per_step (int): Selections removed per pruning step. Defaults to 1.
+        min_channels (int): No group goes below this many channels. Defaults to 1.
+        divisor (int): Keep group widths a multiple of this (e.g. 8). Defaults to 1.
+        skip (Sequence[str]): ``fnmatch`` patterns of layer names whose groups are never pruned,
+            e.g. ``['backbone.conv1', 'bbox_head.*']``. Defaults to ().
+        save_thresholds (Sequence[float]): Save a checkpoint and the channel spec each time
+            ``target_metric`` remaining crosses one of these. Defaults to (0.75, 0.5, 0.25).
+        init_spec (str, optional): A channel spec JSON to start from (continue pruning or
+            fine-tune an already-pruned model). Defaults to None.
+        prune (bool): False fine-tunes with the loaded/initial masks fixed. Defaults to True.
+    """
+    priority = 'NORMAL'  # before LoggerHook (scalars) and CheckpointHook (saved masks)
+
+    def __init__(self,
+                 interval: int = 10,
+                 delta: str = 'acts',
+                 target: float = 0.5,
+                 target_metric: str = 'flops',
+                 channels_per_step: int = 1,
+                 min_channels: int = 1,
+                 divisor: int = 1,
+                 skip: Sequence[str] = (),
+                 save_thresholds: Sequence[float] = (0.75, 0.5, 0.25),
+                 init_spec: Optional[str] = None,
+                 prune: bool = True):
+        if not isinstance(interval, int) or interval <= 0:
+            raise ValueError(f'`interval` must be a positive integer, but got {interval!r}')
+        if delta not in VALID_DELTAS:
+            raise ValueError(f'`delta` must be one of {VALID_DELTAS}, but got {delta!r}')
+        if target_metric not in VALID_METRICS:
+            raise ValueError(f'`target_metric` must be one of {VALID_METRICS}, but got '
+                             f'{target_metric!r}')
+        if not isinstance(target, (int, float)) or not 0 < target < 1:
+            raise ValueError(f'`target` is the fraction of {target_metric} to keep and must lie '
+                             f'in (0, 1), but got {target!r}')
+        for t in save_thresholds:
+            if not 0 < t < 1:
+                raise ValueError(f'`save_thresholds` must lie in (0, 1), but got {t!r}')
+        for name, v in (('channels_per_step', channels_per_step),
+                        ('min_channels', min_channels), ('divisor', divisor)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f'`{name}` must be a positive integer, but got {v!r}')
+        if isinstance(skip, str):
+            skip = [skip]
+        self.interval = interval
+        self.delta = delta
+        self.target = float(target)
+        self.target_metric = target_metric
+        self.channels_per_step = channels_per_step
+        self.min_channels = min_channels
+        self.divisor = divisor
+        self.skip = list(skip)
+        self.save_thresholds = sorted(set(save_thresholds), reverse=True)
+        self.init_spec = init_spec
+        self.prune_enabled = prune
+        self.pruner: Optional[FisherPruner] = None
+        self.finished = not prune
+        self.saved: list = []
+        self.steps = 0
+        self._loaded: Optional[Dict] = None
+        self._loaded_resume = False
+
+    # -- setup -----------------------------------------------------------------------------
+    @staticmethod
+    def _model(runner):
+        model = runner.model
+        return model.module if is_model_wrapper(model) else model
+
+    def _build(self, runner, data_batch) -> None:
+        model = self._model(runner)
+        groups = build_groups(model, loss_forward(data_batch), skip=self.skip)
+        if not groups.prunable:
+            reasons = sorted({r for g in groups.groups.values() for r in g.reasons})[:8]
+            raise RuntimeError(
+                'FisherPruningHook found nothing prunable in this model '
+                f'({groups.summary()}); reasons seen: {reasons}. Remove the hook, or lift '
+                '`skip` patterns / frozen stages that block every group.')
+        self.pruner = FisherPruner(model, groups, self.delta, self.min_channels, self.divisor)
+        runner.logger.info(f'FisherPruningHook: {groups.summary()}; delta={self.delta}, '
+                           f'target {self.target_metric} {self.target:.2f}, every '
+                           f'{self.interval} iterations')
+        if self._loaded is not None:
+            self._restore(runner)
+        elif self.init_spec is not None:
+            masks_from_spec(self.pruner.masker, load_spec(self.init_spec))
+            runner.logger.info(f'FisherPruningHook: masks set from {self.init_spec}')
+        self.pruner.masker.attach()
+        if self._reached():
+            self.finished = True
+        if not self.finished:
+            self.pruner.recorder.start()
+        self._log_state(runner)
+
+    def _restore(self, runner) -> None:
+        state = self._loaded
+        try:
+            if self._loaded_resume:
+                self.pruner.load_state_dict(state['pruner'])
+                self.finished = state['finished']
+                self.saved = list(state['saved'])
+                self.steps = state['steps']
+            else:
+                self.pruner.masker.load_state_dict(state['pruner']['masks'])
+        except (KeyError, ValueError) as e:
+            raise RuntimeError(f'the checkpoint\'s pruning state does not fit this model: {e}. '
+                               'Was it saved with another config?') from None
+        runner.logger.info('FisherPruningHook: masks restored from the checkpoint '
+                           f'({"resume" if self._loaded_resume else "load_from"})')
+        self._loaded = None
+
+    # -- training --------------------------------------------------------------------------
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self.pruner is None:
+            if data_batch is None:
+                raise RuntimeError('FisherPruningHook needs the training batch to trace the '
+                                   'model, but the loop passed none')
+            self._build(runner, data_batch)
+        if not self.finished:
+            self.pruner.recorder.begin_iter(_batch_size(data_batch))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.finished or self.pruner is None:
+            return
+        self.pruner.recorder.end_iter(_grad_scale(runner))
+        if (runner.iter + 1) % self.interval:
+            return
+        self._reduce_statistics()
+        without = self.pruner.groups_without_gradient()
+        if without and self.steps == 0:
+            runner.logger.warning(f'FisherPruningHook: {len(without)} groups got no gradient '
+                                  f'(frozen layers?) and are not pruned: {without[:5]}')
+        records = self.pruner.step(self.channels_per_step)
+        self.steps += 1
+        for rec in records:
+            runner.logger.info(f'FisherPruningHook: pruned {len(rec.units)} unit(s) of '
+                               f'{rec.key} (score {rec.score:.3e}), {rec.channels_left} '
+                               'channels left')
+        self._log_state(runner)
+        self._save_crossed(runner)
+        if self._reached() or not records:
+            self.finished = True
+            self.pruner.recorder.stop()
+            why = 'target reached' if records else 'nothing left to prune'
+            runner.logger.info(f'FisherPruningHook: pruning finished ({why}); training goes '
+                               'on with the masks fixed')
+
+    def _reduce_statistics(self) -> None:
+        """Sum Fisher statistics over ranks so every rank removes the same channels."""
+        rec = self.pruner.recorder
+        for key in sorted(rec.fisher):
+            all_reduce(rec.fisher[key], op='sum')
+            hits = torch.tensor([rec.hits[key]], dtype=torch.float64)
+            all_reduce(hits, op='sum')
+            rec.hits[key] = int(hits.item())
+
+    def _reached(self) -> bool:
+        return self.pruner.remaining()[self.target_metric] <= self.target
+
+    def _log_state(self, runner) -> None:
+        rem = self.pruner.remaining()
+        for k, v in rem.items():
+            runner.message_hub.update_scalar(f'train/gfp_{k}', v)
+        runner.message_hub.update_scalar('train/gfp_channels_pruned',
+                                         sum(len(r.units) for r in self.pruner.history))
+        runner.logger.info('FisherPruningHook: remaining ' +
+                           ', '.join(f'{k} {v:.4f}' for k, v in rem.items()))
+
+    def _save_crossed(self, runner) -> None:
+        value = self.pruner.remaining()[self.target_metric]
+        for thr in self.save_thresholds:
+            if value <= thr and thr not in self.saved:
+                self.saved.append(thr)
+                name = f'pruned_{self.target_metric}_{thr:.2f}'
+                runner.save_checkpoint(runner.work_dir, f'{name}.pth', save_optimizer=False,
+                                       save_param_scheduler=False)
+                if is_main_process():
+                    save_spec(make_spec(self.pruner.masker),
+                              osp.join(runner.work_dir, f'{name}.json'))
+                runner.logger.info(f'FisherPruningHook: {self.target_metric} crossed {thr}, '
+                                   f'saved {name}.pth and {name}.json')
+
+    def after_train(self, runner) -> None:
+        if self.pruner is not None and is_main_process():
+            save_spec(make_spec(self.pruner.masker), osp.join(runner.work_dir,
+                                                              'channels_final.json'))
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.pruner is None:
+            if self._loaded is not None:  # saved before the first iteration: keep what we had
+                checkpoint['mmgfp'] = self._loaded
+            return
+        checkpoint['mmgfp'] = {
+            'pruner': self.pruner.state_dict(), 'spec': make_spec(self.pruner.masker),
+            'finished': self.finished, 'saved': list(self.saved), 'steps': self.steps,
+            'delta': self.delta, 'target_metric': self.target_metric,
+            'remaining': self.pruner.remaining()}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('mmgfp')
+        if state is None:
+            return
+        self._loaded = state
+        self._loaded_resume = bool(getattr(runner, '_resume', False))
+        if self.pruner is not None:
+            self._restore(runner)
+
+
+def _batch_size(data_batch: Union[dict, list, tuple]) -> int:
+    inputs = data_batch['inputs'] if isinstance(data_batch, dict) else data_batch[0]
+    return len(inputs)
+
+
+def _grad_scale(runner) -> float:
+    scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
+    if scaler is not None and hasattr(scaler, 'get_scale') and getattr(
+            scaler, 'is_enabled', lambda: True)():
+        return float(scaler.get_scale())
+    return 1.0
