@@ -85,8 +85,9 @@ class GroupSet:
 
 
 def _layer_info(mod: nn.Module, kernel: int) -> Optional[LayerInfo]:
-    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-        return LayerInfo('conv_transpose', mod.in_channels, mod.out_channels, mod.groups, kernel)
+    if isinstance(mod, nn.modules.conv._ConvTransposeNd):  # the call's kernel is MACs-based
+        return LayerInfo('conv_transpose', mod.in_channels, mod.out_channels, mod.groups,
+                         mod.weight[0, 0].numel())
     if isinstance(mod, nn.modules.conv._ConvNd):
         return LayerInfo('conv', mod.in_channels, mod.out_channels, mod.groups, kernel)
     if isinstance(mod, nn.Linear):

@@ -115,6 +115,19 @@ BINARY = (
 )
 
 
+def _add_param(tr, name: str, lay: Layout, dim: int) -> None:
+    """Record a per-channel parameter; one used with several tensors couples their channels."""
+    prev = tr.result.params.get(name)
+    if prev is None:
+        tr.result.params[name] = (lay, dim)
+    elif prev[1] != dim:
+        reason = f'parameter {name} is indexed by channels along different axes'
+        tr.mark(prev[0], reason)
+        tr.mark(lay, reason)
+    else:
+        tr.union(prev[0], lay, f'shared parameter {name}')
+
+
 @rule(*BINARY)
 def _binary(tr, name, args, kwargs, out):
     """Element-wise ops with broadcasting: traced operands couple channel by channel."""
@@ -144,7 +157,7 @@ def _binary(tr, name, args, kwargs, out):
             continue  # broadcast along the channel axis: not channel-specific
         owner = tr.owner_of(t)
         if owner is not None and full and full[0].inner == 1:
-            tr.result.params[f'{owner[0]}.{owner[1]}' if owner[0] else owner[1]] = (full[0], d)
+            _add_param(tr, f'{owner[0]}.{owner[1]}' if owner[0] else owner[1], full[0], d)
             tr.result.modules.setdefault(owner[0], owner[2])
         else:
             tr.mark_all(operands, f"'{name}' combines channels with a per-channel tensor that "
@@ -166,7 +179,7 @@ def _prelu(tr, name, args, kwargs, out):
     if w.numel() > 1:
         if owner is None:
             return tr.mark(lay, "'prelu' with a weight that is not a parameter")
-        tr.result.params[f'{owner[0]}.{owner[1]}'] = (lay, 0)
+        _add_param(tr, f'{owner[0]}.{owner[1]}' if owner[0] else owner[1], lay, 0)
     tr.set_layout(out, lay)
 
 
@@ -276,7 +289,9 @@ def _conv_transpose(tr, name, args, kwargs, out):
     if lay is not None and (lay.ch_dim != 1 or lay.inner != 1):
         tr.mark(lay, f'{mod} reads channels from an unexpected axis')
         lay = None
-    _record_call(tr, mod, out, w[0, 0].numel(), 1)
+    # Every input position meets every kernel tap: MACs per output element are the kernel
+    # scaled by in/out positions (a stride-2 deconv has 4x more outputs than inputs).
+    _record_call(tr, mod, out, w[0, 0].numel() * x[0, 0].numel() / out[0, 0].numel(), 1)
     _consume(tr, mod, lay)
     _produce(tr, mod, out, 1)
 

@@ -170,7 +170,7 @@ def load_spec(path_or_spec) -> Dict:
     try:
         with open(path_or_spec) as f:
             spec = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f'{path_or_spec} is not valid JSON (truncated or corrupted?): {e}') \
             from None
     return validate(spec)

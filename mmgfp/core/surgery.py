@@ -28,6 +28,8 @@ def _conv(m: nn.modules.conv._ConvNd, cin, cout) -> None:
     if m.groups > 1:  # depth-wise / group conv: whole groups go, in == out
         per_group = m.in_channels // m.groups
         idx = cout if cout is not None else cin
+        if idx is None:  # an entry without indices slices nothing
+            return
         m.weight = _sel(m.weight, 0, idx)
         m.bias = _sel(m.bias, 0, idx)
         m.in_channels = m.out_channels = len(idx)
@@ -54,12 +56,16 @@ def _linear(m: nn.Linear, cin, cout) -> None:
 
 
 def _norm(m: nn.modules.batchnorm._NormBase, cin, cout) -> None:
+    if cout is None:  # an entry without indices slices nothing
+        return
     for name in ('weight', 'bias', 'running_mean', 'running_var'):
         setattr(m, name, _sel(getattr(m, name), 0, cout))
     m.num_features = len(cout)
 
 
 def _group_norm(m: nn.GroupNorm, cin, cout) -> None:
+    if cout is None:  # an entry without indices slices nothing
+        return
     per_group = m.num_channels // m.num_groups
     m.weight = _sel(m.weight, 0, cout)
     m.bias = _sel(m.bias, 0, cout)
@@ -142,6 +148,8 @@ def _plan_param(model, modules, name, e):
     p = getattr(m, pname, None) if m is not None else None
     if not isinstance(p, torch.Tensor):
         raise SpecError(f'the spec slices parameter {name!r}, which this model does not have')
+    if 'out' not in e:
+        raise SpecError(f'parameter {name!r} needs the "out" channels it keeps')
     dim = e.get('dim')
     if not isinstance(dim, int) or not 0 <= dim < p.dim() or p.shape[dim] != e['out_channels']:
         raise SpecError(f'parameter {name!r} of shape {tuple(p.shape)} does not fit the spec')
