@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.apis.inputs import loss_forward
+from mmgfp.apis.inputs import loss_forward, tensor_forward
 from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
 from mmgfp.core.spec import save_spec
 
@@ -144,6 +144,48 @@ class FisherPruningHook(Hook):
         runner.logger.info('FisherPruningHook: masks restored from the checkpoint '
                            f'({"resume" if self._loaded_resume else "load_from"})')
         self._loaded = None
+
+    # -- evaluation without training (tools/test.py on a pruning checkpoint) ----------------
+    def _masks_for_eval(self, runner, data_batch) -> None:
+        """Apply the checkpoint's masks when a val/test loop runs before any training.
+
+        Training builds the masks on its first iteration; a test run never gets there, so the
+        groups are traced on the first evaluation batch (tensor path, no loss needed).
+        """
+        if self.pruner is not None or data_batch is None:
+            return
+        state = self._loaded
+        spec = (state or {}).get('spec')
+        if spec is None and self.init_spec is None:
+            return
+        model = self._model(runner)
+        was_training = model.training
+        groups = build_groups(model, tensor_forward(data_batch), skip=self.skip)
+        model.train(was_training)
+        self.pruner = FisherPruner(model, groups, self.delta, self.min_channels, self.divisor)
+        if spec is not None:
+            self._loaded_resume = False
+            try:
+                masks_from_spec(self.pruner.masker, spec)
+            except ValueError as e:
+                raise RuntimeError(f'the checkpoint\'s channel spec does not fit this model: '
+                                   f'{e}. Was it saved with another config?') from None
+            self._loaded = None
+        else:
+            masks_from_spec(self.pruner.masker, load_spec(self.init_spec))
+        self.pruner.masker.attach()
+        self.finished = True
+        runner.logger.info('FisherPruningHook: evaluating the masked model '
+                           f'({self.pruner.remaining()})')
+
+    def before_test_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._masks_for_eval(runner, data_batch)
+
+    def before_val_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        from mmengine.runner import BaseLoop
+        if isinstance(getattr(runner, '_train_loop', None), BaseLoop):
+            return  # training builds the masks from its own first batch
+        self._masks_for_eval(runner, data_batch)
 
     # -- training --------------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:

@@ -18,6 +18,7 @@ from mmengine.registry import MODELS
 
 from mmgfp.core import apply_spec, load_spec
 from mmgfp.core.spec import SpecError
+from .mmdet_rules import fix_compact
 
 
 def _guard_loading(model: nn.Module, spec: Dict) -> None:
@@ -66,6 +67,7 @@ def build_compact_model(gfp_architecture: str, gfp_channel_spec: Union[str, Dict
     spec = load_spec(gfp_channel_spec)
     model = MODELS.build(dict(type=gfp_architecture, **kwargs))
     apply_spec(model, spec)
+    fix_compact(model)
     _guard_loading(model, spec)
     model.gfp_channel_spec = spec
     return model

@@ -20,6 +20,27 @@ def _roi_extractor(tracer, module, inputs, output) -> None:
     tracer.set_layout(output, Layout(1, lays[0].segs))
 
 
+def _sync_out_channels(module, inputs) -> None:
+    # The extractor allocates its output with ``self.out_channels`` (a constructor value);
+    # after pruning the FPN maps it is cut from are narrower, so follow their width.
+    feats = inputs[0] if inputs else ()
+    if feats and feats[0].dim() == 4:
+        module.out_channels = int(feats[0].shape[1])
+
+
+def fix_compact(model) -> None:
+    """Adjust mmdet modules whose sizes are constructor values, not layer shapes."""
+    try:
+        from mmdet.models.roi_heads.roi_extractors.base_roi_extractor import \
+            BaseRoIExtractor
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, BaseRoIExtractor) and not getattr(m, '_gfp_synced', False):
+            m.register_forward_pre_hook(_sync_out_channels)
+            m._gfp_synced = True
+
+
 def register() -> None:
     try:
         from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
