@@ -14,6 +14,6 @@ try:
 except ImportError:  # core-only use
     pass
 else:
-    from . import hooks, models  # noqa: F401  (registration)
+    from . import datasets, hooks, models  # noqa: F401  (registration)
 
 __all__ = ['__version__']

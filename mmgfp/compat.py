@@ -21,6 +21,20 @@ def _numpy_globals():
     return found
 
 
+def rebuild_history_buffer(log_history, count_history, max_length):
+    """Unpickle a ``HistoryBuffer`` from plain lists (see :func:`_reduce_history_buffer`)."""
+    from mmengine.logging import HistoryBuffer
+    return HistoryBuffer(log_history, count_history, max_length)
+
+
+def _reduce_history_buffer(buf):
+    # By default a HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer,
+    # 'min')``; allowing ``getattr`` in weights-only loading would let a file reach any
+    # attribute of any object. Pickle only its data, through a function of ours instead.
+    return rebuild_history_buffer, (buf._log_history.tolist(), buf._count_history.tolist(),
+                                    int(buf.max_length))
+
+
 def register_safe_globals() -> None:
     """Add the classes MMEngine checkpoints need to torch's weights-only allow-list."""
     add = getattr(torch.serialization, 'add_safe_globals', None)
@@ -29,7 +43,10 @@ def register_safe_globals() -> None:
     safe = _numpy_globals()
     try:
         from mmengine.logging import HistoryBuffer
-        safe.append(HistoryBuffer)
     except ImportError:
         pass
+    else:
+        import copyreg
+        copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+        safe += [HistoryBuffer, rebuild_history_buffer]
     add(safe)

@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
     from mmengine.config import Config
-    from mmgfp.apis.check import analyze, group_table
-    found = analyze(Config.fromfile(args.config), args.input_size)
+    from mmgfp.apis.check import analyze, group_table, load_config
+    found = analyze(load_config(args.config), args.input_size)
     gs = found['groups']
     table = group_table(gs)
     print(gs.summary())

@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
     from mmengine.config import Config
-    from mmgfp.apis.check import check_model
-    cfg = Config.fromfile(args.config)
+    from mmgfp.apis.check import check_model, load_config
+    cfg = load_config(args.config)
     try:
         rep = check_model(cfg, args.ratio, args.seed, args.input_size)
     except Exception as e:  # the rebuilt model does not load / build: report, exit 1

@@ -138,3 +138,22 @@ def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
         'max_rel_diff': diff, 'equivalent': bool(diff < tol),
         'rebuilt_class': type(rebuilt).__name__, 'original_class': type(model).__name__,
         'groups': group_table(gs)}
+
+
+def load_config(path: str) -> Config:
+    """``Config.fromfile`` that also takes ``mmdet::path`` / ``mmpretrain::path`` names."""
+    if '::' in path and not osp.isfile(path):
+        from mmengine.utils import get_installed_path
+        scope, rel = path.split('::', 1)
+        try:
+            root = get_installed_path(scope)
+        except Exception:
+            raise FileNotFoundError(f'{path}: package {scope!r} is not installed') from None
+        full = osp.join(root, '.mim', 'configs', rel)
+        if not osp.isfile(full):
+            raise FileNotFoundError(f'{path}: {scope} ships no config {rel} (looked in '
+                                    f'{osp.dirname(full)})')
+        path = full
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {path} does not exist')
+    return Config.fromfile(path)

@@ -76,7 +76,8 @@ def read_checkpoint(path: str) -> Dict:
 
 
 def _atomic_write(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), prefix='.tmp-')
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), prefix='tmp_',
+                               suffix='_' + osp.basename(path))
     os.close(fd)
     try:
         write(tmp)
