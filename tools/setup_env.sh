@@ -3,7 +3,8 @@
 #
 # mmcv 2.1.0 has no wheel for torch 2.14 / Python 3.11, so it is built from its sdist with ops.
 # torch 2.14's headers need C++20 while mmcv's setup.py asks for C++17: the flag is patched.
-# The built wheel is kept under $MMGFP_CACHE (default ~/.cache/mmgfp), keyed by the versions,
+# The built wheel is kept under $MMGFP_CACHE (default: mmgfp-wheels in pip's cache), keyed by the
+# versions,
 # so a second setup on the same machine takes seconds.
 set -euo pipefail
 
@@ -13,7 +14,9 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
-CACHE="${MMGFP_CACHE:-$HOME/.cache/mmgfp}"
+# Default: a folder inside pip's own cache, so a machine that keeps pip's cache keeps the wheel.
+PIP_CACHE="$("$PYTHON" -m pip cache dir 2>/dev/null || true)"
+CACHE="${MMGFP_CACHE:-${PIP_CACHE:-$HOME/.cache/pip}/mmgfp-wheels}"
 PYTAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 WHEEL_DIR="$CACHE/mmcv-${MMCV_VERSION}_torch-${TORCH_VERSION}_${PYTAG}"
 
