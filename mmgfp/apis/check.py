@@ -20,7 +20,10 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.get('default_scope') or 'mmdet')
-    model = MODELS.build(strip_pretrained(cfg.model))
+    model_cfg = strip_pretrained(cfg.model)
+    if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     if init and hasattr(model, 'init_weights'):
         logger = MMLogger.get_current_instance()
         level = logger.level

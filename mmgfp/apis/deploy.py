@@ -47,6 +47,9 @@ def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) ->
                          'with the config it was trained with')
     new = copy.deepcopy(cfg)
     model = {k: v for k, v in strip_pretrained(cfg.model).items() if k != 'type'}
+    if cfg.get('data_preprocessor') is not None and 'data_preprocessor' not in model:
+        # mmpretrain keeps it at top level; the Runner would add it, MODELS.build would not
+        model['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
     new.model = dict(type=COMPACT_TYPE, gfp_architecture=scoped_type(cfg),
                      gfp_channel_spec=spec_ref, **model)
     imports = list((cfg.get('custom_imports') or {}).get('imports', []))
@@ -125,7 +128,8 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
            'spec': osp.join(out_dir, 'channels.json'),
            'config': osp.join(out_dir, f'{base}_compact.py')}
     state_dict = ckpt.get('state_dict', ckpt)
-    model = MODELS.build(strip_pretrained(cfg.model))
+    from .check import build_model
+    model = build_model(cfg, init=False)
     load_strict(model, state_dict, f'checkpoint {checkpoint}')
     if spec is None or is_empty(validate(spec)):
         logger(f'{checkpoint} holds no pruned channels (never pruned, or saved before the '

@@ -93,7 +93,7 @@ def _deploy_and_compare(config, ckpt, out_dir, runner):
         ref = tensor_forward(batch)(masked)
     init_default_scope(cfg.default_scope)
     from mmengine.registry import MODELS
-    compact = MODELS.build(cfg.model)
+    compact = MODELS.build(cfg.model)  # what init_detector / mmpretrain's init_model build
     assert type(compact).__name__ == type(masked).__name__
     state = torch.load(out['checkpoint'], weights_only=True)['state_dict']
     compact.load_state_dict(state)
@@ -167,7 +167,8 @@ def test_load_from_restores_masks(tmp_path, det_data):
 @pytest.mark.parametrize('base', ['resnet/resnet18_8xb32_in1k.py',
                                   'mobilenet_v2/mobilenet-v2_8xb32_in1k.py'])
 def test_classifier_prune_deploy_test(tmp_path, cls_data, base):
-    config = cls_config(tmp_path, cls_data, base=base, optimizer='AdamW', lr=0.001)
+    config = cls_config(tmp_path, cls_data, base=base, optimizer='AdamW', lr=0.001,
+                        per_step=128)
     work = tmp_path / 'work'
     runner = _train(config, work)
     _check_pruned_run(runner, str(work))
