@@ -139,3 +139,17 @@ def test_check_model_tool_reports_and_writes_json(tmp_path, capsys):
         assert key in rep
     assert rep['equivalent'] is True and rep['flops_after'] < rep['flops_before']
     assert tool.main([config, '--ratio', '1.5']) == 1
+
+
+def test_analyze_groups_tool(tmp_path, capsys):
+    import json
+
+    import tools.analyze_groups as tool
+    config = _cfg(tmp_path, 'r18.py')
+    assert tool.main([config, '--input-size', '32', '32', '--json',
+                      str(tmp_path / 'groups.json')]) == 0
+    printed = capsys.readouterr().out
+    assert 'producers:' in printed and 'backbone.layer1.0.conv1' in printed
+    groups = json.load(open(tmp_path / 'groups.json'))['groups']
+    head = [g for g in groups if 'head.fc' in g['producers']]
+    assert head and not head[0]['prunable'] and head[0]['reasons']

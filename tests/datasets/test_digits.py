@@ -1,4 +1,4 @@
-"""The offline digits data sets: deterministic, complete, atomic, and loadable by mmdet/mmpretrain."""
+"""The offline digits data sets: deterministic, complete, atomic, loadable by mmdet/mmpretrain."""
 import hashlib
 import json
 import multiprocessing as mp

@@ -128,6 +128,12 @@ def test_detector_prune_deploy_test(tmp_path, det_data, base):
     metrics_masked = test_tool.main([config, str(work / 'iter_12.pth'), '--work-dir',
                                      str(tmp_path / 'test_masked')])
     assert metrics_masked['coco/bbox_mAP'] == pytest.approx(metrics['coco/bbox_mAP'], abs=1e-3)
+    # mmdet's own inference API takes the compact config and checkpoint as they are
+    from mmdet.apis import inference_detector, init_detector
+    det = init_detector(out['config'], out['checkpoint'], device='cpu')
+    img = sorted(glob.glob(osp.join(det_data, 'val', '*.png')))[0]
+    result = inference_detector(det, img)
+    assert result.pred_instances.bboxes.shape[-1] == 4
 
 
 def test_detector_resume_matches_uninterrupted(tmp_path, det_data):
