@@ -30,15 +30,19 @@ val_cfg = dict()
 test_cfg = dict()
 
 optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True))
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs,
-         T_max=max_epochs - 1, eta_min=1e-4, convert_to_iter_based=True),
+         T_max=max_epochs - 1, eta_min=1e-5, convert_to_iter_based=True),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=32)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
     checkpoint=dict(type='CheckpointHook', interval=5, max_keep_ckpts=2))
+
+randomness = dict(seed=0)

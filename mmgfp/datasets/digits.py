@@ -198,8 +198,10 @@ def _prepare(root: str, kind: str, params: Dict, entries: set,
                     'pick another data root.')
             marker = _read_marker(root)
             if marker is not None:
-                warnings.warn(f'{root} was generated with other parameters '
-                              f'({marker.get("params")}); regenerating it with {params}')
+                warnings.warn(f'{root} was generated with other parameters or by another '
+                              f'generator version ({marker.get("params")}, version '
+                              f'{marker.get("version")}); regenerating it with {params}, '
+                              f'version {GENERATOR_VERSION}')
         if locked:  # nobody else can be generating: leftovers of crashed runs can go
             for entry in os.listdir(parent):
                 if entry.startswith((f'.{name}.tmp-', f'.{name}.old-')):
