@@ -14,6 +14,9 @@
 # + masks) and the channel spec as pruned_flops_0.75.{pth,json} and pruned_flops_0.50.{pth,json}
 # in this config's work dir. tools/deploy_pruned.py turns such a checkpoint into a physically
 # smaller model and writes a compact config that trains like any mmdet config.
+custom_imports = dict(imports=['mmgfp'], allow_failed_imports=False)
+default_scope = 'mmdet'
+
 _base_ = './atss_r18_fpn_digits.py'
 
 load_from = 'work_dirs/atss_r18_fpn_digits/iter_500.pth'

@@ -2,10 +2,10 @@
 # set.
 #
 # Model: MMPretrain's own MobileNetV2 config (mmpretrain::_base_/models/mobilenet_v2_1x.py, the
-# model of mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py) with a 10-class head. The full in1k config also
-# carries ImageNet data settings that cannot be combined with the digits data base (MMEngine
-# forbids duplicate keys among bases), so the model, data and runtime bases are listed
-# separately. Data: configs/_base_/datasets/digits_cls.py, generated on first use into
+# model of mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py) with a 10-class head. The full
+# in1k config also carries ImageNet data settings that cannot be combined with the digits data
+# base (MMEngine forbids duplicate keys among bases), so the model, data and runtime bases are
+# listed separately. Data: configs/_base_/datasets/digits_cls.py, generated on first use into
 # data/digits_cls/. Nothing is downloaded.
 #
 # Train: python tools/train.py configs/digits/mobilenetv2_digits.py

@@ -8,11 +8,15 @@
 #   python tools/train.py configs/digits/mobilenetv2_digits.py
 #   python tools/train.py configs/digits/mobilenetv2_digits_gfp_acts.py
 # The hook masks `channels_per_step` channel units every `interval` iterations (44 iterations
-# make an epoch); with `divisor=8` every selection removes 8 channels, so a step removes 64 and the target is reached after about 13 epochs. The remaining epochs fine-tune with
-# the masks fixed. Crossing 75% / 50% of the FLOPs saves the checkpoint (weights + masks) and the
-# channel spec as pruned_flops_0.75.{pth,json} and pruned_flops_0.50.{pth,json} in this
+# make an epoch); with `divisor=8` every selection removes 8 channels, so a step removes 64 and
+# (delta='acts') the target was reached after about 10 epochs. The remaining epochs fine-tune
+# with the masks fixed. Crossing 75% / 50% of the FLOPs saves the checkpoint (weights + masks)
+# and the channel spec as pruned_flops_0.75.{pth,json} and pruned_flops_0.50.{pth,json} in this
 # config's work dir. tools/deploy_pruned.py turns such a checkpoint into a physically smaller
 # model and writes a compact config that trains like any mmpretrain config.
+custom_imports = dict(imports=['mmgfp'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
 _base_ = './mobilenetv2_digits.py'
 
 load_from = 'work_dirs/mobilenetv2_digits/epoch_30.pth'
@@ -25,12 +29,12 @@ custom_hooks = [
         target=0.5,
         target_metric='flops',
         channels_per_step=8,
-        divisor=8,  # widths stay multiples of 8 (8 channels per selection)
+        divisor=8,  # widths stay multiples of 8
         save_thresholds=(0.75, 0.5)),
 ]
 
-prune_epochs = 13  # about when the target is reached
-max_epochs = 20
+prune_epochs = 10  # about when the target is reached
+max_epochs = 15
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
 
 # A trained model: a constant, lower learning rate while pruning, then a cosine decay.
@@ -40,4 +44,4 @@ param_scheduler = [
          T_max=max_epochs - prune_epochs, eta_min=1e-5, convert_to_iter_based=True),
 ]
 
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=20, max_keep_ckpts=2))
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=15, max_keep_ckpts=2))

@@ -11,6 +11,9 @@
 # under a given channel spec. The model keeps its full shapes with masked channels; for a
 # physically smaller model, run tools/deploy_pruned.py on the checkpoint instead and train the
 # compact config it writes (that is the way to fine-tune the FCOS/ATSS and classifier results).
+custom_imports = dict(imports=['mmgfp'], allow_failed_imports=False)
+default_scope = 'mmdet'
+
 _base_ = './retinanet_r18_fpn_digits.py'
 
 load_from = 'work_dirs/retinanet_r18_fpn_digits_gfp_acts/pruned_flops_0.50.pth'

@@ -289,3 +289,18 @@ def test_rendering_is_within_range():
     for o in objects:
         x0, y0, x1, y1 = o['box']
         assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+
+
+@pytest.mark.parametrize('missing', ['mmdet', 'mmpretrain'])
+def test_imports_without_openmmlab_package(missing):
+    """`mmgfp.datasets` imports, and registers what it can, when mmdet or mmpretrain is absent."""
+    import subprocess
+    import sys
+    code = (f'import sys; sys.modules[{missing!r}] = None\n'
+            'import mmgfp.datasets as d\n'
+            'print(sorted(n for n in d.__all__ if n.startswith("Digits")))\n')
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    present = 'DigitsClsDataset' if missing == 'mmdet' else 'DigitsCocoDataset'
+    assert out.stdout.strip().splitlines()[-1] == repr([present])
