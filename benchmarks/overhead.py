@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/overhead.py                 # both models, about 3-4 minutes
     .venv/bin/python benchmarks/overhead.py --models resnet50 --rounds 4 --json out.json
     .venv/bin/python benchmarks/overhead.py --profile        # also profile the hook's cost
+    .venv/bin/python benchmarks/overhead.py --premask 0.25   # a quarter of the channels masked
 
 Each iteration is a real MMEngine train step, ``model.train_step(batch, optim_wrapper)``: data
 preprocessor, loss forward, backward and an SGD step, on random demo batches and randomly
@@ -18,7 +19,9 @@ initialised models (no pretrained weights). Two variants of the same model run i
 The variants alternate in blocks (A B, then B A, ...) so that slow drift (thermal, allocator,
 other load) cancels, after warm-up iterations of each. Reported: median milliseconds per
 iteration of each variant, their ratio, and the median of the per-round ratios (with its range).
-The one-off cost of a pruning step (``pruner.step(1)`` plus the three ``remaining()`` calls the
+``--premask 0.25`` first masks a quarter of every group's channels, so that the hooked variant
+also pays for the masks' multiplications, as it does later in a pruning run (the plain variant
+has no hooks, hence no masks). The one-off cost of a pruning step (``pruner.step(1)`` plus the three ``remaining()`` calls the
 hook makes after it) is reported separately, and amortised over the hook's default
 ``interval=10``.
 """
@@ -38,6 +41,17 @@ MODELS = {
     'retinanet_r50': ((128, 128), 2),
     'resnet50': ((96, 96), 8),
 }
+
+
+def premask(pruner, fraction: float, seed: int = 0) -> None:
+    """Mask a random ``fraction`` of the units of every prunable group (at least one kept)."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, keep in pruner.masker.keep.items():
+        n = keep.numel()
+        drop = min(int(round(fraction * n)), n - 1)
+        new = torch.ones(n, dtype=torch.bool)
+        new[torch.randperm(n, generator=gen)[:drop]] = False
+        pruner.masker.set_keep(key, new)
 
 
 def setup(name, input_size, batch_size, lr, seed=0):
@@ -214,6 +228,10 @@ def main(argv=None):
                    help='seconds to spend waiting out contention, per model')
     p.add_argument('--wait-idle', type=float, default=0, metavar='SECONDS',
                    help='first wait up to this long for other processes to go quiet')
+    p.add_argument('--premask', type=float, default=0.0, metavar='FRACTION',
+                   help='mask this fraction of every group\'s channels first (the hooked '
+                        'variant then also pays the masks\' multiplications, as later in a '
+                        'pruning run)')
     p.add_argument('--json', help='write the results here')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,6 +247,8 @@ def main(argv=None):
         (size, batch) = sizes[name]
         print(f'[overhead] {name}: {size[0]}x{size[1]}, batch {batch} ...', flush=True)
         model, batches, pruner, optim, t_groups, groups = setup(name, size, batch, args.lr)
+        if args.premask:
+            premask(pruner, args.premask)
         var = Variant(model, pruner, optim, batch)
         guard = C.Guard(args.max_foreign, args.max_wait)
         times, rr = measure(var, batches, args.warmup, args.rounds, args.block, guard)
@@ -236,7 +256,7 @@ def main(argv=None):
         prune_ms = guard.run(lambda: prune_step_cost(pruner, var, batches))
         interval = 10
         row = {
-            'model': name, 'input': f'{size[0]}x{size[1]}', 'batch': batch,
+            'model': name, 'premask': args.premask, 'input': f'{size[0]}x{size[1]}', 'batch': batch,
             'groups': f'{len(groups.prunable)}/{len(groups.groups)}',
             'consumer_hooks': len(pruner.masker._layers),
             'iters_each': len(times['with']),
@@ -265,10 +285,10 @@ def main(argv=None):
     print(C.env_line())
     for r in rows:
         r['round_ratios'] = f'{r["round_ratio_min"]:.3f}-{r["round_ratio_max"]:.3f}'
-    print(C.table(rows, ['model', 'input', 'batch', 'groups', 'iters_each', 'without_ms',
+    print(C.table(rows, ['model', 'premask', 'input', 'batch', 'groups', 'iters_each', 'without_ms',
                          'with_ms', 'ratio', 'round_ratio_median', 'round_ratios',
                          'prune_step_ms', 'ratio_with_prune_steps_interval10'],
-                  ['model', 'input', 'batch', 'prunable/groups', 'iters each',
+                  ['model', 'masked', 'input', 'batch', 'prunable/groups', 'iters each',
                    'without (ms/iter)', 'with hook (ms/iter)', 'ratio', 'ratio (median of rounds)',
                    'round range', 'prune step (ms)', 'ratio incl. prune steps @interval 10']))
     print('target: ratio <= 1.10; "prune step" = pruner.step(1) + 3x remaining(), '

@@ -29,6 +29,7 @@ class ChannelMasker:
         self.tap: Optional[Callable[[str, torch.Tensor], None]] = None
         self._handles: List = []
         self._cache: Dict[str, torch.Tensor] = {}
+        self._pruned: Dict[str, bool] = {}
         self._layers = {name: lc for name, lc in groups.consumers.items()
                         if any(k in self.keep for k, _ in lc.segs)}
 
@@ -54,6 +55,7 @@ class ChannelMasker:
             raise ValueError(f'group {key!r} cannot lose its last channel')
         self.keep[key][unit] = False
         self._cache.clear()
+        self._pruned.clear()
 
     def set_keep(self, key: str, keep: torch.Tensor) -> None:
         if key not in self.keep:
@@ -64,6 +66,7 @@ class ChannelMasker:
                              f'with at least one kept, got {keep.numel()} with {int(keep.sum())}')
         self.keep[key] = keep.clone()
         self._cache.clear()
+        self._pruned.clear()
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.keep.items()}
@@ -111,21 +114,37 @@ class ChannelMasker:
             h.remove()
         self._handles = []
 
+    def _layer_pruned(self, layer: str) -> bool:
+        """Whether any input channel of ``layer`` is masked (cached until the masks change)."""
+        pruned = self._pruned.get(layer)
+        if pruned is None:
+            pruned = self._pruned[layer] = not bool(self.channel_mask(layer).all())
+        return pruned
+
     def _make_hook(self, name: str):
         lc: LayerChannels = self._layers[name]
 
         def hook(module, args):
             if not args or not isinstance(args[0], torch.Tensor):
                 return None
-            if self.tap is None and not self.pruned_anything:
+            tap = self.tap
+            pruned = self._layer_pruned(name)
+            if tap is None and not pruned:
                 return None
             x = args[0]
-            shape = [1] * x.dim()
-            shape[lc.ch_dim] = -1
-            mask = self.channel_mask(name).to(device=x.device, dtype=x.dtype).view(shape)
-            y = x * mask
-            if self.tap is not None and y.requires_grad:
-                self.tap(name, y)
+            if pruned:
+                mask = self.channel_mask(name)
+                if mask.device != x.device or mask.dtype != x.dtype:
+                    mask = mask.to(device=x.device, dtype=x.dtype)
+                shape = [1] * x.dim()
+                shape[lc.ch_dim] = -1
+                y = x * mask.view(shape)
+            else:
+                # Nothing masked here: an alias gives this consumer its own gradient (what the
+                # recorder needs) without copying the feature map.
+                y = x.view_as(x)
+            if tap is not None and y.requires_grad:
+                tap(name, y)
             return (y, ) + tuple(args[1:])
 
         return hook
