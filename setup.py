@@ -21,7 +21,10 @@ setup(
     install_requires=['torch', 'numpy'],
     extras_require={
         'openmmlab': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmpretrain==1.2.0'],
-        'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxruntime', 'tensorboard'],
+        # torch >= 2.9 exports ONNX through torch.export + onnxscript (torch 2.11+'s API: 0.7)
+        'export': ['onnx', 'onnxscript>=0.7', 'onnxruntime'],
+        'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
+                  'onnxruntime', 'tensorboard'],
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
     },
     zip_safe=False,
