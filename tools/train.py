@@ -6,6 +6,9 @@ mmdet/mmpretrain config trains as usual (e.g. fine-tuning a compact config writt
 ``tools/deploy_pruned.py``). ``mmgfp`` is imported first, so its hook, datasets and the
 checkpoint-loading fix for torch >= 2.6 are in place even when the config forgets
 ``custom_imports``.
+
+Distributed: ``bash tools/dist_train.sh CONFIG NUM_PROCS`` (torchrun, ``--launcher pytorch``);
+on machines without CUDA the process group uses gloo (see :func:`setup_cpu_distributed`).
 """
 import argparse
 import os
@@ -39,6 +42,42 @@ def parse_args(argv=None):
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Let ``--launcher pytorch`` run on machines without a GPU (gloo backend).
+
+    MMEngine 0.10 assumes one GPU per process: it calls ``torch.cuda.set_device`` when it starts
+    the process group and wraps the model with ``device_ids=[LOCAL_RANK]``, and both fail
+    without CUDA. Here the group is started the same way minus the device (the runner finds it
+    started and keeps it), and the model is wrapped without device ids.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    backend = dist_cfg.pop('backend', 'gloo')
+    if backend == 'nccl':  # every OpenMMLab config's default; NCCL needs GPUs
+        print('No CUDA device: distributed training uses the gloo backend instead of nccl.')
+        backend = 'gloo'
+    if backend not in ('gloo', 'mpi'):
+        raise ValueError(f'No CUDA device, so env_cfg.dist_cfg.backend must be gloo (or mpi), '
+                         f'but got {backend!r}; e.g. --cfg-options env_cfg.dist_cfg.backend=gloo')
+    if dist_cfg.pop('init_backend', 'torch') != 'torch':
+        raise ValueError('distributed training on CPU supports env_cfg.dist_cfg.init_backend '
+                         "'torch' only")
+    if dist_cfg.get('timeout') is not None:
+        dist_cfg['timeout'] = datetime.timedelta(seconds=dist_cfg['timeout'])
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, **dist_cfg)
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+        wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
 
 
 def build_cfg(args) -> Config:
@@ -75,6 +114,7 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
+    setup_cpu_distributed(cfg)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     if 'runner_type' not in cfg:

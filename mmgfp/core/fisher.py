@@ -11,7 +11,7 @@ The inner sum runs over every consumer and every call of it (all FPN levels of a
 mmdet RoI head, ordered image by image) are folded back onto their images.
 """
 import warnings
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -36,8 +36,10 @@ class FisherRecorder:
         self.hits: Dict[str, int] = {k: 0 for k in masker.keep}
         self.iters = 0
         self._buf: Dict[str, torch.Tensor] = {}
+        self._buf_hits: Dict[str, int] = {}
         self._n = 0
         self._warned = False
+        self._plans: Dict[str, tuple] = {}
 
     def start(self) -> None:
         self.masker.attach()
@@ -45,37 +47,51 @@ class FisherRecorder:
 
     def stop(self) -> None:
         self.masker.tap = None
-        self._buf = {}
+        self._buf, self._buf_hits = {}, {}
 
     def begin_iter(self, num_samples: int) -> None:
         if num_samples < 1:
             raise ValueError(f'num_samples must be positive, got {num_samples}')
         self._n = num_samples
-        self._buf = {}
+        self._buf, self._buf_hits = {}, {}
 
     def _on_forward(self, layer: str, y: torch.Tensor) -> None:
         if self._n == 0:
             return  # forward outside a recorded iteration (e.g. validation with grad)
         y.register_hook(lambda grad, _y=y.detach(): self._on_grad(layer, _y, grad))
 
+    def _plan(self, layer: str):
+        """Per consumer layer: which slices of its input channels feed which recorded group."""
+        plan = self._plans.get(layer)
+        if plan is None:
+            lc = self.masker._layers[layer]
+            segs, off = [], 0
+            for key, n in lc.segs:
+                if key in self.fisher:
+                    segs.append((key, off, n, self.groups.groups[key].block))
+                off += n
+            plan = self._plans[layer] = (lc, segs)
+        return plan
+
     def _on_grad(self, layer: str, y: torch.Tensor, grad: torch.Tensor) -> None:
-        lc = self.masker._layers[layer]
-        prod = (y * grad).to(torch.float64)
+        lc, segs = self._plan(layer)
+        # Sum a*g over positions in the activations' own precision (float32 keeps a relative
+        # error near 1e-6 there) and only the per-channel sums in float64: converting whole
+        # feature maps to float64 first doubles the memory traffic of the hook.
+        prod = y * grad
         dims = [d for d in range(prod.dim()) if d not in (0, lc.ch_dim)]
-        per_ch = prod.sum(dims) if dims else prod  # (B, C*inner)
+        per_ch = (prod.sum(dims) if dims else prod).to(torch.float64)  # (B, C*inner)
         batch = per_ch.shape[0]
         if lc.inner > 1:
             per_ch = per_ch.view(batch, -1, lc.inner).sum(-1)
         per_ch = self._fold(per_ch)
-        off = 0
-        for key, n in lc.segs:
-            if key in self.fisher:
-                block = self.groups.groups[key].block
-                part = per_ch[:, off:off + n].reshape(per_ch.shape[0], n // block, block).sum(-1)
-                buf = self._buf.get(key)
-                self._buf[key] = part if buf is None else buf + part
-                self.hits[key] += 1
-            off += n
+        for key, off, n, block in segs:
+            part = per_ch[:, off:off + n]
+            if block > 1:
+                part = part.reshape(per_ch.shape[0], n // block, block).sum(-1)
+            buf = self._buf.get(key)
+            self._buf[key] = part if buf is None else buf + part
+            self._buf_hits[key] = self._buf_hits.get(key, 0) + 1
 
     def _fold(self, per_ch: torch.Tensor) -> torch.Tensor:
         batch, n = per_ch.shape[0], self._n
@@ -90,17 +106,42 @@ class FisherRecorder:
         return torch.cat([per_ch.sum(0, keepdim=True),
                           per_ch.new_zeros(n - 1, per_ch.shape[1])])
 
-    def end_iter(self, grad_scale: float = 1.0) -> None:
+    def end_iter(self, grad_scale: float = 1.0,
+                 reduce: Optional[Callable[[torch.Tensor], None]] = None) -> None:
         """Square the per-sample sums of this iteration and add them up.
 
         Args:
-            grad_scale (float): Loss scale of AMP, divided out. Defaults to 1.0.
+            grad_scale (float): Divided out of the gradients before squaring: AMP's loss
+                scale, times the number of processes under DDP (which averages gradients, so
+                the loss it optimises is the mean of the per-process losses). Defaults to 1.0.
+            reduce (callable, optional): Sums a flat float64 tensor over processes in place.
+                With it every process adds the same terms (all samples of the iteration), so
+                the statistics, and what a checkpoint of any one process saves, are identical
+                everywhere. Defaults to None.
         """
-        for key, buf in self._buf.items():
-            self.fisher[key] += (buf / grad_scale).pow(2).sum(0).cpu()
-        self._buf = {}
+        terms = {k: (buf / grad_scale).pow(2).sum(0).cpu() for k, buf in self._buf.items()}
+        hits = dict(self._buf_hits)
+        if reduce is not None:
+            terms, hits = self._reduce(terms, hits, reduce)
+        for k, t in terms.items():
+            self.fisher[k] += t
+        for k, h in hits.items():
+            self.hits[k] += h
+        self._buf, self._buf_hits = {}, {}
         self._n = 0
         self.iters += 1
+
+    def _reduce(self, terms: Dict[str, torch.Tensor], hits: Dict[str, int],
+                reduce: Callable[[torch.Tensor], None]):
+        # One collective per iteration. Every process passes every group in the same order,
+        # zeros where its own batch gave no gradient, so the shapes always agree.
+        keys = sorted(self.fisher)
+        flat = torch.cat([terms[k] if k in terms else torch.zeros_like(self.fisher[k])
+                          for k in keys] +
+                         [torch.tensor([hits.get(k, 0) for k in keys], dtype=torch.float64)])
+        reduce(flat)
+        *parts, counts = flat.split([self.fisher[k].numel() for k in keys] + [len(keys)])
+        return dict(zip(keys, parts)), {k: round(c) for k, c in zip(keys, counts.tolist())}
 
     def reset(self) -> None:
         for v in self.fisher.values():

@@ -1,7 +1,7 @@
 """The pruning decision: which unit goes next, from Fisher importance over cost."""
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
@@ -94,10 +94,20 @@ class FisherPruner:
         return PruneRecord(key, units, score, self.kept(key) - len(units) *
                            self.groups.groups[key].block)
 
-    def step(self, num: int = 1) -> List[PruneRecord]:
-        """Remove up to ``num`` selections, then reset the Fisher statistics."""
+    def step(self, num: int = 1,
+             until: Optional[Callable[[], bool]] = None) -> List[PruneRecord]:
+        """Remove up to ``num`` selections, then reset the Fisher statistics.
+
+        Args:
+            num (int): Selections to remove at most. Defaults to 1.
+            until (callable, optional): Checked after every selection; the step ends early
+                once it returns True (e.g. the target is reached), so a large ``num`` does
+                not overshoot the target. Defaults to None.
+        """
         done = []
         for _ in range(num):
+            if done and until is not None and until():
+                break
             rec = self.select()
             if rec is None:
                 break

@@ -3,7 +3,7 @@ import os.path as osp
 from typing import Dict, Optional, Sequence, Union
 
 import torch
-from mmengine.dist import all_reduce, is_main_process
+from mmengine.dist import all_gather_object, all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -27,6 +27,12 @@ class FisherPruningHook(Hook):
     masks fixed. Masks, statistics and progress are saved in checkpoints (key ``'mmgfp'``) and
     restored on ``resume``/``load_from``; ``tools/deploy_pruned.py`` turns a checkpoint into a
     physically smaller model.
+
+    Under distributed training (DDP) each iteration's Fisher terms are summed over all ranks
+    (one small all-reduce per iteration), so every rank holds the statistics of the whole
+    batch, removes the same channels, and the checkpoint written by rank 0 holds the complete
+    statistics. Gradients are divided by the world size, as DDP averages them: the statistics
+    are those of a single process that sees all ranks' samples in one batch.
 
     Args:
         interval (int): Iterations between two pruning steps. Defaults to 10.
@@ -113,6 +119,8 @@ class FisherPruningHook(Hook):
                 f'({groups.summary()}); reasons seen: {reasons}. Remove the hook, or lift '
                 '`skip` patterns / frozen stages that block every group.')
         self.pruner = FisherPruner(model, groups, self.delta, self.min_channels, self.divisor)
+        if get_world_size() > 1:
+            self._check_ranks_agree()
         runner.logger.info(f'FisherPruningHook: {groups.summary()}; delta={self.delta}, '
                            f'target {self.target_metric} {self.target:.2f}, every '
                            f'{self.interval} iterations')
@@ -200,15 +208,16 @@ class FisherPruningHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.finished or self.pruner is None:
             return
-        self.pruner.recorder.end_iter(_grad_scale(runner))
+        world = get_world_size()
+        self.pruner.recorder.end_iter(_grad_scale(runner) * world,
+                                      reduce=_sum_over_ranks if world > 1 else None)
         if (runner.iter + 1) % self.interval:
             return
-        self._reduce_statistics()
         without = self.pruner.groups_without_gradient()
         if without and self.steps == 0:
             runner.logger.warning(f'FisherPruningHook: {len(without)} groups got no gradient '
                                   f'(frozen layers?) and are not pruned: {without[:5]}')
-        records = self.pruner.step(self.channels_per_step)
+        records = self.pruner.step(self.channels_per_step, until=self._reached)
         self.steps += 1
         for rec in records:
             runner.logger.info(f'FisherPruningHook: pruned {len(rec.units)} unit(s) of '
@@ -223,14 +232,17 @@ class FisherPruningHook(Hook):
             runner.logger.info(f'FisherPruningHook: pruning finished ({why}); training goes '
                                'on with the masks fixed')
 
-    def _reduce_statistics(self) -> None:
-        """Sum Fisher statistics over ranks so every rank removes the same channels."""
-        rec = self.pruner.recorder
-        for key in sorted(rec.fisher):
-            all_reduce(rec.fisher[key], op='sum')
-            hits = torch.tensor([rec.hits[key]], dtype=torch.float64)
-            all_reduce(hits, op='sum')
-            rec.hits[key] = int(hits.item())
+    def _check_ranks_agree(self) -> None:
+        """Every rank must have traced the same groups, or the statistics cannot be summed."""
+        layout = [(k, v.numel()) for k, v in sorted(self.pruner.recorder.fisher.items())]
+        layouts = all_gather_object(layout)
+        for rank, other in enumerate(layouts):
+            if other != layouts[0]:
+                raise RuntimeError(
+                    f'FisherPruningHook: rank {rank} traced other channel groups than rank 0 '
+                    f'({len(other)} vs {len(layouts[0])} groups), so their Fisher statistics '
+                    'cannot be summed. The traced structure must not depend on the batch: '
+                    'build the model identically on every rank.')
 
     def _reached(self) -> bool:
         return self.pruner.remaining()[self.target_metric] <= self.target
@@ -288,6 +300,10 @@ class FisherPruningHook(Hook):
 def _batch_size(data_batch: Union[dict, list, tuple]) -> int:
     inputs = data_batch['inputs'] if isinstance(data_batch, dict) else data_batch[0]
     return len(inputs)
+
+
+def _sum_over_ranks(flat: torch.Tensor) -> None:
+    all_reduce(flat, op='sum')
 
 
 def _grad_scale(runner) -> float:

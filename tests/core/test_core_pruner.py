@@ -245,3 +245,20 @@ def test_frozen_stem_is_never_selected():
         _train_iter(pruner, model, x)
         assert pruner.groups_without_gradient() == ['a.0']
         assert pruner.step()[0].key == 'b.0'
+
+
+def test_step_stops_once_until_holds():
+    """A bulk step (channels_per_step) must not overshoot the target it is given."""
+    _, _, gs, pruner = _pruner('residual')
+    full, short = copy.deepcopy(pruner), copy.deepcopy(pruner)
+    for p in (pruner, full, short):
+        fake_stats(p, seed=5)
+    everything = full.step(1000)  # no stop: removes what it can
+    target = full.remaining()['flops'] + 0.5 * (1 - full.remaining()['flops'])
+    recs = pruner.step(1000, until=lambda: pruner.remaining()['flops'] <= target)
+    assert 1 <= len(recs) < len(everything)
+    assert pruner.remaining()['flops'] <= target
+    # the same removals in the same order, and one fewer would not have reached the target
+    assert [(r.key, r.units) for r in recs] == [(r.key, r.units) for r in everything[:len(recs)]]
+    short.step(len(recs) - 1)
+    assert short.remaining()['flops'] > target
