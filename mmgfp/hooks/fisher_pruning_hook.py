@@ -1,4 +1,5 @@
 """FisherPruningHook: Group Fisher Pruning while a normal MMEngine runner trains."""
+import os
 import os.path as osp
 from typing import Dict, Optional, Sequence, Union
 
@@ -262,8 +263,7 @@ class FisherPruningHook(Hook):
             if value <= thr and thr not in self.saved:
                 self.saved.append(thr)
                 name = f'pruned_{self.target_metric}_{thr:.2f}'
-                runner.save_checkpoint(runner.work_dir, f'{name}.pth', save_optimizer=False,
-                                       save_param_scheduler=False)
+                _save_checkpoint_atomic(runner, f'{name}.pth')
                 if is_main_process():
                     save_spec(make_spec(self.pruner.masker),
                               osp.join(runner.work_dir, f'{name}.json'))
@@ -295,6 +295,24 @@ class FisherPruningHook(Hook):
         self._loaded_resume = bool(getattr(runner, '_resume', False))
         if self.pruner is not None:
             self._restore(runner)
+
+
+def _save_checkpoint_atomic(runner, filename: str) -> None:
+    """``runner.save_checkpoint`` into a temporary name, renamed once complete.
+
+    A run killed while writing never leaves a truncated ``filename`` (nor replaces an earlier,
+    complete one with a broken file); the partial temporary file is removed on errors.
+    """
+    tmp = osp.join(runner.work_dir, f'tmp_{filename}')
+    try:
+        runner.save_checkpoint(runner.work_dir, osp.basename(tmp), save_optimizer=False,
+                               save_param_scheduler=False)
+        if is_main_process():
+            os.replace(tmp, osp.join(runner.work_dir, filename))
+    except BaseException:
+        if is_main_process() and osp.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _batch_size(data_batch: Union[dict, list, tuple]) -> int:

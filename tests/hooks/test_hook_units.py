@@ -4,6 +4,7 @@ Argument checks are in tests/apis/test_bad_input.py.
 """
 from types import SimpleNamespace
 
+import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
@@ -32,3 +33,51 @@ def test_grad_scale_is_one_without_amp():
 def test_batch_size_comes_from_the_data():
     assert _batch_size({'inputs': [torch.zeros(3, 8, 8)] * 5, 'data_samples': []}) == 5
     assert _batch_size((torch.zeros(7, 3, 8, 8), None)) == 7
+
+
+class _FakeRunner:
+    """Just what the threshold save needs: work_dir, save_checkpoint, logger."""
+
+    def __init__(self, work_dir, fail=False):
+        self.work_dir, self.fail = str(work_dir), fail
+        self.logger = SimpleNamespace(info=lambda *a, **k: None)
+
+    def save_checkpoint(self, out_dir, filename, **kw):
+        with open(f'{out_dir}/{filename}', 'wb') as f:
+            f.write(b'half a checkpoint')
+            if self.fail:
+                raise OSError('disk full')
+            f.write(b' and the rest')
+
+
+def test_threshold_checkpoint_is_written_atomically(tmp_path):
+    from mmgfp.hooks.fisher_pruning_hook import _save_checkpoint_atomic
+    final = tmp_path / 'pruned_flops_0.50.pth'
+    final.write_bytes(b'an earlier, complete checkpoint')
+    with pytest.raises(OSError, match='disk full'):
+        _save_checkpoint_atomic(_FakeRunner(tmp_path, fail=True), final.name)
+    assert final.read_bytes() == b'an earlier, complete checkpoint'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # no partial file left
+    _save_checkpoint_atomic(_FakeRunner(tmp_path), final.name)
+    assert final.read_bytes() == b'half a checkpoint and the rest'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+class _OneLayerNet(__import__('mmengine').model.BaseModel):
+    """A model whose only conv produces the network output: no channel can go."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = self.conv(torch.stack(inputs) if isinstance(inputs, list) else inputs)
+        return {'loss': out.mean()} if mode == 'loss' else out
+
+
+def test_nothing_prunable_is_a_clear_error():
+    hook = FisherPruningHook()
+    runner = SimpleNamespace(model=_OneLayerNet(), logger=SimpleNamespace(info=print))
+    batch = {'inputs': [torch.randn(3, 8, 8), torch.randn(3, 8, 8)], 'data_samples': None}
+    with pytest.raises(RuntimeError, match='found nothing prunable.*Remove the hook'):
+        hook.before_train_iter(runner, 0, batch)
