@@ -1,0 +1,452 @@
+"""Accuracy at equal FLOPs: GFP against Torch-Pruning and simple baselines on the digits set.
+
+Run from the repository root (Torch-Pruning 1.6.1 and matplotlib must be installed)::
+
+    .venv/bin/python benchmarks/accuracy.py --json benchmarks/results/accuracy.json \\
+        --plot benchmarks/results/accuracy.png     # ~13 min per seed on 2 idle cores (est.)
+    .venv/bin/python benchmarks/accuracy.py --quick     # every method for a few iterations
+
+On a machine other jobs load, add ``--threads 1``: two OpenMP threads fighting other processes
+for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thread.
+
+One RetinaNet-R18 baseline (``configs/digits/retinanet_r18_fpn_digits.py``, trained here once,
+or ``--baseline CKPT``) is brought to ``--targets`` of its FLOPs (default 0.5) by each method,
+for every seed:
+
+=============  ==============================================================================
+gfp_acts       FisherPruningHook, delta='acts', prunes while training from the baseline
+gfp_flops      the same with delta='flops'
+tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
+               ranked across layers (``--tp-scope global``, like GFP) by default
+tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-batches``
+               training batches of gradients, one shot
+random         mmgfp's channel groups, units removed in random order, one shot
+thin           the same RetinaNet with all widths scaled, trained from scratch
+=============  ==============================================================================
+
+The budget: every pruning method trains ``--iters`` iterations after the baseline with the
+same optimiser and LR schedule (the pruning configs' one: constant LR for the first half, then
+a cosine decay). GFP's pruning steps happen inside those iterations (it reaches the target
+after ``pruning_iters`` and fine-tunes with the masks fixed for the rest); the one-shot methods
+prune before them (Taylor's gradient batches update no weights) and fine-tune for all of
+them. ``thin`` trains from scratch for baseline + ``--iters`` iterations with the baseline's
+schedule stretched. Torch-Pruning's ratio and the thin width are searched until mmgfp's cost
+model, applied to the final compact module of every method alike, gives the target FLOPs within
+``--tol``.
+
+Each finished (method, seed) run is stored in ``WORK_DIR/runs/<name>/result.json`` and reused
+by a later call with the same settings, so seeds can be added one call at a time.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+import _common as C  # noqa: E402
+
+METHODS = ['gfp_acts', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin']
+LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
+          'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1', 'tp_taylor': 'TP group Taylor',
+          'random': 'random groups', 'thin': 'thin RetinaNet (scratch)'}
+DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
+# --quick: one image per batch on a tiny data set; GFP removes up to 1024 units per iteration
+# so that it reaches the target within the few iterations.
+QUICK = dict(iters=4, baseline_iters=2, seeds=[0], gfp_interval=1, gfp_channels_per_step=1024,
+             taylor_batches=1, tol=0.02)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--config', default=DEFAULT_CONFIG, help='baseline config')
+    p.add_argument('--baseline', help='trained baseline checkpoint (else trained here once)')
+    p.add_argument('--baseline-iters', type=int,
+                   help="baseline training iterations (default: the config's max_iters)")
+    p.add_argument('--iters', type=int, help='training iterations after the baseline, for '
+                   'every method (default 300)')
+    p.add_argument('--seeds', type=int, nargs='+', help='default 0 1 2')
+    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--targets', type=float, nargs='+', default=[0.5],
+                   help='fractions of the baseline FLOPs to keep (several give curves)')
+    p.add_argument('--tol', type=float, help='FLOPs tolerance of the TP/thin search (0.01)')
+    p.add_argument('--lr', type=float, default=2e-4, help='LR after the baseline (all methods '
+                   "but thin, which uses the baseline's schedule)")
+    p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
+    p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
+    p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
+    p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
+                   help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
+                        'GFP) or the same ratio in every layer')
+    p.add_argument('--work-dir', default=osp.join('work_dirs', 'accuracy'))
+    p.add_argument('--json', help='write all results here')
+    p.add_argument('--plot', help='write the mAP vs FLOPs plot here (PNG)')
+    p.add_argument('--quick', action='store_true', help='a few iterations on a tiny data set '
+                   '(smoke check of every method; mAP is meaningless)')
+    p.add_argument('--force', action='store_true', help='rerun runs stored in WORK_DIR')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--verbose', action='store_true', help="keep MMEngine's INFO logs")
+    args = p.parse_args(argv)
+    defaults = dict(iters=300, seeds=[0, 1, 2], gfp_interval=2, gfp_channels_per_step=32,
+                    taylor_batches=4, tol=0.01)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, QUICK[k] if args.quick else v)
+    if args.quick and args.baseline_iters is None:
+        args.baseline_iters = QUICK['baseline_iters']
+    for name in ('iters', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")} must be a positive integer, got '
+                    f'{getattr(args, name)}')
+    if args.baseline_iters is not None and args.baseline_iters < 1:
+        p.error(f'--baseline-iters must be a positive integer, got {args.baseline_iters}')
+    for t in args.targets:
+        if not 0 < t < 1:
+            p.error(f'--targets are fractions of the FLOPs to keep, in (0, 1); got {t}')
+    if args.baseline and not osp.isfile(args.baseline):
+        p.error(f'--baseline {args.baseline} does not exist: give a checkpoint of --config, '
+                'or leave it out to train the baseline here')
+    return args
+
+
+# ------------------------------------------------------------------------------ setup
+def base_config(args):
+    """The baseline config, with an absolute data root (and a tiny data set for --quick)."""
+    from mmgfp.apis.check import load_config
+    cfg = load_config(args.config)
+    if cfg.model.get('type') != 'RetinaNet':
+        raise SystemExit(f'error: --config must build a RetinaNet (the TP ignored layers and '
+                         f'the thin widths are set for it), got {cfg.model.get("type")!r}')
+    if args.quick:
+        root = osp.join(osp.abspath(args.work_dir), 'data_quick') + '/'
+        gen = dict(num_train=8, num_val=4, seed=0)
+        batch = 1
+    else:
+        root = osp.join(ROOT, cfg.get('data_root', 'data/digits_det/'))
+        gen, batch = None, cfg.train_dataloader.batch_size
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        ds = cfg[split].dataset
+        ds.data_root = root
+        if gen is not None:
+            ds.generate_cfg = gen
+        cfg[split].batch_size = batch
+    for ev in ('val_evaluator', 'test_evaluator'):
+        cfg[ev].ann_file = root + 'annotations/val.json'
+    cfg.custom_hooks = []
+    return cfg
+
+
+def train_baseline(base, args, work_dir: str) -> str:
+    import _accuracy_methods as M
+    iters = args.baseline_iters or base.train_cfg.max_iters
+    ckpt = osp.join(work_dir, f'iter_{iters}.pth')
+    if osp.isfile(ckpt) and not args.force:
+        print(f'[accuracy] reusing baseline {ckpt}', flush=True)
+        return ckpt
+    print(f'[accuracy] training the baseline for {iters} iterations', flush=True)
+    cfg = M.train_cfg(base, work_dir, iters, 0, _stamp('baseline'), _log_level(args),
+                      M.scale_schedule(base.param_scheduler, base.train_cfg.max_iters, iters))
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters,
+                                        max_keep_ckpts=1)
+    M.runner(cfg).train()
+    return ckpt
+
+
+def _stamp(name: str) -> str:
+    return f'{name}_{time.strftime("%Y%m%d_%H%M%S")}_{os.getpid()}'
+
+
+def _log_level(args) -> str:
+    return 'INFO' if args.verbose else 'WARNING'
+
+
+def settings(args, baseline: str) -> dict:
+    """What a stored run must share with this call to be reused."""
+    st = os.stat(baseline)
+    keys = ('iters', 'lr', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches',
+            'tp_scope', 'tol', 'quick', 'baseline_iters')
+    return dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
+                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+
+
+# ------------------------------------------------------------------------------ one run
+def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
+    """Bring the baseline to ``target`` FLOPs with ``method``, train, measure, evaluate."""
+    import torch
+
+    import _accuracy_methods as M
+    args, base, ckpt, full = ctx['args'], ctx['base'], ctx['baseline'], ctx['full']
+    name = f'{method}_t{round(target * 100)}_s{seed}'
+    wd = osp.join(ctx['work_dir'], 'runs', name)
+    level = _log_level(args)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    out = {'method': method, 'seed': seed, 'target': target, 'name': name}
+    ft = M.train_cfg(base, wd, args.iters, seed, _stamp(name), level,
+                     M.finetune_schedule(args.iters), args.lr)
+    if method.startswith('gfp'):
+        model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
+                            args.gfp_channels_per_step)
+        out['train_iters'] = args.iters
+    elif method == 'thin':
+        base_iters = ctx['baseline_iters']
+        total = base_iters + args.iters
+        width, flops, trials = M.thin_search(base, target, full['flops'], args.tol)
+        cfg = M.train_cfg(M.thin_cfg(base, width), wd, total, seed, _stamp(name), level,
+                          M.scale_schedule(base.param_scheduler, base.train_cfg.max_iters,
+                                           total))
+        run = M.runner(cfg)
+        run.train()
+        model = M.unwrap(run.model)
+        info = {'width': width, 'search': trials}
+        out['train_iters'] = total
+    else:
+        model = M.build(base, ckpt)
+        if method == 'random':
+            info = M.random_prune(model, target, seed)
+        else:
+            if method == 'tp_taylor':
+                M.taylor_gradients(model, _batches(base, seed, args.taylor_batches))
+            model, info = M.tp_prune_to(model, method[3:], target, full['flops'], args.tol,
+                                        args.tp_scope == 'global')
+        info['pruned_eval'] = M.evaluate(model, base, wd, _stamp(name + '_pruned'), level)
+        M.runner(ft, model).train()
+        out['train_iters'] = args.iters
+    cost = M.measure(model)
+    out.update({k: cost[k] / full[k] for k in ('flops', 'params', 'acts')})
+    out.update(M.evaluate(model, base, wd, _stamp(name + '_test'), level))
+    out['info'] = info
+    out['seconds'] = time.perf_counter() - t0
+    return out
+
+
+def _batches(base, seed: int, num: int) -> list:
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(base.train_dataloader, seed=seed)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == num:
+            break
+    return batches
+
+
+def stored(path: str, sig: dict):
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    return res if res.get('settings') == sig and 'error' not in res else None
+
+
+def save(path: str, res: dict) -> None:
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(path + '.tmp', path)
+
+
+# ------------------------------------------------------------------------------ summary
+def _mean_std(xs):
+    if not xs:
+        return float('nan'), float('nan')
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float('nan'))
+
+
+def summarize(runs: list, baseline: dict) -> list:
+    rows = [dict(baseline, method='baseline', n=1, mAP_std=float('nan'),
+                 mAP50_std=float('nan'), target=1.0)]
+    keys = []
+    for r in runs:
+        if (r['target'], r['method']) not in keys:
+            keys.append((r['target'], r['method']))
+    for target, method in sorted(keys, key=lambda k: (-k[0], METHODS.index(k[1]))):
+        ok = [r for r in runs if r['method'] == method and r['target'] == target and
+              'error' not in r]
+        bad = [r for r in runs if r['method'] == method and r['target'] == target and
+               'error' in r]
+        row = {'method': method, 'target': target, 'n': len(ok), 'failed': len(bad),
+               'seeds': [r['seed'] for r in ok]}
+        for k in ('flops', 'params', 'acts', 'mAP', 'mAP50', 'seconds'):
+            row[k], row[k + '_std'] = _mean_std([r[k] for r in ok])
+        row['pruned_mAP'] = _mean_std([r['info']['pruned_eval']['mAP'] for r in ok
+                                       if 'pruned_eval' in r.get('info', {})])[0]
+        row['error'] = bad[0]['error'] if bad else ''
+        rows.append(row)
+    return rows
+
+
+def _pm(mean, std, digits=3):
+    if mean != mean:
+        return 'n/a'
+    return f'{mean:.{digits}f}' + ('' if std != std else f' ± {std:.{digits}f}')
+
+
+def format_tables(rows: list) -> str:
+    main, detail = [], []
+    for r in rows:
+        main.append({'method': LABELS[r['method']], 'flops': f'{100 * r["flops"]:.1f}',
+                     'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',
+                     'map': _pm(r['mAP'], r['mAP_std']), 'map50': _pm(r['mAP50'],
+                                                                       r['mAP50_std']),
+                     'n': f'{r["n"]}' + (f' ({r.get("failed")} failed)' if r.get('failed')
+                                         else '')})
+        if r['method'] != 'baseline':
+            detail.append({'method': LABELS[r['method']], 'target': f'{r["target"]:.2f}',
+                           'pruned': _pm(r['pruned_mAP'], float('nan')),
+                           'secs': f'{r["seconds"]:.0f}', 'error': r.get('error', '')})
+    out = C.table(main, ['method', 'flops', 'params', 'acts', 'map', 'map50', 'n'],
+                  ['method', 'FLOPs %', 'params %', 'acts %', 'bbox mAP', 'mAP@0.5', 'seeds'])
+    out += '\n\n' + C.table(detail, ['method', 'target', 'pruned', 'secs', 'error'],
+                            ['method', 'FLOPs target', 'mAP right after one-shot pruning',
+                             's per run', 'error'])
+    return out
+
+
+def plot(rows: list, runs: list, path: str, title: str) -> None:
+    """Left: mAP vs FLOPs (a curve per method when there are several targets). Right: the
+    mAP of every method at each target, mean ± std with the single seeds as dots."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    targets = sorted({r['target'] for r in rows if r['method'] != 'baseline'}, reverse=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
+    base = rows[0]
+    methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
+    markers = dict(zip(METHODS, 'osD^vX'))
+    ax = axes[0]
+    ax.plot([100.0], [base['mAP']], 'k*', ms=12, label=LABELS['baseline'])
+    for i, method in enumerate(methods):
+        rs = sorted((r for r in rows if r['method'] == method and r['n']),
+                    key=lambda r: r['flops'])
+        colour = f'C{METHODS.index(method)}'
+        if len(rs) > 1:  # a curve through the targets and the unpruned model
+            ax.plot([100 * r['flops'] for r in rs] + [100.0],
+                    [r['mAP'] for r in rs] + [base['mAP']], '-', color=colour, alpha=0.5)
+        ax.errorbar([100 * r['flops'] for r in rs], [r['mAP'] for r in rs],
+                    yerr=[0 if r['mAP_std'] != r['mAP_std'] else r['mAP_std'] for r in rs],
+                    fmt=markers[method], color=colour, capsize=3, label=LABELS[method])
+    ax.axhline(base['mAP'], color='grey', ls='--', lw=1)
+    ax.set_xlabel('FLOPs (% of the baseline, mmgfp cost model)')
+    ax.set_ylabel('bbox mAP (digits val)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='center right')
+    ax = axes[1]
+    width = 0.8 / max(1, len(targets))
+    for j, target in enumerate(targets):
+        for i, method in enumerate(methods):
+            r = next((r for r in rows if r['method'] == method and r['target'] == target
+                      and r['n']), None)
+            if r is None:
+                continue
+            x = i + (j - (len(targets) - 1) / 2) * width
+            colour = f'C{METHODS.index(method)}'
+            ax.errorbar([x], [r['mAP']], yerr=[0 if r['mAP_std'] != r['mAP_std'] else
+                                               r['mAP_std']],
+                        fmt=markers[method], color=colour, capsize=4, ms=8)
+            seeds = [s['mAP'] for s in runs if s['method'] == method and
+                     s['target'] == target and 'error' not in s]
+            ax.plot([x + 0.12] * len(seeds), seeds, '.', color=colour, alpha=0.5)
+            ax.annotate(f'{100 * r["flops"]:.0f}%', (x, r['mAP']), textcoords='offset points',
+                        xytext=(-10, -14), fontsize=7, color='dimgrey')
+    ax.axhline(base['mAP'], color='grey', ls='--', lw=1)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels([LABELS[m] for m in methods], rotation=20, ha='right', fontsize=8)
+    ax.set_ylabel('bbox mAP (mean ± std; dots: seeds; label: FLOPs)')
+    ax.grid(alpha=0.3, axis='y')
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f'wrote {path}')
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    import mmgfp  # noqa: F401  (hook, datasets, safe checkpoint loading)
+    if any(m.startswith('tp_') for m in args.methods):
+        try:
+            import torch_pruning  # noqa: F401
+        except ImportError:
+            raise SystemExit('error: the tp_* methods need Torch-Pruning: PIP_CONSTRAINT='
+                             '.venv/mmgfp-constraints.txt .venv/bin/pip install '
+                             'torch-pruning==1.6.1 (or leave tp_l1/tp_taylor out of '
+                             '--methods)') from None
+    import _accuracy_methods as M
+    torch.set_num_threads(args.threads)
+    if not args.verbose:
+        C.quiet_logs()
+    t_start = time.perf_counter()
+    wd = osp.abspath(args.work_dir)
+    base = base_config(args)
+    baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
+    base_model = M.build(base, baseline)
+    full = M.measure(base_model)
+    sig = settings(args, baseline)
+    ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
+           'baseline_iters': args.baseline_iters or base.train_cfg.max_iters}
+    base_path = osp.join(wd, 'baseline_eval.json')
+    base_res = stored(base_path, sig)
+    if base_res is None or args.force:
+        base_res = dict(M.evaluate(base_model, base, osp.join(wd, 'baseline_eval'),
+                                   _stamp('baseline_test'), _log_level(args)),
+                        flops=1.0, params=1.0, acts=1.0, seconds=float('nan'),
+                        settings=sig, full=full)
+        save(base_path, base_res)
+    del base_model
+    print(f'[accuracy] baseline {baseline}: bbox mAP {base_res["mAP"]:.3f}, '
+          f'{full["flops"] / 1e9:.3f} GMACs per 128x128 image', flush=True)
+
+    runs = []
+    for target in args.targets:
+        for seed in args.seeds:  # all methods of a seed before the next seed
+            for method in args.methods:
+                path = osp.join(wd, 'runs', f'{method}_t{round(target * 100)}_s{seed}',
+                                'result.json')
+                res = None if args.force else stored(path, sig)
+                if res is None:
+                    print(f'[accuracy] {method}, target {target}, seed {seed} ...', flush=True)
+                    try:
+                        res = run_one(method, seed, target, ctx)
+                    except Exception as e:  # noqa: BLE001  (reported in the table)
+                        import traceback
+                        traceback.print_exc()
+                        res = {'method': method, 'seed': seed, 'target': target,
+                               'error': f'{type(e).__name__}: {e}'[:300]}
+                    res['settings'] = sig
+                    save(path, res)
+                if 'error' not in res:
+                    print(f'[accuracy]   {method} seed {seed}: FLOPs {100 * res["flops"]:.1f}%,'
+                          f' mAP {res["mAP"]:.3f} ({res["seconds"]:.0f} s)', flush=True)
+                runs.append(res)
+
+    rows = summarize(runs, base_res)
+    total = time.perf_counter() - t_start
+    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline '
+              f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), seeds '
+              f'{" ".join(map(str, args.seeds))}')
+    print(f'\nbbox mAP on the digits val split at {"/".join(map(str, args.targets))} of the '
+          f'FLOPs; budget: {budget}; mean ± std over seeds')
+    print(C.env_line())
+    print(format_tables(rows))
+    print(f'total time {total:.0f} s')
+    payload = {'benchmark': 'accuracy', 'args': vars(args), 'budget': budget,
+               'baseline': base_res, 'rows': rows, 'runs': runs, 'total_s': total}
+    C.write_json(args.json, payload)
+    if args.plot:
+        plot(rows, runs, args.plot, f'RetinaNet-R18 on digits, {budget}')
+    return payload
+
+
+if __name__ == '__main__':
+    res = main()
+    sys.exit(1 if any('error' in r for r in res['runs']) else 0)

@@ -1,0 +1,78 @@
+"""benchmarks/accuracy.py: every method end to end in --quick mode, at matching FLOPs."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+
+import accuracy  # noqa: E402  (imports no torch at module level)
+
+
+def test_search_hits_the_target_inside_the_bracket():
+    from _accuracy_methods import search
+    calls = []
+
+    def remaining(x):  # a step-wise, not quite quadratic cost curve
+        calls.append(x)
+        return round((1 - x) ** 2.3, 3), x
+
+    (x, f, res), trials = search(remaining, 0.5, 0.005, 0.29, max_trials=8)
+    assert abs(f - 0.5) <= 0.005
+    assert res == x and len(trials) == len(calls) < 8
+    assert all(0 <= c < 0.95 for c in calls)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--targets', '1.5'], 'fractions of the FLOPs to keep'),
+    (['--iters', '0'], '--iters must be a positive integer'),
+    (['--baseline', '/nonexistent/iter_500.pth'], 'does not exist'),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_runs_every_method_at_the_same_flops(tmp_path):
+    pytest.importorskip('torch_pruning', reason='Torch-Pruning is a benchmark-only dependency: '
+                        'PIP_CONSTRAINT=.venv/mmgfp-constraints.txt .venv/bin/pip install '
+                        'torch-pruning==1.6.1')
+    out_json = tmp_path / 'accuracy.json'
+    common = ['--quick', '--threads', '1', '--work-dir', str(tmp_path / 'wd')]
+    argv = common + ['--json', str(out_json)]
+    try:
+        import matplotlib  # noqa: F401
+        argv += ['--plot', str(tmp_path / 'accuracy.png')]
+    except ImportError:
+        pass
+    out = accuracy.main(argv)
+    runs = {r['method']: r for r in out['runs']}
+    assert sorted(runs) == sorted(accuracy.METHODS)
+    tol = accuracy.QUICK['tol']
+    for method, r in runs.items():
+        assert 'error' not in r, f'{method}: {r.get("error")}'
+        assert abs(r['flops'] - 0.5) <= tol, f'{method} ended at {r["flops"]:.3f} of the FLOPs'
+        assert 0.0 <= r['mAP'] <= 1.0 and r['params'] < 1.0
+    assert runs['thin']['train_iters'] == accuracy.QUICK['baseline_iters'] + \
+        accuracy.QUICK['iters']
+    assert {r['train_iters'] for m, r in runs.items() if m != 'thin'} == {accuracy.QUICK['iters']}
+    for method in ('gfp_acts', 'gfp_flops'):
+        info = runs[method]['info']
+        assert info['target_reached'] and info['pruning_iters'] <= accuracy.QUICK['iters']
+        # the hook's own accounting (loss path, masks) = the measured compact module
+        assert runs[method]['flops'] == pytest.approx(info['hook_remaining']['flops'],
+                                                      abs=1e-9)
+    for method in ('tp_l1', 'tp_taylor', 'random'):
+        assert 'mAP' in runs[method]['info']['pruned_eval']
+    saved = json.loads(out_json.read_text())
+    assert [r['method'] for r in saved['rows']] == ['baseline'] + accuracy.METHODS
+    if '--plot' in argv:
+        assert (tmp_path / 'accuracy.png').stat().st_size > 1000
+
+    # A second call with the same settings reuses every stored run.
+    again = accuracy.main(common + ['--methods', 'random'])
+    assert again['runs'][0]['seconds'] == runs['random']['seconds']
