@@ -14,6 +14,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmgfp  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from mmgfp.apis.check import load_config  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and eval) a model with mmgfp')
@@ -34,7 +36,7 @@ def parse_args(argv=None):
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)  # also takes mmdet::/mmpretrain:: names
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -20,6 +20,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmgfp  # noqa: E402,F401  (registration, safe checkpoint loading)
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from mmgfp.apis.check import load_config  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train (and prune) a model with mmgfp')
@@ -81,7 +83,7 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)  # also takes mmdet::/mmpretrain:: names
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -6,6 +6,7 @@ Each test builds its config from a config that mmdet or mmpretrain ships (``mmde
 import glob
 import json
 import os.path as osp
+import uuid
 
 import pytest
 import torch
@@ -41,6 +42,9 @@ def _train(config, work_dir, **overrides):
     cfg = Config.fromfile(config)
     cfg.work_dir = str(work_dir)
     cfg.merge_from_dict(overrides)
+    # MMEngine names a run's logger and visualizer '<config name>_<timestamp in seconds>': two
+    # runs of same-named configs started within one second would share them (and one log file).
+    cfg.experiment_name = f'{osp.splitext(osp.basename(config))[0]}_{uuid.uuid4().hex[:8]}'
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
