@@ -3,14 +3,13 @@ import copy
 import os
 import os.path as osp
 import shutil
-import tempfile
 from typing import Dict, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
 
 from mmgfp.core import apply_spec, save_spec
-from mmgfp.core.spec import SpecError, is_empty, validate
+from mmgfp.core.spec import SpecError, atomic_write, is_empty, validate
 
 COMPACT_TYPE = 'GFPCompactModel'
 
@@ -78,19 +77,6 @@ def read_checkpoint(path: str) -> Dict:
     return ckpt
 
 
-def _atomic_write(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), prefix='tmp_',
-                               suffix='_' + osp.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_strict(model: torch.nn.Module, state_dict: Dict, what: str) -> None:
     """Load ``state_dict`` exactly; a mismatch names the layers and the likely cause."""
     own = model.state_dict()
@@ -134,10 +120,10 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
     if spec is None or is_empty(validate(spec)):
         logger(f'{checkpoint} holds no pruned channels (never pruned, or saved before the '
                'first pruning step): writing an exact copy and the unchanged config')
-        _atomic_write(out['checkpoint'], lambda p: shutil.copyfile(checkpoint, p))
+        atomic_write(out['checkpoint'], lambda p: shutil.copyfile(checkpoint, p))
         plain = copy.deepcopy(cfg)
         plain.load_from = out['checkpoint']
-        _atomic_write(out['config'], lambda p: plain.dump(p + '.py') or os.replace(p + '.py',
+        atomic_write(out['config'], lambda p: plain.dump(p + '.py') or os.replace(p + '.py',
                                                                                    p))
         out['pruned'] = 'no'
         return out
@@ -145,11 +131,11 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
     meta = {'dataset_meta': (ckpt.get('meta') or {}).get('dataset_meta'),
             'mmgfp': {'source_checkpoint': osp.abspath(checkpoint)}}
     save_spec(spec, out['spec'])
-    _atomic_write(out['checkpoint'], lambda p: torch.save(
+    atomic_write(out['checkpoint'], lambda p: torch.save(
         {'state_dict': model.state_dict(), 'meta': meta}, p))
     new = compact_config(cfg, '{{ fileDirname }}/channels.json',
                          '{{ fileDirname }}/compact.pth')
-    _atomic_write(out['config'], lambda p: new.dump(p + '.py') or os.replace(p + '.py', p))
+    atomic_write(out['config'], lambda p: new.dump(p + '.py') or os.replace(p + '.py', p))
     out['pruned'] = 'yes'
     logger(f'compact model written to {out_dir}: {out["config"]}, {out["checkpoint"]}')
     return out

@@ -13,7 +13,7 @@ compact model, without tracing. Kept indices are written as ranges (``"0-12,14-6
 import json
 import os
 import tempfile
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -147,20 +147,35 @@ def validate(spec) -> Dict:
     return spec
 
 
-def save_spec(spec: Dict, path: str) -> None:
-    """Write the spec as JSON atomically (a crash never leaves a half-written file)."""
-    validate(spec)
+def atomic_write(path: str, write: Callable[[str], object]) -> None:
+    """Let ``write(tmp)`` fill a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or an error while writing never leaves a half-written ``path`` nor replaces a
+    complete earlier one; the temporary file is removed on errors.
+    """
     dirname = os.path.dirname(os.path.abspath(path))
     os.makedirs(dirname, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dirname, prefix='.spec-', suffix='.json')
+    # 'tmp_' rather than a leading dot: torch.save refuses some dot-names
+    fd, tmp = tempfile.mkstemp(dir=dirname, prefix='tmp_', suffix='_' + os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(spec, f, indent=1)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_spec(spec: Dict, path: str) -> None:
+    """Write the spec as JSON atomically (a crash never leaves a half-written file)."""
+    validate(spec)
+
+    def dump(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(spec, f, indent=1)
+
+    atomic_write(path, dump)
 
 
 def load_spec(path_or_spec) -> Dict:

@@ -1,5 +1,4 @@
 """FisherPruningHook: Group Fisher Pruning while a normal MMEngine runner trains."""
-import os
 import os.path as osp
 from typing import Dict, Optional, Sequence, Union
 
@@ -11,7 +10,7 @@ from mmengine.registry import HOOKS
 
 from mmgfp.apis.inputs import loss_forward, tensor_forward
 from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
-from mmgfp.core.spec import save_spec
+from mmgfp.core.spec import atomic_write, save_spec
 
 VALID_DELTAS = ('acts', 'flops')
 VALID_METRICS = ('flops', 'acts', 'params')
@@ -298,21 +297,18 @@ class FisherPruningHook(Hook):
 
 
 def _save_checkpoint_atomic(runner, filename: str) -> None:
-    """``runner.save_checkpoint`` into a temporary name, renamed once complete.
+    """``runner.save_checkpoint`` into ``work_dir/filename`` through a temporary file.
 
     A run killed while writing never leaves a truncated ``filename`` (nor replaces an earlier,
-    complete one with a broken file); the partial temporary file is removed on errors.
+    complete one with a broken file). Only the main process writes, as in
+    ``Runner.save_checkpoint``.
     """
-    tmp = osp.join(runner.work_dir, f'tmp_{filename}')
-    try:
-        runner.save_checkpoint(runner.work_dir, osp.basename(tmp), save_optimizer=False,
-                               save_param_scheduler=False)
-        if is_main_process():
-            os.replace(tmp, osp.join(runner.work_dir, filename))
-    except BaseException:
-        if is_main_process() and osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    if not is_main_process():
+        return
+    atomic_write(osp.join(runner.work_dir, filename),
+                 lambda tmp: runner.save_checkpoint(runner.work_dir, osp.basename(tmp),
+                                                    save_optimizer=False,
+                                                    save_param_scheduler=False))
 
 
 def _batch_size(data_batch: Union[dict, list, tuple]) -> int:
