@@ -19,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+import _common as C
+
 INPUT_SIZE = (128, 128)  # the digits canvases
 
 
@@ -182,18 +184,6 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
 
 
 # --------------------------------------------------------------------------- Torch-Pruning
-class TensorPath(nn.Module):
-    """``forward(x)`` = the detector's raw head outputs: the plain tensor forward TP traces."""
-
-    def __init__(self, det: nn.Module, data_samples):
-        super().__init__()
-        self.det = det
-        self.data_samples = data_samples
-
-    def forward(self, x):
-        return self.det._forward(x, self.data_samples)
-
-
 def _example(model: nn.Module, input_size: Sequence[int]):
     from mmgfp.apis.inputs import demo_batch
     data = model.data_preprocessor(demo_batch(model, 1, input_size), False)
@@ -233,7 +223,7 @@ def tp_prune(model: nn.Module, importance: str, ratio: float, global_pruning: bo
     model.eval()
     x, samples = _example(model, input_size)
     pruner = tp.pruner.MetaPruner(
-        TensorPath(model, samples), x, importance=imps[importance](), pruning_ratio=ratio,
+        C.TensorPath(model, samples), x, importance=imps[importance](), pruning_ratio=ratio,
         global_pruning=global_pruning, ignored_layers=output_layers(model))
     pruner.step()
     model.zero_grad(set_to_none=True)

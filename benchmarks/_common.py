@@ -1,10 +1,13 @@
 """Small helpers shared by the benchmark scripts (tables, timing, environment facts)."""
+import inspect
 import json
 import os
 import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
+
+import torch.nn as nn
 
 # Model configs of the benchmarks, by short name.
 CONFIGS = {
@@ -222,3 +225,19 @@ class Guard:
     def state(self) -> Dict:
         return {'discarded': self.discarded, 'kept_contended': self.kept_contended,
                 'waited_s': self.waited, 'foreign_cores_per_round': self.foreign}
+
+
+class TensorPath(nn.Module):
+    """A plain ``forward(x)`` over a model's tensor path (``_forward``), for Torch-Pruning's
+    tracer: a detector's raw head outputs, given the data samples of the example batch."""
+
+    def __init__(self, det: nn.Module, data_samples):
+        super().__init__()
+        self.det = det
+        self.data_samples = data_samples
+        self._with_samples = len(inspect.signature(det._forward).parameters) >= 2
+
+    def forward(self, x):
+        if self._with_samples:
+            return self.det._forward(x, self.data_samples)
+        return self.det._forward(x)

@@ -65,22 +65,6 @@ def _reset_peak() -> bool:
         return False
 
 
-class TensorPath(nn.Module):
-    """A plain ``forward(x)`` over a detector's tensor path, for Torch-Pruning's tracer."""
-
-    def __init__(self, det, data_samples):
-        super().__init__()
-        self.det = det
-        self.data_samples = data_samples
-
-    def forward(self, x):
-        import inspect
-        params = inspect.signature(self.det._forward).parameters
-        if len(params) >= 2:
-            return self.det._forward(x, self.data_samples)
-        return self.det._forward(x)
-
-
 def _analysis(method, model, batch):
     from mmgfp.apis.inputs import loss_forward, tensor_forward
     from mmgfp.core import build_groups
@@ -93,7 +77,7 @@ def _analysis(method, model, batch):
     import torch_pruning as tp
     model.eval()
     data = model.data_preprocessor(batch, False)
-    wrapper = TensorPath(model, data['data_samples'])
+    wrapper = C.TensorPath(model, data['data_samples'])
     x = data['inputs']
 
     def run():
