@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from mmgfp.core.spec import is_empty
+from mmgfp.core.tracing import flatten
 from .check import build_model, load_config, rel_diff
 from .deploy import COMPACT_TYPE, load_strict, read_checkpoint
 
@@ -60,14 +61,13 @@ class TensorPath(nn.Module):
 
 def flatten_outputs(out: Any) -> List[torch.Tensor]:
     """The tensors of a nested tuple/list/dict output, depth first, in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for item in out for t in flatten_outputs(item)]
-    if isinstance(out, dict):
-        return [t for key in out for t in flatten_outputs(out[key])]
-    raise ExportError(f"model(inputs, mode='tensor') returned a {type(out).__name__}; only "
-                      'tensors and (nested) tuples/lists/dicts of tensors can be exported')
+    leaves = list(flatten(out))
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            raise ExportError(f"model(inputs, mode='tensor') returned a {type(leaf).__name__}; "
+                              'only tensors and (nested) tuples/lists/dicts of tensors can be '
+                              'exported')
+    return leaves
 
 
 def _singular(name: str) -> str:

@@ -47,19 +47,20 @@ class TraceResult:
     num_samples: int = 1
 
 
-def _flatten(obj: Any) -> Iterator[Any]:
+def flatten(obj: Any) -> Iterator[Any]:
+    """The leaves of nested lists, tuples and dicts (dict values in order), depth first."""
     if isinstance(obj, (list, tuple)):
         for o in obj:
-            yield from _flatten(o)
+            yield from flatten(o)
     elif isinstance(obj, dict):
         for o in obj.values():
-            yield from _flatten(o)
+            yield from flatten(o)
     else:
         yield obj
 
 
 def _tensors(obj: Any) -> List[torch.Tensor]:
-    return [t for t in _flatten(obj) if isinstance(t, torch.Tensor)]
+    return [t for t in flatten(obj) if isinstance(t, torch.Tensor)]
 
 
 class _Tracer(TorchFunctionMode):
