@@ -4,11 +4,37 @@ A group's mask is applied where its channels are *consumed* (the input of every 
 reads them), never where they are produced: zeroing a conv output before its BatchNorm would let
 the BN shift bring a constant back, while zeroing a consumer's input is exactly removing the
 channel. Masked channels then contribute nothing forward and get no gradient.
+
+Where a consumer is a plain ``nn.Conv2d`` or ``nn.Linear`` whose weight is smaller than the
+feature map it reads, the mask goes on the weight's input-channel slice instead: ``conv(x * m,
+W) == conv(x, W * m)``, with the same gradients for every kept channel and none for the masked
+ones, but a multiply the size of the weight instead of the activation, forward and backward.
 """
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+MASK_ON = ('auto', 'input', 'weight')
+# Exact types only: a subclass may use its weight differently (weight standardisation, ...).
+_WEIGHT_MASKABLE = (nn.Conv2d, nn.Linear)
+
+
+def _weight_masked_forward(self, x, *args, **kwargs):
+    """``forward`` of a consumer whose input mask is on its weight (bound per instance).
+
+    The masker's pre-hook leaves the weight mask for this one call in ``_gfp_wmask``; without
+    it (the hook chose to mask the input, or nothing is masked) this is the class's forward.
+    A bound method, so a deep copy of the model (an EMA copy) computes with its own weights.
+    """
+    wmask = self.__dict__.pop('_gfp_wmask', None)
+    if wmask is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    weight = self.weight * wmask
+    if type(self) is nn.Conv2d:
+        return self._conv_forward(x, weight, self.bias)
+    return F.linear(x, weight, self.bias)
 
 from .grouping import GroupSet, LayerChannels
 
@@ -19,9 +45,17 @@ class ChannelMasker:
     Args:
         model (nn.Module): The traced model.
         groups (GroupSet): Its groups, from :func:`mmgfp.core.build_groups`.
+        mask_on (str): Where a consumer's mask is applied: ``'input'`` (its input feature
+            map), ``'weight'`` (the input-channel slice of the weight of plain Conv2d/Linear
+            consumers, the input elsewhere) or ``'auto'`` (the weight where it has fewer
+            elements than the feature map of that call). All give the same outputs and the
+            same gradients for kept channels; they differ in cost. Defaults to ``'auto'``.
     """
 
-    def __init__(self, model: nn.Module, groups: GroupSet):
+    def __init__(self, model: nn.Module, groups: GroupSet, mask_on: str = 'auto'):
+        if mask_on not in MASK_ON:
+            raise ValueError(f'mask_on must be one of {MASK_ON}, got {mask_on!r}')
+        self.mask_on = mask_on
         self.model = model
         self.groups = groups
         self.keep: Dict[str, torch.Tensor] = {
@@ -30,6 +64,8 @@ class ChannelMasker:
         self._handles: List = []
         self._cache: Dict[str, torch.Tensor] = {}
         self._pruned: Dict[str, bool] = {}
+        self._wcache: Dict[str, torch.Tensor] = {}
+        self._overridden: List[nn.Module] = []
         self._layers = {name: lc for name, lc in groups.consumers.items()
                         if any(k in self.keep for k, _ in lc.segs)}
 
@@ -54,8 +90,7 @@ class ChannelMasker:
         if int(self.keep[key].sum()) <= 1:
             raise ValueError(f'group {key!r} cannot lose its last channel')
         self.keep[key][unit] = False
-        self._cache.clear()
-        self._pruned.clear()
+        self._changed()
 
     def set_keep(self, key: str, keep: torch.Tensor) -> None:
         if key not in self.keep:
@@ -65,8 +100,12 @@ class ChannelMasker:
             raise ValueError(f'mask for group {key!r} must have {self.keep[key].numel()} units '
                              f'with at least one kept, got {keep.numel()} with {int(keep.sum())}')
         self.keep[key] = keep.clone()
+        self._changed()
+
+    def _changed(self) -> None:
         self._cache.clear()
         self._pruned.clear()
+        self._wcache.clear()
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.keep.items()}
@@ -107,12 +146,45 @@ class ChannelMasker:
             return
         modules = dict(self.model.named_modules())
         for name in self._layers:
-            self._handles.append(modules[name].register_forward_pre_hook(self._make_hook(name)))
+            module = modules[name]
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+            if self._weight_maskable(name, module):
+                module.forward = _weight_masked_forward.__get__(module)
+                self._overridden.append(module)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for module in self._overridden:
+            module.__dict__.pop('forward', None)
+            module.__dict__.pop('_gfp_wmask', None)
+        self._overridden = []
+
+    def _weight_maskable(self, name: str, module: nn.Module) -> bool:
+        if self.mask_on == 'input' or type(module) not in _WEIGHT_MASKABLE:
+            return False
+        if 'forward' in module.__dict__:
+            return False  # someone else already replaced it: leave it alone
+        size = self._layers[name].size
+        if type(module) is nn.Conv2d:
+            return self._layers[name].ch_dim == 1 and size == module.in_channels
+        return size == module.in_features
+
+    def weight_mask(self, layer: str, module: nn.Module) -> torch.Tensor:
+        """The consumer's channel mask shaped to multiply its weight (cached)."""
+        wm = self._wcache.get(layer)
+        w = module.weight
+        if wm is None or wm.device != w.device or wm.dtype != w.dtype:
+            mask = self.channel_mask(layer).to(device=w.device, dtype=w.dtype)
+            if type(module) is nn.Linear:
+                wm = mask.view(1, -1)
+            else:  # weight (out, in/groups, kh, kw); output block g reads input block g
+                g = module.groups
+                out, per = w.shape[0], w.shape[1]
+                wm = mask.view(g, 1, per).expand(g, out // g, per).reshape(out, per, 1, 1)
+            self._wcache[layer] = wm
+        return wm
 
     def _layer_pruned(self, layer: str) -> bool:
         """Whether any input channel of ``layer`` is masked (cached until the masks change)."""
@@ -123,8 +195,21 @@ class ChannelMasker:
 
     def _make_hook(self, name: str):
         lc: LayerChannels = self._layers[name]
+        is_linear = None
+
+        def on_weight(module, x) -> bool:
+            if 'forward' not in module.__dict__:
+                return False
+            if is_linear and lc.ch_dim != x.dim() - 1:
+                return False
+            return self.mask_on == 'weight' or module.weight.numel() < x.numel()
 
         def hook(module, args):
+            nonlocal is_linear
+            if is_linear is None:
+                is_linear = type(module) is nn.Linear
+            if '_gfp_wmask' in module.__dict__:  # left by a call that failed before forward
+                del module.__dict__['_gfp_wmask']
             if not args or not isinstance(args[0], torch.Tensor):
                 return None
             tap = self.tap
@@ -132,7 +217,12 @@ class ChannelMasker:
             if tap is None and not pruned:
                 return None
             x = args[0]
-            if pruned:
+            if pruned and on_weight(module, x):
+                module.__dict__['_gfp_wmask'] = self.weight_mask(name, module)
+                if tap is None:
+                    return None
+                y = x.view_as(x)  # masked channels get no gradient through the masked weight
+            elif pruned:
                 mask = self.channel_mask(name)
                 if mask.device != x.device or mask.dtype != x.dtype:
                     mask = mask.to(device=x.device, dtype=x.dtype)

@@ -31,10 +31,12 @@ class FisherPruner:
         min_channels (int): No group goes below this many channels. Defaults to 1.
         divisor (int): Kept channels of a group stay a multiple of this where its blocks allow
             (e.g. 8 for hardware-friendly widths). Defaults to 1.
+        mask_on (str): Where masks are applied, see :class:`ChannelMasker` (same results,
+            different cost). Defaults to 'auto'.
     """
 
     def __init__(self, model: nn.Module, groups: GroupSet, delta: str = 'acts',
-                 min_channels: int = 1, divisor: int = 1):
+                 min_channels: int = 1, divisor: int = 1, mask_on: str = 'auto'):
         if delta not in ('acts', 'flops'):
             raise ValueError(f"`delta` must be 'acts' or 'flops', but got {delta!r}")
         if min_channels < 1 or divisor < 1:
@@ -45,7 +47,7 @@ class FisherPruner:
         self.delta = delta
         self.min_channels = min_channels
         self.divisor = divisor
-        self.masker = ChannelMasker(model, groups)
+        self.masker = ChannelMasker(model, groups, mask_on)
         self.recorder = FisherRecorder(self.masker)
         self.full = count(groups, lambda k: groups.groups[k].channels)
         self.full['params'] = sum(p.numel() for p in model.parameters())

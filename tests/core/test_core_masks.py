@@ -173,3 +173,92 @@ def test_vouched_module(monkeypatch):
     sub = type('Sub', (ChannelwiseExt, ), {})
     model.ext = sub()
     assert not groups_of(model, x).groups['a'].prunable
+
+
+def _run_masked(name, mask_on, seed=3):
+    """Train-mode forward + backward with the recorder on, masks on the input or the weight."""
+    from mmgfp.core import FisherRecorder
+    model, x = make(name), inputs(3)
+    m = ChannelMasker(model, groups_of(model, x), mask_on=mask_on)
+    random_masks(m, seed)
+    rec = FisherRecorder(m)
+    rec.start()
+    model.train()
+    rec.begin_iter(x.shape[0])
+    ys = outputs(model(x))
+    sum((y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() for y in ys).backward()
+    rec.end_iter()
+    rec.stop()
+    overridden = [n for n, mod in model.named_modules() if 'forward' in mod.__dict__]
+    m.detach()
+    assert not any('forward' in mod.__dict__ for mod in model.modules())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return [y.detach() for y in ys], grads, rec.fisher, overridden, m
+
+
+@pytest.mark.parametrize('name', sorted(NETS))
+def test_mask_on_weight_equals_mask_on_input(name):
+    """Outputs, every gradient, and the Fisher terms agree whichever side the mask is on."""
+    y_in, g_in, f_in, over_in, _ = _run_masked(name, 'input')
+    y_w, g_w, f_w, over_w, m = _run_masked(name, 'weight')
+    assert over_in == []
+    plain = [n for n in m._layers if type(dict(m.model.named_modules())[n])
+             in (nn.Conv2d, nn.Linear)]
+    assert set(over_w) <= set(plain) and (over_w or not plain)
+    for a, b in zip(y_in, y_w):
+        assert rel_diff(a, b) < 1e-5
+    assert g_in.keys() == g_w.keys()
+    for k in g_in:
+        assert rel_diff(g_in[k], g_w[k]) < 1e-5, k
+    for k in f_in:
+        torch.testing.assert_close(f_w[k], f_in[k], rtol=1e-4, atol=1e-12 + 1e-6 * float(
+            f_in[k].abs().max()))
+
+
+def test_weight_mask_of_grouped_conv_matches_input_mask():
+    conv = nn.Conv2d(8, 6, 3, padding=1, groups=2)
+    x = torch.randn(2, 8, 5, 5)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1.])
+
+    class _M(ChannelMasker):
+        def __init__(self):  # just the mask arithmetic, no model
+            self._wcache = {}
+
+        def channel_mask(self, layer):
+            return mask
+
+    wm = _M().weight_mask('conv', conv)
+    assert wm.shape == (6, 4, 1, 1)
+    torch.testing.assert_close(conv._conv_forward(x, conv.weight * wm, conv.bias),
+                               conv(x * mask.view(1, -1, 1, 1)))
+
+
+def test_deepcopy_of_weight_masked_model_uses_its_own_weights():
+    """An EMA-style deep copy of an attached model computes with the copy's weights."""
+    model, x, m = _masker('chain')
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[2, 5]] = False
+    m.set_keep('b.0', keep)
+    m.mask_on = 'weight'
+    m.attach()
+    assert 'forward' in model.c.__dict__
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        y_twin = twin(x)
+        y = model(x)
+    m.detach()
+    with torch.no_grad():
+        twin_ref = copy.deepcopy(model)
+        for p in twin_ref.parameters():
+            p.mul_(0.5)
+        compact = apply_spec(twin_ref, make_spec(m))
+        assert rel_diff(compact(x), y_twin) < 1e-5
+        assert rel_diff(y_twin, y) > 1e-2
+
+
+def test_mask_on_is_checked():
+    model, x = make('chain'), inputs()
+    with pytest.raises(ValueError, match='mask_on must be one of'):
+        ChannelMasker(model, groups_of(model, x), mask_on='both')
