@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/overhead.py --models resnet50 --rounds 4 --json out.json
     .venv/bin/python benchmarks/overhead.py --profile        # also profile the hook's cost
     .venv/bin/python benchmarks/overhead.py --premask 0.25   # a quarter of the channels masked
+    .venv/bin/python benchmarks/overhead.py --premask 0.25 --mask-on input  # masks on inputs only
 
 Each iteration is a real MMEngine train step, ``model.train_step(batch, optim_wrapper)``: data
 preprocessor, loss forward, backward and an SGD step, on random demo batches and randomly
@@ -54,7 +55,7 @@ def premask(pruner, fraction: float, seed: int = 0) -> None:
         pruner.masker.set_keep(key, new)
 
 
-def setup(name, input_size, batch_size, lr, seed=0):
+def setup(name, input_size, batch_size, lr, mask_on='auto', seed=0):
     from mmengine.optim import OptimWrapper
 
     from mmgfp.apis.check import build_model
@@ -67,7 +68,7 @@ def setup(name, input_size, batch_size, lr, seed=0):
     t0 = time.perf_counter()
     groups = build_groups(model, loss_forward(batches[0]))
     t_groups = time.perf_counter() - t0
-    pruner = FisherPruner(model, groups)
+    pruner = FisherPruner(model, groups, mask_on=mask_on)
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
                                          weight_decay=1e-4))
     return model, batches, pruner, optim, t_groups, groups
@@ -232,6 +233,9 @@ def main(argv=None):
                    help='mask this fraction of every group\'s channels first (the hooked '
                         'variant then also pays the masks\' multiplications, as later in a '
                         'pruning run)')
+    p.add_argument('--mask-on', choices=['auto', 'input', 'weight'], default='auto',
+                   help="where consumers apply the masks (FisherPruner's mask_on; 'input' is "
+                        'how mmgfp worked before the weight masks)')
     p.add_argument('--json', help='write the results here')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -246,7 +250,8 @@ def main(argv=None):
     for name in args.models:
         (size, batch) = sizes[name]
         print(f'[overhead] {name}: {size[0]}x{size[1]}, batch {batch} ...', flush=True)
-        model, batches, pruner, optim, t_groups, groups = setup(name, size, batch, args.lr)
+        model, batches, pruner, optim, t_groups, groups = setup(
+            name, size, batch, args.lr, args.mask_on)
         if args.premask:
             premask(pruner, args.premask)
         var = Variant(model, pruner, optim, batch)
@@ -256,7 +261,8 @@ def main(argv=None):
         prune_ms = guard.run(lambda: prune_step_cost(pruner, var, batches))
         interval = 10
         row = {
-            'model': name, 'premask': args.premask, 'input': f'{size[0]}x{size[1]}', 'batch': batch,
+            'model': name, 'premask': args.premask, 'mask_on': args.mask_on,
+            'input': f'{size[0]}x{size[1]}', 'batch': batch,
             'groups': f'{len(groups.prunable)}/{len(groups.groups)}',
             'consumer_hooks': len(pruner.masker._layers),
             'iters_each': len(times['with']),
@@ -285,10 +291,11 @@ def main(argv=None):
     print(C.env_line())
     for r in rows:
         r['round_ratios'] = f'{r["round_ratio_min"]:.3f}-{r["round_ratio_max"]:.3f}'
-    print(C.table(rows, ['model', 'premask', 'input', 'batch', 'groups', 'iters_each', 'without_ms',
+    print(C.table(rows, ['model', 'premask', 'mask_on', 'input', 'batch', 'groups', 'iters_each',
+                         'without_ms',
                          'with_ms', 'ratio', 'round_ratio_median', 'round_ratios',
                          'prune_step_ms', 'ratio_with_prune_steps_interval10'],
-                  ['model', 'masked', 'input', 'batch', 'prunable/groups', 'iters each',
+                  ['model', 'masked', 'mask on', 'input', 'batch', 'prunable/groups', 'iters each',
                    'without (ms/iter)', 'with hook (ms/iter)', 'ratio', 'ratio (median of rounds)',
                    'round range', 'prune step (ms)', 'ratio incl. prune steps @interval 10']))
     print('target: ratio <= 1.10; "prune step" = pruner.step(1) + 3x remaining(), '
