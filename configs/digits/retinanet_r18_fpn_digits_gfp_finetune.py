@@ -9,8 +9,11 @@
 # The masks come from the checkpoint; `init_spec` (the channel spec saved next to it) is used
 # when the loaded checkpoint carries no pruning state, e.g. to fine-tune the baseline weights
 # under a given channel spec. The model keeps its full shapes with masked channels; for a
-# physically smaller model, run tools/deploy_pruned.py on the checkpoint instead and train the
-# compact config it writes (that is the way to fine-tune the FCOS/ATSS and classifier results).
+# physically smaller model, run tools/deploy_pruned.py on this run's final checkpoint
+# (work_dirs/retinanet_r18_fpn_digits_gfp_finetune/iter_500.pth): it carries the same masks.
+# For the delta='flops' result, override both paths, e.g.
+#   --cfg-options load_from=work_dirs/retinanet_r18_fpn_digits_gfp_flops/pruned_flops_0.50.pth \
+#       custom_hooks.0.init_spec=work_dirs/retinanet_r18_fpn_digits_gfp_flops/pruned_flops_0.50.json
 custom_imports = dict(imports=['mmgfp'], allow_failed_imports=False)
 default_scope = 'mmdet'
 

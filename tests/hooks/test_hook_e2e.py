@@ -179,6 +179,41 @@ def test_load_from_restores_masks(tmp_path, det_data):
     assert sum(kept_b.values()) < sum(kept_a.values())
 
 
+def test_finetune_keeps_the_saved_masks(tmp_path, det_data):
+    """What the *_gfp_finetune.py configs do: `load_from` a threshold checkpoint of a pruning
+    run with `prune=False` and its spec as `init_spec`; the masks stay as saved while the
+    weights train, the final checkpoint carries them, and it deploys. With no pruning state in
+    the loaded weights, `init_spec` alone sets the same masks."""
+    config = det_config(tmp_path, det_data)
+    _train(config, tmp_path / 'prune')
+    saved = torch.load(tmp_path / 'prune' / 'pruned_flops_0.98.pth', weights_only=True)
+    saved_masks = saved['mmgfp']['pruner']['masks']
+    assert any(not bool(v.all()) for v in saved_masks.values())
+    finetune = {'custom_hooks': [dict(type='FisherPruningHook', prune=False,
+                                      init_spec=str(tmp_path / 'prune' /
+                                                    'pruned_flops_0.98.json'))],
+                'train_cfg.max_iters': 4}
+    ft = _train(config, tmp_path / 'ft', load_from=str(tmp_path / 'prune' /
+                                                        'pruned_flops_0.98.pth'), **finetune)
+    hook = _hook(ft)
+    assert hook.steps == 0 and hook.finished
+    masks = _masks(ft)
+    assert masks.keys() == saved_masks.keys()
+    for k in masks:
+        assert torch.equal(masks[k], saved_masks[k]), f'group {k} changed while fine-tuning'
+    moved = [n for n, p in ft.model.state_dict().items()
+             if p.is_floating_point() and not torch.equal(p, saved['state_dict'][n])]
+    assert moved, 'fine-tuning did not train the weights'
+    final = torch.load(tmp_path / 'ft' / 'iter_4.pth', weights_only=True)
+    for k in masks:
+        assert torch.equal(final['mmgfp']['pruner']['masks'][k], saved_masks[k])
+    _deploy_and_compare(config, str(tmp_path / 'ft' / 'iter_4.pth'), tmp_path / 'deploy', ft)
+    # init_spec alone (e.g. the baseline's weights under a given channel spec)
+    spec_only = _train(config, tmp_path / 'spec', **dict(finetune, **{'train_cfg.max_iters': 1}))
+    for k, v in _masks(spec_only).items():
+        assert torch.equal(v, saved_masks[k]), f'group {k} differs from the spec'
+
+
 @pytest.mark.parametrize('base', ['resnet/resnet18_8xb32_in1k.py',
                                   'mobilenet_v2/mobilenet-v2_8xb32_in1k.py'])
 def test_classifier_prune_deploy_test(tmp_path, cls_data, base):
