@@ -22,6 +22,8 @@ tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-b
                training batches of gradients, one shot
 random         mmgfp's channel groups, units removed in random order, one shot
 thin           the same RetinaNet with all widths scaled, trained from scratch
+unpruned       the baseline trained on for the same iterations, nothing pruned (once per seed,
+               whatever the targets): what the budget buys without pruning
 =============  ==============================================================================
 
 The budget: every pruning method trains ``--iters`` iterations after the baseline with the
@@ -51,10 +53,11 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common as C  # noqa: E402
 
-METHODS = ['gfp_acts', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin']
+METHODS = ['gfp_acts', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin', 'unpruned']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
           'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1', 'tp_taylor': 'TP group Taylor',
-          'random': 'random groups', 'thin': 'thin RetinaNet (scratch)'}
+          'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
+          'unpruned': 'unpruned, same budget'}
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
 # --quick: one image per batch on a tiny data set; GFP removes up to 1024 units per iteration
 # so that it reaches the target within the few iterations.
@@ -89,6 +92,9 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='a few iterations on a tiny data set '
                    '(smoke check of every method; mAP is meaningless)')
     p.add_argument('--force', action='store_true', help='rerun runs stored in WORK_DIR')
+    p.add_argument('--stored-only', action='store_true',
+                   help='train nothing: tabulate and plot the runs stored in WORK_DIR for '
+                        '--targets x --seeds x --methods, skipping (and naming) missing ones')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--verbose', action='store_true', help="keep MMEngine's INFO logs")
     args = p.parse_args(argv)
@@ -148,6 +154,9 @@ def train_baseline(base, args, work_dir: str) -> str:
     if osp.isfile(ckpt) and not args.force:
         print(f'[accuracy] reusing baseline {ckpt}', flush=True)
         return ckpt
+    if args.stored_only:
+        raise SystemExit(f'error: --stored-only, but no baseline checkpoint {ckpt}: give '
+                         '--baseline CKPT or the --work-dir of the earlier runs')
     print(f'[accuracy] training the baseline for {iters} iterations', flush=True)
     cfg = M.train_cfg(base, work_dir, iters, 0, _stamp('baseline'), _log_level(args),
                       M.scale_schedule(base.param_scheduler, base.train_cfg.max_iters, iters))
@@ -189,7 +198,12 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     out = {'method': method, 'seed': seed, 'target': target, 'name': name}
     ft = M.train_cfg(base, wd, args.iters, seed, _stamp(name), level,
                      M.finetune_schedule(args.iters), args.lr)
-    if method.startswith('gfp'):
+    if method == 'unpruned':
+        model = M.build(base, ckpt)
+        M.runner(ft, model).train()
+        info = {}
+        out['train_iters'] = args.iters
+    elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
                             args.gfp_channels_per_step)
         out['train_iters'] = args.iters
@@ -318,16 +332,18 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'osD^vX'))
+    markers = dict(zip(METHODS, 'osD^vXP'))
     ax = axes[0]
     ax.plot([100.0], [base['mAP']], 'k*', ms=12, label=LABELS['baseline'])
+    # curves end at the unpruned model with the same training budget when it was measured
+    end = next((r for r in rows if r['method'] == 'unpruned' and r['n']), base)
     for i, method in enumerate(methods):
         rs = sorted((r for r in rows if r['method'] == method and r['n']),
                     key=lambda r: r['flops'])
         colour = f'C{METHODS.index(method)}'
-        if len(rs) > 1:  # a curve through the targets and the unpruned model
+        if len(rs) > 1 and method != 'unpruned':  # through the targets and the unpruned model
             ax.plot([100 * r['flops'] for r in rs] + [100.0],
-                    [r['mAP'] for r in rs] + [base['mAP']], '-', color=colour, alpha=0.5)
+                    [r['mAP'] for r in rs] + [end['mAP']], '-', color=colour, alpha=0.5)
         ax.errorbar([100 * r['flops'] for r in rs], [r['mAP'] for r in rs],
                     yerr=[0 if r['mAP_std'] != r['mAP_std'] else r['mAP_std'] for r in rs],
                     fmt=markers[method], color=colour, capsize=3, label=LABELS[method])
@@ -335,7 +351,7 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
     ax.set_xlabel('FLOPs (% of the baseline, mmgfp cost model)')
     ax.set_ylabel('bbox mAP (digits val)')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='center right')
+    ax.legend(fontsize=8, loc='lower center', ncol=2)
     ax = axes[1]
     width = 0.8 / max(1, len(targets))
     for j, target in enumerate(targets):
@@ -388,6 +404,8 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
+    if args.stored_only and args.force:
+        raise SystemExit('error: --stored-only and --force contradict each other: pick one')
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
     base_model = M.build(base, baseline)
     full = M.measure(base_model)
@@ -396,6 +414,10 @@ def main(argv=None) -> dict:
            'baseline_iters': args.baseline_iters or base.train_cfg.max_iters}
     base_path = osp.join(wd, 'baseline_eval.json')
     base_res = stored(base_path, sig)
+    if base_res is None and args.stored_only:
+        raise SystemExit(f'error: --stored-only, but {base_path} is missing or was made with '
+                         'other settings (iters, lr, config, baseline...): give the same '
+                         'options as the runs that made it')
     if base_res is None or args.force:
         base_res = dict(M.evaluate(base_model, base, osp.join(wd, 'baseline_eval'),
                                    _stamp('baseline_test'), _log_level(args)),
@@ -406,41 +428,57 @@ def main(argv=None) -> dict:
     print(f'[accuracy] baseline {baseline}: bbox mAP {base_res["mAP"]:.3f}, '
           f'{full["flops"] / 1e9:.3f} GMACs per 128x128 image', flush=True)
 
-    runs = []
+    runs, missing = [], []
+    jobs = [(1.0, seed, 'unpruned') for seed in args.seeds if 'unpruned' in args.methods]
     for target in args.targets:
         for seed in args.seeds:  # all methods of a seed before the next seed
-            for method in args.methods:
-                path = osp.join(wd, 'runs', f'{method}_t{round(target * 100)}_s{seed}',
-                                'result.json')
-                res = None if args.force else stored(path, sig)
-                if res is None:
-                    print(f'[accuracy] {method}, target {target}, seed {seed} ...', flush=True)
-                    try:
-                        res = run_one(method, seed, target, ctx)
-                    except Exception as e:  # noqa: BLE001  (reported in the table)
-                        import traceback
-                        traceback.print_exc()
-                        res = {'method': method, 'seed': seed, 'target': target,
-                               'error': f'{type(e).__name__}: {e}'[:300]}
-                    res['settings'] = sig
-                    save(path, res)
-                if 'error' not in res:
-                    print(f'[accuracy]   {method} seed {seed}: FLOPs {100 * res["flops"]:.1f}%,'
-                          f' mAP {res["mAP"]:.3f} ({res["seconds"]:.0f} s)', flush=True)
-                runs.append(res)
+            jobs += [(target, seed, m) for m in args.methods if m != 'unpruned']
+    for target, seed, method in jobs:
+        path = osp.join(wd, 'runs', f'{method}_t{round(target * 100)}_s{seed}',
+                        'result.json')
+        res = None if args.force else stored(path, sig)
+        if res is None and args.stored_only:
+            print(f'[accuracy] {method}, target {target}, seed {seed}: no stored run '
+                  'with these settings, left out', flush=True)
+            missing.append((method, target, seed))
+            continue
+        if res is None:
+            print(f'[accuracy] {method}, target {target}, seed {seed} ...', flush=True)
+            try:
+                res = run_one(method, seed, target, ctx)
+            except Exception as e:  # noqa: BLE001  (reported in the table)
+                import traceback
+                traceback.print_exc()
+                res = {'method': method, 'seed': seed, 'target': target,
+                       'error': f'{type(e).__name__}: {e}'[:300]}
+            res['settings'] = sig
+            save(path, res)
+        if 'error' not in res:
+            print(f'[accuracy]   {method} seed {seed}: FLOPs {100 * res["flops"]:.1f}%,'
+                  f' mAP {res["mAP"]:.3f} ({res["seconds"]:.0f} s)', flush=True)
+        runs.append(res)
 
     rows = summarize(runs, base_res)
     total = time.perf_counter() - t_start
+    seeds = {t: sorted({r['seed'] for r in runs if r['target'] == t}) for t in args.targets}
+    if len({tuple(v) for v in seeds.values()}) == 1:
+        seed_txt = 'seeds ' + ' '.join(map(str, seeds[args.targets[0]]))
+    else:
+        seed_txt = '; '.join(f'{t:g}: seed{"s" if len(v) > 1 else ""} {" ".join(map(str, v))}'
+                             for t, v in seeds.items())
     budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline '
-              f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), seeds '
-              f'{" ".join(map(str, args.seeds))}')
+              f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), {seed_txt}')
     print(f'\nbbox mAP on the digits val split at {"/".join(map(str, args.targets))} of the '
           f'FLOPs; budget: {budget}; mean ± std over seeds')
     print(C.env_line())
     print(format_tables(rows))
+    if missing:
+        print(f'left out ({len(missing)} not stored): ' +
+              ', '.join(f'{m} {t:g} s{sd}' for m, t, sd in missing))
     print(f'total time {total:.0f} s')
     payload = {'benchmark': 'accuracy', 'args': vars(args), 'budget': budget,
-               'baseline': base_res, 'rows': rows, 'runs': runs, 'total_s': total}
+               'baseline': base_res, 'rows': rows, 'runs': runs, 'total_s': total,
+               'missing': [dict(method=m, target=t, seed=sd) for m, t, sd in missing]}
     C.write_json(args.json, payload)
     if args.plot:
         plot(rows, runs, args.plot, f'RetinaNet-R18 on digits, {budget}')

@@ -55,8 +55,12 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     tol = accuracy.QUICK['tol']
     for method, r in runs.items():
         assert 'error' not in r, f'{method}: {r.get("error")}'
+        assert 0.0 <= r['mAP'] <= 1.0
+        if method == 'unpruned':  # the same budget with nothing pruned
+            assert r['flops'] == r['params'] == r['acts'] == 1.0 and r['target'] == 1.0
+            continue
         assert abs(r['flops'] - 0.5) <= tol, f'{method} ended at {r["flops"]:.3f} of the FLOPs'
-        assert 0.0 <= r['mAP'] <= 1.0 and r['params'] < 1.0
+        assert r['params'] < 1.0
     assert runs['thin']['train_iters'] == accuracy.QUICK['baseline_iters'] + \
         accuracy.QUICK['iters']
     assert {r['train_iters'] for m, r in runs.items() if m != 'thin'} == {accuracy.QUICK['iters']}
@@ -69,10 +73,17 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     for method in ('tp_l1', 'tp_taylor', 'random'):
         assert 'mAP' in runs[method]['info']['pruned_eval']
     saved = json.loads(out_json.read_text())
-    assert [r['method'] for r in saved['rows']] == ['baseline'] + accuracy.METHODS
+    assert [r['method'] for r in saved['rows']] == ['baseline', 'unpruned'] + [
+        m for m in accuracy.METHODS if m != 'unpruned']
     if '--plot' in argv:
         assert (tmp_path / 'accuracy.png').stat().st_size > 1000
 
     # A second call with the same settings reuses every stored run.
     again = accuracy.main(common + ['--methods', 'random'])
     assert again['runs'][0]['seconds'] == runs['random']['seconds']
+    # --stored-only trains nothing: a seed never run is named as missing, not run.
+    stored = accuracy.main(common + ['--stored-only', '--seeds', '0', '1', '--methods',
+                                     'random'])
+    assert [r['seconds'] for r in stored['runs']] == [runs['random']['seconds']]
+    assert stored['missing'] == [{'method': 'random', 'target': 0.5, 'seed': 1}]
+    assert not (tmp_path / 'wd' / 'runs' / 'random_t50_s1').exists()
