@@ -341,9 +341,12 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
         rs = sorted((r for r in rows if r['method'] == method and r['n']),
                     key=lambda r: r['flops'])
         colour = f'C{METHODS.index(method)}'
-        if len(rs) > 1 and method != 'unpruned':  # through the targets and the unpruned model
-            ax.plot([100 * r['flops'] for r in rs] + [100.0],
-                    [r['mAP'] for r in rs] + [end['mAP']], '-', color=colour, alpha=0.5)
+        if len(rs) > 1 and method != 'unpruned':
+            # through the targets and on to the unpruned model, except for the thin networks:
+            # their full-width counterpart (trained from scratch as long) is not measured
+            tail = [] if method == 'thin' else [(100.0, end['mAP'])]
+            pts = [(100 * r['flops'], r['mAP']) for r in rs] + tail
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], '-', color=colour, alpha=0.5)
         ax.errorbar([100 * r['flops'] for r in rs], [r['mAP'] for r in rs],
                     yerr=[0 if r['mAP_std'] != r['mAP_std'] else r['mAP_std'] for r in rs],
                     fmt=markers[method], color=colour, capsize=3, label=LABELS[method])
