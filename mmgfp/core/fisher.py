@@ -35,6 +35,7 @@ class FisherRecorder:
             k: torch.zeros(v.numel(), dtype=torch.float64) for k, v in masker.keep.items()}
         self.hits: Dict[str, int] = {k: 0 for k in masker.keep}
         self.iters = 0
+        self.skipped = 0  # iterations left out for non-finite gradients
         self._buf: Dict[str, torch.Tensor] = {}
         self._buf_hits: Dict[str, int] = {}
         self._n = 0
@@ -107,8 +108,13 @@ class FisherRecorder:
                           per_ch.new_zeros(n - 1, per_ch.shape[1])])
 
     def end_iter(self, grad_scale: float = 1.0,
-                 reduce: Optional[Callable[[torch.Tensor], None]] = None) -> None:
+                 reduce: Optional[Callable[[torch.Tensor], None]] = None) -> bool:
         """Square the per-sample sums of this iteration and add them up.
+
+        An iteration whose terms are not finite (an fp16 overflow that AMP's loss scaler will
+        skip, or a diverging loss) is left out whole: one inf or NaN would otherwise make every
+        later score of its groups inf or NaN until the next pruning step, and the comparison
+        that picks the channel to prune meaningless. ``skipped`` counts such iterations.
 
         Args:
             grad_scale (float): Divided out of the gradients before squaring: AMP's loss
@@ -118,18 +124,25 @@ class FisherRecorder:
                 With it every process adds the same terms (all samples of the iteration), so
                 the statistics, and what a checkpoint of any one process saves, are identical
                 everywhere. Defaults to None.
+
+        Returns:
+            bool: False if the iteration was left out for non-finite terms.
         """
         terms = {k: (buf / grad_scale).pow(2).sum(0).cpu() for k, buf in self._buf.items()}
         hits = dict(self._buf_hits)
-        if reduce is not None:
+        if reduce is not None:  # after the reduction all processes agree on finiteness
             terms, hits = self._reduce(terms, hits, reduce)
+        self._buf, self._buf_hits = {}, {}
+        self._n = 0
+        if not all(bool(torch.isfinite(t).all()) for t in terms.values()):
+            self.skipped += 1
+            return False
         for k, t in terms.items():
             self.fisher[k] += t
         for k, h in hits.items():
             self.hits[k] += h
-        self._buf, self._buf_hits = {}, {}
-        self._n = 0
         self.iters += 1
+        return True
 
     def _reduce(self, terms: Dict[str, torch.Tensor], hits: Dict[str, int],
                 reduce: Callable[[torch.Tensor], None]):
@@ -152,7 +165,7 @@ class FisherRecorder:
 
     def state_dict(self) -> Dict:
         return {'fisher': {k: v.clone() for k, v in self.fisher.items()},
-                'hits': dict(self.hits), 'iters': self.iters}
+                'hits': dict(self.hits), 'iters': self.iters, 'skipped': self.skipped}
 
     def load_state_dict(self, state: Dict) -> None:
         if set(state['fisher']) != set(self.fisher):
@@ -161,3 +174,4 @@ class FisherRecorder:
             self.fisher[k].copy_(v)
         self.hits.update(state['hits'])
         self.iters = int(state['iters'])
+        self.skipped = int(state.get('skipped', 0))  # older checkpoints have no count

@@ -209,8 +209,13 @@ class FisherPruningHook(Hook):
         if self.finished or self.pruner is None:
             return
         world = get_world_size()
-        self.pruner.recorder.end_iter(_grad_scale(runner) * world,
-                                      reduce=_sum_over_ranks if world > 1 else None)
+        ok = self.pruner.recorder.end_iter(_grad_scale(runner) * world,
+                                           reduce=_sum_over_ranks if world > 1 else None)
+        if not ok:
+            runner.logger.warning(
+                f'FisherPruningHook: iteration {runner.iter + 1} gave non-finite gradients '
+                '(an fp16 overflow that AMP skips, or a diverging loss); its Fisher terms are '
+                f'left out ({self.pruner.recorder.skipped} iterations so far)')
         if (runner.iter + 1) % self.interval:
             return
         without = self.pruner.groups_without_gradient()

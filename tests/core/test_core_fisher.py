@@ -310,3 +310,32 @@ def test_double_precision_model():
     ref = detached(pruner, reference_fisher, model, gs, x, targets)
     for k in ref:
         torch.testing.assert_close(pruner.recorder.fisher[k], ref[k], rtol=1e-9, atol=0)
+
+
+def test_non_finite_iteration_is_left_out(fisher_net):
+    """An iteration with inf/NaN gradients (fp16 overflow under AMP) adds nothing; the
+    statistics stay what the finite iterations gave, and the count is saved."""
+    model, x, targets = fisher_net
+    gs, pruner = _setup(model, x)
+    rec = pruner.recorder
+    record(pruner, model, x, targets)
+    before = {k: v.clone() for k, v in rec.fisher.items()}
+    hits = dict(rec.hits)
+    model.zero_grad()
+    rec.begin_iter(x.shape[0])
+    loss = per_sample_loss(model(x), targets).sum() * float('inf')
+    loss.backward()
+    assert rec.end_iter() is False
+    assert rec.skipped == 1 and rec.iters == 1 and rec.hits == hits
+    for k in before:
+        assert torch.equal(rec.fisher[k], before[k]), k
+    # the next finite iteration counts again, and the skip count survives a checkpoint
+    record(pruner, model, x, targets)
+    assert rec.iters == 2
+    for k in before:
+        torch.testing.assert_close(rec.fisher[k], 2 * before[k])
+    state = rec.state_dict()
+    rec.reset()
+    rec.skipped = 0
+    rec.load_state_dict(state)
+    assert rec.skipped == 1 and rec.iters == 2
