@@ -81,3 +81,28 @@ def test_nothing_prunable_is_a_clear_error():
     batch = {'inputs': [torch.randn(3, 8, 8), torch.randn(3, 8, 8)], 'data_samples': None}
     with pytest.raises(RuntimeError, match='found nothing prunable.*Remove the hook'):
         hook.before_train_iter(runner, 0, batch)
+
+
+def test_non_finite_iteration_is_warned_and_left_out():
+    """The hook passes an overflowed iteration's verdict on to the log, and pruning goes on from
+    the finite statistics."""
+    from mmgfp.core import FisherPruner, build_groups
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3))
+    x = torch.randn(2, 3, 10, 10)
+    hook = FisherPruningHook(interval=100)
+    hook.pruner = FisherPruner(model, build_groups(model, lambda m: m(x)))
+    hook.pruner.masker.attach()
+    hook.pruner.recorder.start()
+    warnings = []
+    runner = SimpleNamespace(iter=6, optim_wrapper=SimpleNamespace(),
+                             logger=SimpleNamespace(warning=warnings.append))
+    for scale in (1.0, float('inf')):
+        hook.pruner.recorder.begin_iter(2)
+        (model(x).square().mean() * scale).backward()
+        hook.after_train_iter(runner, 6)
+    rec = hook.pruner.recorder
+    assert rec.iters == 1 and rec.skipped == 1
+    assert all(bool(torch.isfinite(v).all()) and bool((v > 0).any()) for v in rec.fisher.values())
+    assert len(warnings) == 1 and 'iteration 7 gave non-finite gradients' in warnings[0]
