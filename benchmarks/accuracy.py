@@ -3,8 +3,9 @@
 Run from the repository root (Torch-Pruning 1.6.1 and matplotlib must be installed)::
 
     .venv/bin/python benchmarks/accuracy.py --json benchmarks/results/accuracy.json \\
-        --plot benchmarks/results/accuracy.png     # ~13 min per seed on 2 idle cores (est.)
+        --plot benchmarks/results/accuracy.png     # ~23 min per seed and target (measured)
     .venv/bin/python benchmarks/accuracy.py --quick     # every method for a few iterations
+    .venv/bin/python benchmarks/accuracy.py --stored-only --targets 0.3 0.5 0.7  # tabulate only
 
 On a machine other jobs load, add ``--threads 1``: two OpenMP threads fighting other processes
 for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thread.
