@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .grouping import GroupSet, LayerChannels
+
 MASK_ON = ('auto', 'input', 'weight')
 # Exact types only: a subclass may use its weight differently (weight standardisation, ...).
 _WEIGHT_MASKABLE = (nn.Conv2d, nn.Linear)
@@ -36,7 +38,12 @@ def _weight_masked_forward(self, x, *args, **kwargs):
         return self._conv_forward(x, weight, self.bias)
     return F.linear(x, weight, self.bias)
 
-from .grouping import GroupSet, LayerChannels
+
+def _has_weight_masked_forward(module: nn.Module) -> bool:
+    """Whether ``module.forward`` is the one :meth:`ChannelMasker.attach` bound (not another
+    tool's replacement, which would ignore a weight mask)."""
+    forward = module.__dict__.get('forward')
+    return getattr(forward, '__func__', None) is _weight_masked_forward
 
 
 class ChannelMasker:
@@ -195,19 +202,15 @@ class ChannelMasker:
 
     def _make_hook(self, name: str):
         lc: LayerChannels = self._layers[name]
-        is_linear = None
 
         def on_weight(module, x) -> bool:
-            if 'forward' not in module.__dict__:
+            if not _has_weight_masked_forward(module):
                 return False
-            if is_linear and lc.ch_dim != x.dim() - 1:
+            if type(module) is nn.Linear and lc.ch_dim != x.dim() - 1:
                 return False
             return self.mask_on == 'weight' or module.weight.numel() < x.numel()
 
         def hook(module, args):
-            nonlocal is_linear
-            if is_linear is None:
-                is_linear = type(module) is nn.Linear
             if '_gfp_wmask' in module.__dict__:  # left by a call that failed before forward
                 del module.__dict__['_gfp_wmask']
             if not args or not isinstance(args[0], torch.Tensor):

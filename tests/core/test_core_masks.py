@@ -262,3 +262,24 @@ def test_mask_on_is_checked():
     model, x = make('chain'), inputs()
     with pytest.raises(ValueError, match='mask_on must be one of'):
         ChannelMasker(model, groups_of(model, x), mask_on='both')
+
+
+def test_a_forward_replaced_by_someone_else_keeps_its_input_mask():
+    """A consumer whose forward another tool already replaced is not given the weight-masking
+    forward, so its mask must stay on the input (else the replaced forward would ignore it)."""
+    model, x, m = _masker('chain')
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[2, 5]] = False
+    m.set_keep('b.0', keep)
+    m.attach()
+    with torch.no_grad():
+        ref = model(x)  # the plain consumer, masked
+    m.detach()
+    model.c.forward = (lambda self, inp: type(self).forward(self, inp)).__get__(model.c)
+    m.mask_on = 'weight'
+    m.attach()
+    assert model.c.__dict__['forward'].__func__ is not type(model.c).forward
+    with torch.no_grad():
+        assert rel_diff(model(x), ref) < 1e-6
+    m.detach()
+    assert 'forward' in model.c.__dict__  # the other tool's forward is left in place
