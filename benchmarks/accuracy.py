@@ -115,6 +115,8 @@ def parse_args(argv=None):
     for t in args.targets:
         if not 0 < t < 1:
             p.error(f'--targets are fractions of the FLOPs to keep, in (0, 1); got {t}')
+    if args.stored_only and args.force:
+        p.error('--stored-only and --force contradict each other: pick one')
     if args.baseline and not osp.isfile(args.baseline):
         p.error(f'--baseline {args.baseline} does not exist: give a checkpoint of --config, '
                 'or leave it out to train the baseline here')
@@ -408,8 +410,6 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
-    if args.stored_only and args.force:
-        raise SystemExit('error: --stored-only and --force contradict each other: pick one')
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
     base_model = M.build(base, baseline)
     full = M.measure(base_model)

@@ -209,6 +209,7 @@ def profile(var: Variant, batches, iters: int, top: int) -> str:
 
 
 def main(argv=None):
+    from mmgfp.core.masks import MASK_ON
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', default=list(MODELS), choices=list(MODELS))
     p.add_argument('--warmup', type=int, default=3, help='warm-up iterations per variant')
@@ -233,7 +234,7 @@ def main(argv=None):
                    help='mask this fraction of every group\'s channels first (the hooked '
                         'variant then also pays the masks\' multiplications, as later in a '
                         'pruning run)')
-    p.add_argument('--mask-on', choices=['auto', 'input', 'weight'], default='auto',
+    p.add_argument('--mask-on', choices=MASK_ON, default='auto',
                    help="where consumers apply the masks (FisherPruner's mask_on; 'input' is "
                         'how mmgfp worked before the weight masks)')
     p.add_argument('--json', help='write the results here')
@@ -292,8 +293,7 @@ def main(argv=None):
     for r in rows:
         r['round_ratios'] = f'{r["round_ratio_min"]:.3f}-{r["round_ratio_max"]:.3f}'
     print(C.table(rows, ['model', 'premask', 'mask_on', 'input', 'batch', 'groups', 'iters_each',
-                         'without_ms',
-                         'with_ms', 'ratio', 'round_ratio_median', 'round_ratios',
+                         'without_ms', 'with_ms', 'ratio', 'round_ratio_median', 'round_ratios',
                          'prune_step_ms', 'ratio_with_prune_steps_interval10'],
                   ['model', 'masked', 'mask on', 'input', 'batch', 'prunable/groups', 'iters each',
                    'without (ms/iter)', 'with hook (ms/iter)', 'ratio', 'ratio (median of rounds)',

@@ -29,6 +29,7 @@ def test_search_hits_the_target_inside_the_bracket():
     (['--targets', '1.5'], 'fractions of the FLOPs to keep'),
     (['--iters', '0'], '--iters must be a positive integer'),
     (['--baseline', '/nonexistent/iter_500.pth'], 'does not exist'),
+    (['--stored-only', '--force'], 'contradict each other'),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
