@@ -11,6 +11,9 @@ from typing import Callable, Dict, Optional
 import torch.nn as nn
 
 from .grouping import GroupSet, LayerChannels
+from .latency import LatencyTable, layers_by_group
+
+DELTAS = ('acts', 'flops', 'latency')
 
 KeptFn = Callable[[str], int]  # group key -> channels kept
 
@@ -71,16 +74,25 @@ def count_params(model: nn.Module, gs: GroupSet, kept: KeptFn) -> int:
     return int(total)
 
 
-def unit_costs(gs: GroupSet, kept: KeptFn, delta: str) -> Dict[str, float]:
-    """What removing one unit of each group saves, in activations or FLOPs (per sample).
+def unit_costs(gs: GroupSet, kept: KeptFn, delta: str, table: Optional[LatencyTable] = None,
+               steps: Optional[Dict[str, int]] = None) -> Dict[str, float]:
+    """What removing one unit of each group saves, in activations, FLOPs or time.
 
     Args:
         gs (GroupSet): The groups.
         kept (callable): Group key -> channels currently kept.
-        delta (str): ``'acts'`` or ``'flops'``.
+        delta (str): ``'acts'``, ``'flops'`` (per sample) or ``'latency'`` (microseconds on
+            the table's device).
+        table (LatencyTable, optional): Needed for ``'latency'``. Defaults to None.
+        steps (dict, optional): ``'latency'`` only: group key -> units the group's next
+            removal takes (1 where not given). Time is not linear in the width, so the cost
+            is the time that whole step saves, divided by its units; it is <= 0 where the step
+            saves nothing (a flat stretch of a staircase). Defaults to None.
     """
+    if delta == 'latency':
+        return latency_unit_costs(gs, kept, table, steps or {})
     if delta not in ('acts', 'flops'):
-        raise ValueError(f"`delta` must be 'acts' or 'flops', but got {delta!r}")
+        raise ValueError(f"`delta` must be one of {DELTAS}, but got {delta!r}")
     cost: Dict[str, float] = defaultdict(float)
     for call in gs.calls:
         name = call.module
@@ -106,3 +118,17 @@ def unit_costs(gs: GroupSet, kept: KeptFn, delta: str) -> Dict[str, float]:
                 block = gs.groups[key].block
                 cost[key] += call.out_elems * per_out * call.kernel * block * lc.inner
     return {g.key: cost.get(g.key, 0.0) for g in gs.prunable}
+
+
+def latency_unit_costs(gs: GroupSet, kept: KeptFn, table: Optional[LatencyTable],
+                       steps: Dict[str, int]) -> Dict[str, float]:
+    """Time saved per unit by each group's next removal of ``steps[key]`` units (us)."""
+    if table is None:
+        raise ValueError("delta='latency' needs a latency table (`table`); "
+                         'make one with tools/profile_latency.py')
+    by_group = layers_by_group(gs)
+    out = {}
+    for g in gs.prunable:
+        units = steps.get(g.key, 1)
+        out[g.key] = table.saved(gs, kept, g.key, units * g.block, by_group[g.key]) / units
+    return out

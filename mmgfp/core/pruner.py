@@ -1,14 +1,20 @@
 """The pruning decision: which unit goes next, from Fisher importance over cost."""
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 
-from .cost import count, count_params, unit_costs
+from .cost import DELTAS, count, count_params, unit_costs
 from .fisher import FisherRecorder
 from .grouping import GroupSet
+from .latency import LatencyTable, load_table
 from .masks import ChannelMasker
+
+
+# A removal that saves no time on the table's staircase may grow by up to this many steps.
+LOOKAHEAD = 8
 
 
 @dataclass
@@ -27,53 +33,102 @@ class FisherPruner:
         model (nn.Module): The model to prune.
         groups (GroupSet): Its groups.
         delta (str): Cost that normalises importance, ``'acts'`` (activation memory saved,
-            the paper's default) or ``'flops'``. Defaults to 'acts'.
+            the paper's default), ``'flops'`` or ``'latency'`` (time saved on the device of
+            ``latency_table``). Defaults to 'acts'.
         min_channels (int): No group goes below this many channels. Defaults to 1.
-        divisor (int): Kept channels of a group stay a multiple of this where its blocks allow
-            (e.g. 8 for hardware-friendly widths). Defaults to 1.
+        divisor (int | str): Kept channels of a group stay a multiple of this where its
+            blocks allow (e.g. 8 for hardware-friendly widths); ``'auto'`` takes each group's
+            multiple from ``latency_table`` (the lcm of the ``align`` of the layers making its
+            channels, 1 where time is smooth). Defaults to 1.
         mask_on (str): Where masks are applied, see :class:`ChannelMasker` (same results,
             different cost). Defaults to 'auto'.
+        latency_table (LatencyTable | str, optional): Measured layer times of the deploy
+            device (or a path to one); needed for ``delta='latency'`` and ``divisor='auto'``,
+            and adds ``'latency'`` to :meth:`remaining`. Defaults to None.
     """
 
     def __init__(self, model: nn.Module, groups: GroupSet, delta: str = 'acts',
-                 min_channels: int = 1, divisor: int = 1, mask_on: str = 'auto'):
-        if delta not in ('acts', 'flops'):
-            raise ValueError(f"`delta` must be 'acts' or 'flops', but got {delta!r}")
-        if min_channels < 1 or divisor < 1:
-            raise ValueError(f'`min_channels` and `divisor` must be >= 1, got {min_channels} '
-                             f'and {divisor}')
+                 min_channels: int = 1, divisor: Union[int, str] = 1, mask_on: str = 'auto',
+                 latency_table: Union[LatencyTable, str, None] = None):
+        if delta not in DELTAS:
+            raise ValueError(f'`delta` must be one of {DELTAS}, but got {delta!r}')
+        if divisor != 'auto' and (not isinstance(divisor, int) or divisor < 1):
+            raise ValueError(f"`divisor` must be a positive integer or 'auto', but got "
+                             f'{divisor!r}')
+        if not isinstance(min_channels, int) or min_channels < 1:
+            raise ValueError(f'`min_channels` must be >= 1, but got {min_channels!r}')
+        self.table = load_table(latency_table)
+        if self.table is None and (delta == 'latency' or divisor == 'auto'):
+            what = "delta='latency'" if delta == 'latency' else "divisor='auto'"
+            raise ValueError(f'{what} needs `latency_table`, the measured layer times of the '
+                             'deploy device; make one with tools/profile_latency.py')
+        if self.table is not None:
+            self.table.check_groups(groups)
         self.model = model
         self.groups = groups
         self.delta = delta
         self.min_channels = min_channels
         self.divisor = divisor
+        self.divisors = {g.key: self.table.group_align(groups, g.key) if divisor == 'auto'
+                         else divisor for g in groups.prunable}
         self.masker = ChannelMasker(model, groups, mask_on)
         self.recorder = FisherRecorder(self.masker)
         self.full = count(groups, lambda k: groups.groups[k].channels)
         self.full['params'] = sum(p.numel() for p in model.parameters())
+        if self.table is not None:
+            self.full['latency'] = self.table.total_us
         self.history: List[PruneRecord] = []
 
     def kept(self, key: str) -> int:
         return self.masker.num_kept(key)
 
+    def predicted_latency(self) -> float:
+        """Predicted forward time (us) of the model with the current masks (needs a table)."""
+        if self.table is None:
+            raise ValueError('predicted_latency() needs `latency_table`; make one with '
+                             'tools/profile_latency.py')
+        return self.table.predict(self.groups, self.kept)
+
     def remaining(self) -> Dict[str, float]:
-        """FLOPs, activations and parameters remaining, as fractions of the unpruned model."""
+        """FLOPs, activations and parameters remaining, as fractions of the unpruned model;
+        with a latency table also ``'latency'``, the predicted time over the unpruned one."""
         now = count(self.groups, self.kept)
         now['params'] = count_params(self.model, self.groups, self.kept)
+        if self.table is not None:
+            now['latency'] = self.predicted_latency()
         return {k: now[k] / self.full[k] if self.full[k] else 1.0 for k in now}
 
-    def _step_units(self, block: int) -> int:
-        return math.lcm(self.divisor, block) // block
+    def _step_units(self, block: int, divisor: Optional[int] = None) -> int:
+        return math.lcm(self.divisor if divisor is None else divisor, block) // block
 
-    def _candidate(self, key: str, cost: float):
+    def _plan(self, key: str) -> Optional[Tuple[torch.Tensor, int, int, int]]:
+        """(alive units, units the next removal takes, step, floor), None at the floor.
+
+        The next removal brings the group down to a multiple of its step (or by one step)."""
         g = self.groups.groups[key]
-        keep = self.masker.keep[key]
-        alive = keep.nonzero().flatten()
-        step = self._step_units(g.block)
+        alive = self.masker.keep[key].nonzero().flatten()
+        step = self._step_units(g.block, self.divisors[key])
         floor = math.ceil(max(self.min_channels, 1) / g.block)
-        floor = math.ceil(floor / step) * step
+        floor = max(math.ceil(floor / step) * step, 1)
         k = len(alive) % step or step
-        if len(alive) - k < max(floor, 1) or cost <= 0:
+        if len(alive) - k < floor:
+            return None
+        return alive, k, step, floor
+
+    def _lookahead(self, key: str, plan, cost: float) -> Tuple[int, float]:
+        """On a flat stretch of a latency staircase, the shortest removal (up to
+        ``LOOKAHEAD`` steps) that saves time: (units, time saved per unit)."""
+        alive, k, step, floor = plan
+        block = self.groups.groups[key].block
+        for _ in range(LOOKAHEAD):
+            if cost > 0 or len(alive) - (k + step) < floor:
+                break
+            k += step
+            cost = self.table.saved(self.groups, self.kept, key, k * block) / k
+        return k, cost
+
+    def _candidate(self, key: str, alive: torch.Tensor, k: int, cost: float):
+        if cost <= 0:
             return None
         fisher = self.recorder.fisher[key][alive]
         order = fisher.argsort()[:k]
@@ -82,12 +137,21 @@ class FisherPruner:
 
     def select(self) -> Optional[PruneRecord]:
         """The removal with the lowest Fisher importance per unit of cost, or None."""
-        costs = unit_costs(self.groups, self.kept, self.delta)
-        best = None
-        for key, cost in costs.items():
-            if self.recorder.hits[key] == 0:
+        plans = {}
+        for g in self.groups.prunable:
+            if self.recorder.hits[g.key] == 0:
                 continue  # no gradient reached it (frozen layers): never rank zeros
-            cand = self._candidate(key, cost)
+            plan = self._plan(g.key)
+            if plan is not None:
+                plans[g.key] = plan
+        costs = unit_costs(self.groups, self.kept, self.delta, self.table,
+                           {key: plan[1] for key, plan in plans.items()})
+        best = None
+        for key, plan in plans.items():
+            k, cost = plan[1], costs[key]
+            if self.delta == 'latency' and cost <= 0:
+                k, cost = self._lookahead(key, plan, cost)
+            cand = self._candidate(key, plan[0], k, cost)
             if cand is not None and (best is None or cand[0] < best[1]):
                 best = (key, cand[0], cand[1])
         if best is None:

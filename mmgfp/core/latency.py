@@ -1,0 +1,315 @@
+"""A measured latency model of one deploy device: per-layer times over channel counts.
+
+The table is plain data (JSON, written by ``tools/profile_latency.py`` or by hand in tests)::
+
+    {"format": "mmgfp-latency/1",
+     "key": {"device": "cpu: ...", "torch": "2.4.1", "dtype": "fp32", "channels_last": false,
+             "batch": 1, "threads": 1, "input_size": [320, 320], "model": "RetinaNet",
+             "config": "..."},
+     "total_us": 81234.0,
+     "layers": {"backbone.conv1": {"in": [3], "out": [8, 32, 64], "us": [[..., ..., ...]],
+                                   "align": 1},
+                "dw": {"width": [8, 16, 32], "us": [..., ..., ...], "align": 1}}}
+
+A 2-D entry times a conv/linear layer (with the norm and activation that follow it) over its
+input (``in``) and output (``out``) channel counts, summed over all its calls (a head shared by
+five FPN levels has one entry); a 1-D entry (``width``) times a depth-wise or group conv whose
+channels pass through. Between sampled points the time is interpolated linearly (bilinearly in
+2-D); below the smallest point it is extrapolated with the first segment's slope, never below 0.
+``total_us`` is the measured whole-model forward: :meth:`LatencyTable.predict` keeps what the
+layers do not explain (unprunable ops, data movement) as a fixed remainder.
+"""
+import bisect
+import json
+import math
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .grouping import GroupSet
+from .spec import atomic_write
+
+FORMAT = 'mmgfp-latency/1'
+KEY_FIELDS = ('device', 'torch', 'dtype', 'channels_last', 'batch', 'threads', 'input_size',
+              'model', 'config')
+PROFILE_HINT = 'profile the deployed model with tools/profile_latency.py'
+KeptFn = Callable[[str], int]
+
+
+class LatencyTableError(ValueError):
+    """A latency table that is malformed or does not describe the model it is used for."""
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear ``y(x)``; linear beyond the ends (with the end segments' slopes)."""
+    if len(xs) == 1:
+        return float(ys[0])
+    i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
+    x0, x1 = xs[i], xs[i + 1]
+    return ys[i] + (ys[i + 1] - ys[i]) * (x - x0) / (x1 - x0)
+
+
+def _check_axis(name: str, axis: str, pts) -> List[float]:
+    if not isinstance(pts, list) or not pts or any(
+            not isinstance(p, (int, float)) or p <= 0 for p in pts):
+        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be a non-empty '
+                                f'list of positive channel counts, but got {pts!r}')
+    if any(b <= a for a, b in zip(pts, pts[1:])):
+        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be strictly '
+                                f'increasing, but got {pts!r}')
+    return [float(p) for p in pts]
+
+
+class _Layer:
+    """One layer's sampled times: 2-D (in x out) or 1-D (width)."""
+
+    def __init__(self, name: str, entry: Mapping):
+        self.name, self.entry = name, dict(entry)
+        self.align = int(entry.get('align', 1))
+        if self.align < 1:
+            raise LatencyTableError(f'latency table layer {name!r}: `align` must be >= 1, '
+                                    f'but got {entry.get("align")!r}')
+        us = entry.get('us')
+        if 'width' in entry:
+            self.axes = [_check_axis(name, 'width', entry['width'])]
+            ok = isinstance(us, list) and len(us) == len(self.axes[0])
+        elif 'in' in entry and 'out' in entry:
+            self.axes = [_check_axis(name, 'in', entry['in']),
+                         _check_axis(name, 'out', entry['out'])]
+            ok = isinstance(us, list) and len(us) == len(self.axes[0]) and all(
+                isinstance(r, list) and len(r) == len(self.axes[1]) for r in us)
+        else:
+            raise LatencyTableError(f'latency table layer {name!r} needs "in" and "out" (a '
+                                    f'conv/linear) or "width" (a depth-wise conv), but has '
+                                    f'{sorted(entry)}')
+        if not ok:
+            shape = [len(a) for a in self.axes]
+            raise LatencyTableError(f'latency table layer {name!r}: "us" must have shape '
+                                    f'{shape} (one time per sampled point), but got {us!r}')
+        self.us = us
+
+    @property
+    def full(self) -> Tuple[float, ...]:
+        return tuple(a[-1] for a in self.axes)
+
+    def _check_point(self, axis: int, x: float) -> None:
+        pts = self.axes[axis]
+        if len(pts) == 1 and x != pts[0] or x > pts[-1] or x < 0:
+            what = ('width', ) if len(self.axes) == 1 else ('in', 'out')
+            raise LatencyTableError(
+                f'latency table layer {self.name!r} was profiled at {what[axis]} channels '
+                f'{[int(p) for p in pts]}, but {x:g} were asked for: the table is for another '
+                f'model or config; {PROFILE_HINT}')
+
+    def time(self, c_in: float, c_out: float) -> float:
+        if len(self.axes) == 1:
+            self._check_point(0, c_out)
+            return max(_interp(self.axes[0], self.us, c_out), 0.0)
+        self._check_point(0, c_in)
+        self._check_point(1, c_out)
+        col = [_interp(self.axes[1], row, c_out) for row in self.us]
+        return max(_interp(self.axes[0], col, c_in), 0.0)
+
+
+class LatencyTable:
+    """Per-layer latency over channel counts on one device, with its settings (``key``).
+
+    Args:
+        key (dict): Device and settings the times were measured with (see ``KEY_FIELDS``).
+        total_us (float): Measured forward time of the whole, unpruned model, microseconds.
+        layers (dict): Module name -> entry (see the module docstring).
+    """
+
+    def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping]):
+        if not isinstance(key, Mapping):
+            raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
+        if not isinstance(total_us, (int, float)) or total_us <= 0:
+            raise LatencyTableError(f'latency table `total_us` must be a positive number, '
+                                    f'but got {total_us!r}')
+        self.key = dict(key)
+        self.total_us = float(total_us)
+        self.layers = {name: _Layer(name, e) for name, e in layers.items()}
+
+    # -- data ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping) -> 'LatencyTable':
+        if not isinstance(d, Mapping) or d.get('format') != FORMAT:
+            got = d.get('format') if isinstance(d, Mapping) else type(d).__name__
+            raise LatencyTableError(f'not a latency table: `format` must be {FORMAT!r}, but '
+                                    f'got {got!r}; {PROFILE_HINT}')
+        for k in ('key', 'total_us', 'layers'):
+            if k not in d:
+                raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
+        return cls(d['key'], d['total_us'], d['layers'])
+
+    def to_dict(self) -> Dict:
+        return {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
+                'layers': {n: dict(l.entry) for n, l in self.layers.items()}}
+
+    @classmethod
+    def load(cls, path: str) -> 'LatencyTable':
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f'latency table {path!r} does not exist; '
+                                    f'{PROFILE_HINT}') from None
+        except json.JSONDecodeError as e:
+            raise LatencyTableError(f'latency table {path!r} is not valid JSON ({e})') from None
+        return cls.from_dict(d)
+
+    def save(self, path: str) -> None:
+        """Write the table as JSON atomically."""
+
+        def dump(tmp: str) -> None:
+            with open(tmp, 'w') as f:
+                json.dump(self.to_dict(), f, indent=1)
+
+        atomic_write(path, dump)
+
+    # -- key -------------------------------------------------------------------------------
+    def mismatches(self, expected: Mapping) -> Dict[str, Tuple]:
+        """``{field: (in the table, expected)}`` for every field of ``expected`` that differs."""
+        out = {}
+        for k, v in expected.items():
+            mine = self.key.get(k)
+            if isinstance(v, (list, tuple)) and isinstance(mine, (list, tuple)):
+                same = list(v) == list(mine)
+            else:
+                same = mine == v
+            if not same:
+                out[k] = (mine, v)
+        return out
+
+    def matches(self, expected: Mapping) -> bool:
+        """Whether the table's key agrees with every field given in ``expected``."""
+        return not self.mismatches(expected)
+
+    def check_key(self, expected: Mapping) -> None:
+        """Raise :class:`LatencyTableError` naming each field that differs from ``expected``."""
+        bad = self.mismatches(expected)
+        if bad:
+            what = ', '.join(f'{k}: table {a!r}, asked {b!r}' for k, (a, b) in bad.items())
+            raise LatencyTableError(f'the latency table was measured with other settings '
+                                    f'({what}); {PROFILE_HINT} with the settings you deploy '
+                                    'with')
+
+    # -- lookup ----------------------------------------------------------------------------
+    def _layer(self, name: str) -> _Layer:
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise LatencyTableError(f'the latency table has no entry for module {name!r}: it '
+                                    f'was made for another model or config; '
+                                    f'{PROFILE_HINT}') from None
+
+    def time(self, name: str, c_in: float, c_out: float) -> float:
+        """Time of module ``name`` (all its calls) with ``c_in`` / ``c_out`` channels, in us.
+
+        A 1-D (depth-wise) entry reads ``c_out``.
+        """
+        return self._layer(name).time(c_in, c_out)
+
+    def align(self, name: str) -> int:
+        """Output-width granularity that pays on this device for module ``name`` (1: smooth)."""
+        return self._layer(name).align
+
+    # -- a model's groups ------------------------------------------------------------------
+    def _timed_layers(self, gs: GroupSet) -> List[str]:
+        """Layers whose width can change: those touching a prunable group."""
+        prunable = {g.key for g in gs.prunable}
+        return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
+
+    def check_groups(self, gs: GroupSet) -> None:
+        """Raise unless every layer of ``gs`` that pruning can narrow is in the table at its
+        full width (the largest sampled point of each axis)."""
+        from .cost import _io
+        full = _full(gs)
+        for name in self._timed_layers(gs):
+            lay = self._layer(name)
+            cin, cout, _ = _io(gs, name, full)
+            want = (cout, ) if len(lay.axes) == 1 else (cin, cout)
+            if tuple(float(w) for w in want) != lay.full:
+                raise LatencyTableError(
+                    f'the latency table has module {name!r} at full width '
+                    f'{tuple(int(w) for w in lay.full)}, but the model has {tuple(want)}: '
+                    f'the table is for another model or config; {PROFILE_HINT}')
+
+    def layer_time(self, gs: GroupSet, name: str, kept: KeptFn) -> float:
+        from .cost import _io
+        cin, cout, _ = _io(gs, name, kept)
+        return self.time(name, cin, cout)
+
+    def predict(self, gs: GroupSet, kept: KeptFn) -> float:
+        """Predicted forward time (us) of the model with ``kept`` channels per group.
+
+        ``total_us`` minus the table's layer times at full width plus those at the widths
+        given by ``kept``; layers no prunable group touches keep their time in the remainder.
+        """
+        full = _full(gs)
+        t = self.total_us
+        for name in self._timed_layers(gs):
+            t += self.layer_time(gs, name, kept) - self.layer_time(gs, name, full)
+        return t
+
+    def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
+              layers: Optional[Sequence[str]] = None) -> float:
+        """Time (us) saved by removing ``channels`` more channels of group ``key``.
+
+        Args:
+            layers (Sequence[str], optional): The group's layers (``group_layers``), when the
+                caller has them. Defaults to None.
+        """
+        after = kept(key) - channels
+
+        def kept_after(k: str) -> int:
+            return after if k == key else kept(k)
+
+        names = group_layers(gs, key) if layers is None else layers
+        return sum(self.layer_time(gs, n, kept) - self.layer_time(gs, n, kept_after)
+                   for n in names)
+
+    def group_align(self, gs: GroupSet, key: str) -> int:
+        """The lcm of the ``align`` of the layers that make or carry group ``key``'s
+        channels (its producers and depth-wise convs); 1 where all are smooth."""
+        names = [n for n in group_layers(gs, key)
+                 if gs.producers.get(n) == key or n in gs.passthrough]
+        return math.lcm(1, *(self.align(n) for n in names))
+
+
+def _full(gs: GroupSet) -> KeptFn:
+    return lambda k: gs.groups[k].channels
+
+
+def layer_groups(gs: GroupSet, name: str) -> List[str]:
+    """Keys of the groups whose channels a conv/linear layer reads, writes or carries."""
+    if name in gs.passthrough:
+        return [k for k, _ in gs.passthrough[name].segs]
+    keys = [k for k, _ in gs.consumers[name].segs] if name in gs.consumers else []
+    if name in gs.producers:
+        keys.append(gs.producers[name])
+    return keys
+
+
+def group_layers(gs: GroupSet, key: str) -> List[str]:
+    """The conv/linear layers whose width changes with group ``key``."""
+    return [n for n in gs.layers if key in layer_groups(gs, n)]
+
+
+def layers_by_group(gs: GroupSet) -> Dict[str, List[str]]:
+    """Group key -> :func:`group_layers`, for every group at once."""
+    out: Dict[str, List[str]] = {k: [] for k in gs.groups}
+    for name in gs.layers:
+        for k in dict.fromkeys(layer_groups(gs, name)):
+            out[k].append(name)
+    return out
+
+
+def load_table(table) -> Optional[LatencyTable]:
+    """A :class:`LatencyTable` from a table, a path or a dict (None stays None)."""
+    if table is None or isinstance(table, LatencyTable):
+        return table
+    if isinstance(table, str):
+        return LatencyTable.load(table)
+    if isinstance(table, Mapping):
+        return LatencyTable.from_dict(table)
+    raise TypeError(f'`latency_table` must be a LatencyTable, a path or a dict, but got '
+                    f'{type(table).__name__}')
