@@ -213,17 +213,12 @@ class LatencyTable:
         return self._layer(name).align
 
     # -- a model's groups ------------------------------------------------------------------
-    def _timed_layers(self, gs: GroupSet) -> List[str]:
-        """Layers whose width can change: those touching a prunable group."""
-        prunable = {g.key for g in gs.prunable}
-        return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
-
     def check_groups(self, gs: GroupSet) -> None:
         """Raise unless every layer of ``gs`` that pruning can narrow is in the table at its
         full width (the largest sampled point of each axis)."""
         from .cost import _io
         full = _full(gs)
-        for name in self._timed_layers(gs):
+        for name in timed_layers(gs):
             lay = self._layer(name)
             cin, cout, _ = _io(gs, name, full)
             want = (cout, ) if len(lay.axes) == 1 else (cin, cout)
@@ -246,7 +241,7 @@ class LatencyTable:
         """
         full = _full(gs)
         t = self.total_us
-        for name in self._timed_layers(gs):
+        for name in timed_layers(gs):
             t += self.layer_time(gs, name, kept) - self.layer_time(gs, name, full)
         return t
 
@@ -287,6 +282,12 @@ def layer_groups(gs: GroupSet, name: str) -> List[str]:
     if name in gs.producers:
         keys.append(gs.producers[name])
     return keys
+
+
+def timed_layers(gs: GroupSet) -> List[str]:
+    """The conv/linear layers whose width pruning can change: those a table must hold."""
+    prunable = {g.key for g in gs.prunable}
+    return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
 
 
 def group_layers(gs: GroupSet, key: str) -> List[str]:

@@ -1,0 +1,129 @@
+"""Timing on a device: settings, a median timer, whole-model latency (interleaved)."""
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+
+
+# -- settings ------------------------------------------------------------------------------------
+def device_name(device: str) -> str:
+    """``'cpu: <model name>'`` or ``'cuda: <GPU name>'``."""
+    if device.startswith('cuda'):
+        return 'cuda: ' + torch.cuda.get_device_name(torch.device(device))
+    name = '?'
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((ln.split(':', 1)[1].strip() for ln in f
+                         if ln.startswith('model name')), name)
+    except OSError:
+        pass
+    return 'cpu: ' + name
+
+
+def make_key(device: str, dtype: str, channels_last: bool, batch: int, threads: int,
+             input_size: Sequence[int], model: str, config: str) -> Dict:
+    return {'device': device_name(device), 'torch': torch.__version__, 'dtype': dtype,
+            'channels_last': bool(channels_last), 'batch': int(batch), 'threads': int(threads),
+            'input_size': [int(s) for s in input_size], 'model': model, 'config': config}
+
+
+def check_settings(device: str, dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f'`dtype` must be one of {tuple(DTYPES)}, but got {dtype!r}')
+    if not (device == 'cpu' or device.startswith('cuda')):
+        raise ValueError(f"`device` must be 'cpu' or 'cuda[:N]', but got {device!r}")
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'`device` is {device!r}, but torch sees no CUDA device here')
+
+
+@contextmanager
+def threads_set(threads: Optional[int]):
+    """``torch.set_num_threads(threads)`` inside the block (no change for None)."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class Timer:
+    """Median time of ``fn()`` in microseconds: perf_counter on CPU, CUDA events on GPUs."""
+
+    def __init__(self, device: str = 'cpu', rounds: int = 5, warmup: int = 1):
+        self.cuda = device.startswith('cuda')
+        self.rounds, self.warmup = rounds, warmup
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        with torch.no_grad():
+            for _ in range(self.warmup):
+                fn()
+            times = []
+            for _ in range(self.rounds):
+                if self.cuda:
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
+                    fn()
+                    end.record()
+                    torch.cuda.synchronize()
+                    times.append(start.elapsed_time(end) * 1e3)
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(times)
+
+
+def prepare(model: nn.Module, device: str = 'cpu', dtype: str = 'fp32',
+            channels_last: bool = False) -> nn.Module:
+    """``model`` in eval mode on ``device``/``dtype``/memory format (in place). For fp16 a
+    forward pre-hook casts the floating inputs of the model's forward (after its data
+    preprocessor) to half."""
+    model.eval().to(device)
+    if dtype == 'fp16':
+        model.half()
+
+        def cast(mod, args, kwargs):
+            conv = (lambda t: t.half() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                    else t)
+            return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+
+        model.register_forward_pre_hook(cast, with_kwargs=True)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+# -- whole-model timing ----------------------------------------------------------------------------
+def compare_latency(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], Any],
+                    device: str = 'cpu', rounds: int = 10, warmup: int = 2,
+                    threads: Optional[int] = None) -> Dict[str, float]:
+    """Median forward time (ms) of each model, interleaved: every round times each model once
+    in rotating order, so drift and other processes hit all alike. Models must already be on
+    their device/dtype (see :func:`prepare`)."""
+    names = list(models)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    timer = Timer(device, rounds=1, warmup=0)
+    with threads_set(threads), torch.no_grad():
+        for _ in range(warmup):
+            for n in names:
+                forward_fn(models[n])
+        for r in range(rounds):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                times[n].append(timer(lambda: forward_fn(models[n])) / 1e3)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def measure_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
+                    device: str = 'cpu', rounds: int = 10, warmup: int = 2,
+                    threads: Optional[int] = None) -> float:
+    """Median forward time of one (prepared) model in milliseconds."""
+    return compare_latency({'model': model}, forward_fn, device, rounds, warmup,
+                           threads)['model']

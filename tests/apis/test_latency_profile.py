@@ -1,0 +1,155 @@
+"""The latency profiler on toy nets (CPU, a few widths, fast) and its sampling helpers.
+
+No assertion here depends on how fast this machine is: shapes, keys, grids, the cache, what
+the standalone blocks contain, and the sampling logic on synthetic time functions.
+"""
+import json
+import math
+import sys
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
+from core_toys import groups_of, inputs, make  # noqa: E402
+from mmgfp.apis.latency import (axis_points, build_block, capture_calls,  # noqa: E402
+                                compare_latency, measure_latency, probe_align,
+                                profile_latency, refine)
+from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
+from mmgfp.core.cost import _io  # noqa: E402
+from mmgfp.core.latency import timed_layers  # noqa: E402
+
+FAST = dict(points=3, rounds=1, warmup=0, threads=1, progress=False)
+
+
+def _profile(name, **kw):
+    model, x = make(name), inputs(1)
+    gs = groups_of(model, x)
+    calls = []
+
+    def fwd(m):
+        calls.append(1)
+        return m(x)
+
+    table = profile_latency(model, fwd, gs, input_size=(8, 8), config=name, **{**FAST, **kw})
+    return model, gs, table, calls
+
+
+@pytest.mark.parametrize('name', ['chain', 'residual', 'depthwise', 'fpn', 'linear_head'])
+def test_profile_covers_every_prunable_layer_at_full_width(name):
+    model, gs, table, _ = _profile(name)
+    assert sorted(table.layers) == sorted(timed_layers(gs))
+    full = lambda k: gs.groups[k].channels  # noqa: E731
+    for lname, layer in table.layers.items():
+        cin, cout, _ = _io(gs, lname, full)
+        if lname in gs.passthrough:
+            assert layer.entry['width'][-1] == cout and len(layer.entry['us']) == len(
+                layer.entry['width'])
+        else:
+            assert (layer.entry['in'][-1], layer.entry['out'][-1]) == (cin, cout)
+            assert len(layer.entry['us']) == len(layer.entry['in'])
+        flat = [t for row in layer.entry['us'] for t in (row if isinstance(row, list) else [row])]
+        assert all(t > 0 for t in flat) and json.loads(json.dumps(layer.entry))
+    table.check_groups(gs)  # what FisherPruner checks
+    # the prediction is exact at full width (the remainder is what layers do not explain)
+    assert table.predict(gs, full) == pytest.approx(table.total_us)
+    assert table.key['model'] == type(model).__name__ and table.key['threads'] == 1
+    assert table.key['input_size'] == [8, 8] and table.key['device'].startswith('cpu: ')
+    pruner = FisherPruner(model, gs, delta='latency', divisor='auto', latency_table=table)
+    assert pruner.remaining()['latency'] == 1.0
+
+
+def test_grid_axes_follow_what_can_be_pruned():
+    _, gs, table, _ = _profile('chain')
+    # a: input is the image (3 channels, never pruned); c: output is the network's
+    assert table.layers['a.0'].entry['in'] == [3] and len(table.layers['a.0'].entry['out']) > 1
+    assert table.layers['c'].entry['out'] == [5] and len(table.layers['c'].entry['in']) > 1
+    _, gs, table, _ = _profile('depthwise')
+    # pw.0's group has blocks of 4 (the grouped conv g): every sampled width is a multiple
+    assert all(w % 4 == 0 for w in table.layers['pw.0'].entry['out'])
+    assert all(w % 4 == 0 for w in table.layers['g.0'].entry['width'])
+
+
+def test_the_table_is_cached_by_key(tmp_path):
+    out = str(tmp_path / 'chain.json')
+    _, gs, first, calls = _profile('chain', out=out)
+    assert calls and osp.isfile(out)
+    _, _, again, calls = _profile('chain', out=out)
+    assert calls == [] and again.to_dict() == first.to_dict()  # reused, nothing ran
+    _, _, _, calls = _profile('chain', out=out, force=True)
+    assert calls
+    _, _, other, calls = _profile('chain', out=out, batch=4)  # another key: measured again
+    assert calls and other.key['batch'] == 4 and LatencyTable.load(out).key['batch'] == 4
+    _, _, _, calls = _profile('residual', out=out)  # another model's layers: measured again
+    assert calls and 'stem.0' in LatencyTable.load(out).layers
+
+
+def test_capture_finds_calls_norm_and_activation():
+    model, x = make('fpn'), inputs(2)
+    calls = capture_calls(model, lambda m: m(x), ['c2.0', 'head.0', 'lat2'])
+    assert dict(calls['head.0'].shapes) == {(2, 6, 8, 8): 1, (2, 6, 4, 4): 1}  # shared head
+    assert isinstance(calls['c2.0'].norm, nn.BatchNorm2d) and isinstance(
+        calls['c2.0'].act, nn.ReLU)
+    assert isinstance(calls['head.0'].norm, nn.GroupNorm) and isinstance(
+        calls['head.0'].act, nn.ReLU)
+    assert calls['lat2'].norm is None and calls['lat2'].act is None
+    block = build_block(calls['head.0'], 4, 5, depthwise=False)
+    conv, gn, act = block
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (4, 5, (3, 3))
+    assert (gn.num_groups, gn.num_channels) == (5, 5) and isinstance(act, nn.ReLU)
+    model, x = make('depthwise'), inputs(2)
+    calls = capture_calls(model, lambda m: m(x), ['dw.0', 'g.0'])
+    dw = build_block(calls['dw.0'], 6, 6, depthwise=True)[0]
+    assert (dw.groups, dw.stride) == (6, (2, 2))
+    assert build_block(calls['g.0'], 8, 8, depthwise=True)[0].groups == 2  # 4 per group
+
+
+def test_axis_points_and_refinement():
+    assert axis_points(64, 8, 4) == [16, 32, 48, 64]
+    assert axis_points(12, 4, 5) == [4, 8, 12]
+    assert axis_points(7, 1, 1) == [7]
+
+    def linear(w):
+        return 2.0 * w
+
+    assert refine(linear, [16, 32, 48, 64], 8, 0.05, 20) == [16, 32, 48, 64]
+
+    def stairs(w):  # time steps every 32 channels
+        return float(math.ceil(w / 32) * 32)
+
+    pts = refine(stairs, [16, 48, 64], 8, 0.05, 20)
+    assert 32 in pts and pts[0] == 16 and pts[-1] == 64
+    assert refine(stairs, [16, 48, 64], 8, 0.05, 3) == [16, 48, 64]  # at most 3 points
+
+
+def test_probe_align_finds_spikes_off_aligned_widths():
+    def smooth(w):
+        return float(w)
+
+    def spiky(w):  # widths that are not a multiple of 8 cost 40% more
+        return w * (1.0 if w % 8 == 0 else 1.4)
+
+    assert probe_align(smooth, 256, 1, 0.1) == 1
+    assert probe_align(spiky, 256, 1, 0.1) == 8
+    assert probe_align(spiky, 12, 1, 0.1) == 1  # too narrow to probe
+    assert probe_align(spiky, 256, 8, 0.1) == 1  # blocks of 8 never leave the alignment
+
+
+def test_measure_and_compare_latency():
+    x = inputs(1)
+    models = {'chain': make('chain'), 'residual': make('residual')}
+    got = compare_latency(models, lambda m: m(x), rounds=2, warmup=1, threads=1)
+    assert set(got) == {'chain', 'residual'} and all(v > 0 for v in got.values())
+    assert measure_latency(models['chain'], lambda m: m(x), rounds=2) > 0
+
+
+@pytest.mark.parametrize('kw,match', [
+    (dict(dtype='int8'), "`dtype` must be one of"),
+    (dict(device='tpu'), "`device` must be 'cpu' or 'cuda"),
+])
+def test_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _profile('chain', **kw)
+

@@ -1,0 +1,90 @@
+"""Measure the latency table of a model on the device it will run on (for delta='latency').
+
+    python tools/profile_latency.py CONFIG --device cpu|cuda --dtype fp32|fp16 [--channels-last]
+        --batch N --input-size H W --out TABLE.json [--threads T] [--checkpoint CKPT]
+
+Times every conv/linear layer that pruning can narrow (with its norm and activation) at its
+real input sizes over a grid of channel counts, plus the whole model, and writes the table.
+Run it on the deploy device with the deploy settings; an existing --out with the same device,
+torch version and settings is reused (--force measures again). Then prune with
+``FisherPruningHook(delta='latency', target_metric='latency', latency_table='TABLE.json')``.
+For steady CPU figures pin the process to a free core (``taskset -c N``) and give --threads.
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Profile per-layer latency into a JSON table')
+    p.add_argument('config', help='an mmdet/mmpretrain config (path or scope::path)')
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (default: cpu)")
+    p.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16'])
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--batch', type=int, default=1)
+    p.add_argument('--input-size', type=int, nargs=2, default=[320, 320], metavar=('H', 'W'))
+    p.add_argument('--out', required=True, help='the table (JSON); reused if it fits')
+    p.add_argument('--threads', type=int, default=None,
+                   help="CPU threads while timing (default: torch's)")
+    p.add_argument('--checkpoint', default=None, help='weights (timing does not need them)')
+    p.add_argument('--points', type=int, default=5, help='initial widths per axis')
+    p.add_argument('--rounds', type=int, default=5, help='timed runs per point (median)')
+    p.add_argument('--tol', type=float, default=0.1,
+                   help='relative interpolation miss that adds a width; alignment spike size')
+    p.add_argument('--no-align', action='store_true', help='do not probe alignment')
+    p.add_argument('--force', action='store_true', help='measure even if --out fits')
+    args = p.parse_args(argv)
+    for name in ('batch', 'points', 'rounds'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if args.threads is not None and args.threads < 1:
+        p.error(f'--threads must be >= 1, got {args.threads}')
+    if min(args.input_size) < 1:
+        p.error(f'--input-size must be positive, got {args.input_size}')
+    return args
+
+
+def summary(table, groups, seconds: float) -> str:
+    from collections import Counter
+
+    from mmgfp.apis.latency import explained
+    aligns = Counter(layer.align for layer in table.layers.values())
+    points = sum(layer.entry.get('points_timed', 0) for layer in table.layers.values())
+    return '\n'.join([
+        f"key: {table.key}",
+        f'{len(table.layers)} layers ({points} widths timed) in {seconds:.0f} s; whole model '
+        f'{table.total_us / 1e3:.2f} ms, of which the layers explain '
+        f'{explained(table, groups):.0%} at full width',
+        'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import mmgfp  # noqa: F401
+    from mmgfp.apis.check import load_config
+    from mmgfp.apis.latency import profile_config
+    if args.checkpoint and not osp.isfile(args.checkpoint):
+        raise SystemExit(f'error: checkpoint {args.checkpoint} does not exist')
+    try:
+        cfg = load_config(args.config)
+    except FileNotFoundError as e:
+        raise SystemExit(f'error: {e}')
+    t0 = time.perf_counter()
+    try:
+        table, groups = profile_config(
+            cfg, args.config, args.device, args.dtype, args.channels_last, args.batch,
+            args.input_size, args.checkpoint, threads=args.threads, points=args.points,
+            rounds=args.rounds, tol=args.tol, align=not args.no_align, out=args.out,
+            force=args.force)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    print(summary(table, groups, time.perf_counter() - t0))
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
