@@ -7,15 +7,41 @@ every place the group is consumed::
     F_i     = sum_n g_{n,i}^2       (accumulated over iterations until the next pruning step)
 
 The inner sum runs over every consumer and every call of it (all FPN levels of a shared head)
-*before* squaring, per sample. Calls whose batch is a multiple of the sample count (RoIs of an
-mmdet RoI head, ordered image by image) are folded back onto their images.
+*before* squaring, per sample. Calls whose batch is not the sample count (the RoIs of an mmdet
+RoI head) are folded back onto their images: row by row with the sample index a registered
+:class:`RowSource` module gave for them (an RoI extractor's ``rois[:, 0]``), else, for a batch
+that is a multiple of the sample count, as equal blocks ordered image by image. Images contribute
+uneven numbers of RoIs, so only the first is exact; it is what keeps the statistics of ranks
+that see different RoI counts equal to one process's under DDP.
 """
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.nn as nn
 
 from .masks import ChannelMasker
+
+
+class RowSource:
+    """Register module types whose calls tell which sample each row of a later batch is from.
+
+    ``fn(module, inputs)`` returns a 1-d integer tensor: for each row of the batch that the
+    layers after ``module`` see, the index of its sample in the iteration's batch (e.g. mmdet's
+    RoI extractors: ``rois[:, 0]``). Subclasses of a registered type count as registered.
+    """
+    registry: Dict[type, Callable] = {}
+
+    @classmethod
+    def register(cls, module_type: type, fn: Callable) -> None:
+        cls.registry[module_type] = fn
+
+    @classmethod
+    def lookup(cls, module: nn.Module) -> Optional[Callable]:
+        for t, fn in cls.registry.items():
+            if isinstance(module, t):
+                return fn
+        return None
 
 
 class FisherRecorder:
@@ -41,25 +67,47 @@ class FisherRecorder:
         self._n = 0
         self._warned = False
         self._plans: Dict[str, tuple] = {}
+        self._rows: List[torch.Tensor] = []  # sample index per row, noted in this iteration
+        self._row_handles: List = []
 
     def start(self) -> None:
         self.masker.attach()
         self.masker.tap = self._on_forward
+        if not self._row_handles:
+            for m in self.masker.model.modules():
+                fn = RowSource.lookup(m)
+                if fn is not None:
+                    self._row_handles.append(m.register_forward_pre_hook(
+                        lambda mod, args, _fn=fn: self._note_rows(_fn(mod, args))))
 
     def stop(self) -> None:
         self.masker.tap = None
         self._buf, self._buf_hits = {}, {}
+        self._rows = []
+        for h in self._row_handles:
+            h.remove()
+        self._row_handles = []
 
     def begin_iter(self, num_samples: int) -> None:
         if num_samples < 1:
             raise ValueError(f'num_samples must be positive, got {num_samples}')
         self._n = num_samples
         self._buf, self._buf_hits = {}, {}
+        self._rows = []
+
+    def _note_rows(self, rows: Optional[torch.Tensor]) -> None:
+        if self._n and rows is not None:
+            self._rows.append(rows.detach().long().flatten())
 
     def _on_forward(self, layer: str, y: torch.Tensor) -> None:
         if self._n == 0:
             return  # forward outside a recorded iteration (e.g. validation with grad)
-        y.register_hook(lambda grad, _y=y.detach(): self._on_grad(layer, _y, grad))
+        # The rows noted last before this call with its batch size: a cascade's later stages
+        # note their own RoIs before their heads run.
+        rows = None
+        if y.shape[0] != self._n:
+            rows = next((r for r in reversed(self._rows) if r.numel() == y.shape[0]), None)
+        y.register_hook(lambda grad, _y=y.detach(): self._on_grad(layer, _y, grad, rows))
 
     def _plan(self, layer: str):
         """Per consumer layer: which slices of its input channels feed which recorded group."""
@@ -74,7 +122,8 @@ class FisherRecorder:
             plan = self._plans[layer] = (lc, segs)
         return plan
 
-    def _on_grad(self, layer: str, y: torch.Tensor, grad: torch.Tensor) -> None:
+    def _on_grad(self, layer: str, y: torch.Tensor, grad: torch.Tensor,
+                 rows: Optional[torch.Tensor] = None) -> None:
         lc, segs = self._plan(layer)
         # Sum a*g over positions in the activations' own precision (float32 keeps a relative
         # error near 1e-6 there) and only the per-channel sums in float64: converting whole
@@ -85,7 +134,7 @@ class FisherRecorder:
         batch = per_ch.shape[0]
         if lc.inner > 1:
             per_ch = per_ch.view(batch, -1, lc.inner).sum(-1)
-        per_ch = self._fold(per_ch)
+        per_ch = self._fold(per_ch, rows)
         for key, off, n, block in segs:
             part = per_ch[:, off:off + n]
             if block > 1:
@@ -94,11 +143,14 @@ class FisherRecorder:
             self._buf[key] = part if buf is None else buf + part
             self._buf_hits[key] = self._buf_hits.get(key, 0) + 1
 
-    def _fold(self, per_ch: torch.Tensor) -> torch.Tensor:
+    def _fold(self, per_ch: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, n = per_ch.shape[0], self._n
         if batch == n:
             return per_ch
-        if batch % n == 0:  # e.g. RoIs, concatenated image by image
+        if rows is not None and batch and 0 <= int(rows.min()) and int(rows.max()) < n:
+            return per_ch.new_zeros(n, per_ch.shape[1]).index_add_(
+                0, rows.to(per_ch.device), per_ch)
+        if batch % n == 0:  # RoIs of no registered source, assumed equal blocks per image
             return per_ch.view(n, batch // n, -1).sum(1)
         if not self._warned:
             warnings.warn(f'a layer saw a batch of {batch} for {n} samples; its Fisher terms '
@@ -133,6 +185,7 @@ class FisherRecorder:
         if reduce is not None:  # after the reduction all processes agree on finiteness
             terms, hits = self._reduce(terms, hits, reduce)
         self._buf, self._buf_hits = {}, {}
+        self._rows = []
         self._n = 0
         if not all(bool(torch.isfinite(t).all()) for t in terms.values()):
             self.skipped += 1

@@ -1,4 +1,5 @@
 """Tracer rules for MMDetection modules built on ops the tracer cannot see."""
+from mmgfp.core.fisher import RowSource
 from mmgfp.core.layout import Layout
 from mmgfp.core.tracing import VouchedModule
 
@@ -41,9 +42,19 @@ def fix_compact(model) -> None:
             m._gfp_synced = True
 
 
+def _roi_rows(module, inputs):
+    """The image of every RoI: ``rois[:, 0]`` (RoI heads call ``extractor(feats, rois)``)."""
+    rois = inputs[1] if len(inputs) > 1 else None
+    return rois[:, 0] if rois is not None and rois.dim() == 2 and rois.shape[1] == 5 else None
+
+
 def register() -> None:
     try:
         from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+        from mmdet.models.roi_heads.roi_extractors.base_roi_extractor import \
+            BaseRoIExtractor
     except ImportError:
         return
     VouchedModule.register(SingleRoIExtractor, _roi_extractor)
+    # Fisher terms of RoI features are folded onto the image each RoI was cut from
+    RowSource.register(BaseRoIExtractor, _roi_rows)

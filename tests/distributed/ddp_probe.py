@@ -9,10 +9,11 @@ import os.path as osp
 from typing import Optional, Sequence
 
 import torch
+from mmengine.dataset import DefaultSampler
 from mmengine.dist import barrier, get_rank
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
+from mmengine.registry import DATA_SAMPLERS, HOOKS
 
 from mmgfp.hooks import FisherPruningHook
 
@@ -61,3 +62,43 @@ class GFPTestRankProbe(Hook):
                     'wrapped': is_model_wrapper(runner.model), 'samples': list(self.samples),
                     'state_dict': {k: v.detach().clone() for k, v in model.state_dict().items()}},
                    osp.join(runner.work_dir, f'rank{get_rank()}_iter{it}.pth'))
+
+
+@DATA_SAMPLERS.register_module()
+class GFPTestRankOrderSampler(DefaultSampler):
+    """One process reading the samples of a ``world``-rank DDP run, one rank after the other.
+
+    Per DDP iteration rank r reads the next ``batch`` indices of what ``DefaultSampler`` (same
+    seed and epoch) gives rank r; this sampler yields those batches for ranks 0..world-1 in
+    turn. With ``batch`` per step and ``accumulative_counts=world`` one process then takes each
+    optimiser step on exactly the batches of one DDP iteration, each loss normalised over its
+    own batch as on its rank.
+
+    Args:
+        dataset: The data set.
+        world (int): Ranks of the DDP run to mimic.
+        batch (int): Batch size per rank.
+        **kwargs: ``shuffle``, ``seed``, ``round_up`` of ``DefaultSampler``.
+    """
+
+    def __init__(self, dataset, world: int, batch: int, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.world, self.batch = world, batch
+
+    def _of_rank(self, rank: int) -> list:
+        own = (self.rank, self.world_size, self.num_samples, self.total_size)
+        self.rank, self.world_size = rank, self.world
+        self.num_samples = -(-len(self.dataset) // self.world)
+        self.total_size = self.num_samples * self.world
+        try:
+            return list(super().__iter__())
+        finally:
+            self.rank, self.world_size, self.num_samples, self.total_size = own
+
+    def __iter__(self):
+        ranks = [self._of_rank(r) for r in range(self.world)]
+        return iter([i for start in range(0, len(ranks[0]), self.batch)
+                     for part in ranks for i in part[start:start + self.batch]])
+
+    def __len__(self) -> int:
+        return self.world * -(-len(self.dataset) // self.world)
