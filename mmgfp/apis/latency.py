@@ -6,9 +6,13 @@ and activation that follow it in the model, at the layer's real input sizes (cap
 forward hooks on one forward pass at the deploy batch and input size; every call of a shared
 head is timed and summed), over a grid of channel counts. Each axis starts from ``points``
 evenly spaced widths and is refined where linear interpolation misses the measured time by more
-than ``tol`` (a step); the output axis is probed for alignment (is ``w - a`` slower than the
-aligned ``w``?). The result is a :class:`mmgfp.core.LatencyTable` keyed by device, torch,
-dtype, memory format, batch, threads and input size, cached as JSON.
+than ``tol`` (a step). The output axis is first probed for alignment (is ``w - a`` slower than
+the aligned ``w``?) and then sampled at aligned widths only, where ``divisor='auto'`` keeps the
+pruned model; times are made non-decreasing in the width (:func:`monotone`), so timing noise
+never tells the pruner that removing channels costs time. Spikes at unaligned widths are thus
+not in the table: prune with ``divisor='auto'`` (or a multiple of the alignment) to stay off
+them. The result is a :class:`mmgfp.core.LatencyTable` keyed by device, torch, dtype, memory
+format, batch, threads and input size, cached as JSON.
 """
 import math
 import os.path as osp
@@ -210,9 +214,10 @@ def profile_layer(gs: GroupSet, name: str, lt: LayerTimer, points: int, tol: flo
         full, unit = info.in_channels, _axis_unit(gs, gs.passthrough[name])
         unit = math.lcm(unit, info.in_channels // info.groups)
         f = (lambda w: lt(w, w))
-        pts = refine(f, axis_points(full, unit, points), unit, tol, max_points)
-        return {'width': pts, 'us': [f(w) for w in pts],
-                'align': probe_align(f, full, unit, tol) if align else 1}
+        a = probe_align(f, full, unit, tol) if align else 1
+        step = math.lcm(unit, a)
+        pts = refine(f, axis_points(full, step, points), step, tol, max_points)
+        return {'width': pts, 'us': monotone([f(w) for w in pts]), 'align': a}
     full_in, full_out = info.in_channels, info.out_channels
     u_in = _axis_unit(gs, gs.consumers[name]) if name in gs.consumers else None
     key = gs.producers.get(name)
@@ -220,12 +225,25 @@ def profile_layer(gs: GroupSet, name: str, lt: LayerTimer, points: int, tol: flo
     ins, outs, a = [full_in], [full_out], 1
     if u_out:
         f_out = (lambda w: lt(full_in, w))
-        outs = refine(f_out, axis_points(full_out, u_out, points), u_out, tol, max_points)
         a = probe_align(f_out, full_out, u_out, tol) if align else 1
+        step = math.lcm(u_out, a)  # sample where divisor='auto' lands
+        outs = refine(f_out, axis_points(full_out, step, points), step, tol, max_points)
     if u_in:
         f_in = (lambda w: lt(w, full_out))
         ins = refine(f_in, axis_points(full_in, u_in, points), u_in, tol, max_points)
-    return {'in': ins, 'out': outs, 'us': [[lt(i, o) for o in outs] for i in ins], 'align': a}
+    us = [monotone([lt(i, o) for o in outs]) for i in ins]
+    cols = [monotone([row[j] for row in us]) for j in range(len(outs))]
+    return {'in': ins, 'out': outs, 'us': [list(r) for r in zip(*cols)], 'align': a}
+
+
+def monotone(times: List[float]) -> List[float]:
+    """Times over increasing widths made non-decreasing (each is at most the times of all
+    wider points): at the sampled (aligned) widths, removing channels never costs time, and a
+    noisy slow reading at a narrow width does not hide the savings below it."""
+    out = list(times)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
 def _cached(out: Optional[str], key: Dict, gs: GroupSet, force: bool, log) -> Optional[

@@ -9,11 +9,15 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from mmgfp.apis.inputs import loss_forward, tensor_forward
-from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
+from mmgfp.core import (FisherPruner, LatencyTable, build_groups, load_spec, make_spec,
+                        masks_from_spec)
 from mmgfp.core.spec import atomic_write, save_spec
 
-VALID_DELTAS = ('acts', 'flops')
-VALID_METRICS = ('flops', 'acts', 'params')
+VALID_DELTAS = ('acts', 'flops', 'latency')
+VALID_METRICS = ('flops', 'acts', 'params', 'latency')
+# divisor='auto' without a latency table: widths stay multiples of 8, which GPU kernels (fp16
+# tensor cores above all) and vectorised CPU kernels need to turn fewer channels into less time.
+DEFAULT_DIVISOR = 8
 
 
 @HOOKS.register_module()
@@ -37,13 +41,22 @@ class FisherPruningHook(Hook):
     Args:
         interval (int): Iterations between two pruning steps. Defaults to 10.
         delta (str): Cost that normalises importance: ``'acts'`` (activation memory, the
-            paper's default) or ``'flops'``. Defaults to 'acts'.
+            paper's default), ``'flops'`` or ``'latency'`` (time saved on the device of
+            ``latency_table``). Defaults to 'acts'.
         target (float): Fraction of ``target_metric`` to keep; pruning stops once at or below
             it. Defaults to 0.5.
-        target_metric (str): ``'flops'``, ``'acts'`` or ``'params'``. Defaults to 'flops'.
+        target_metric (str): ``'flops'``, ``'acts'``, ``'params'`` or ``'latency'`` (the
+            latency ``latency_table`` predicts). Defaults to 'flops'.
         channels_per_step (int): Selections removed per pruning step. Defaults to 1.
         min_channels (int): No group goes below this many channels. Defaults to 1.
-        divisor (int): Keep group widths a multiple of this (e.g. 8). Defaults to 1.
+        divisor (int | str): Keep group widths a multiple of this. ``'auto'``: with a
+            ``latency_table``, each group follows the alignment measured on its device (1
+            where time is smooth); without one, 8. Widths that are not a multiple go down to
+            one in their first removal; a group narrower than its multiple is not pruned.
+            Defaults to 'auto'.
+        latency_table (str, optional): A table made by ``tools/profile_latency.py`` on the
+            deploy device; needed for ``delta='latency'`` and ``target_metric='latency'``.
+            Defaults to None.
         skip (Sequence[str]): ``fnmatch`` patterns of layer names whose groups are never pruned,
             e.g. ``['backbone.conv1', 'bbox_head.*']``. Defaults to ().
         save_thresholds (Sequence[float]): Save a checkpoint and the channel spec each time
@@ -61,11 +74,12 @@ class FisherPruningHook(Hook):
                  target_metric: str = 'flops',
                  channels_per_step: int = 1,
                  min_channels: int = 1,
-                 divisor: int = 1,
+                 divisor: Union[int, str] = 'auto',
                  skip: Sequence[str] = (),
                  save_thresholds: Sequence[float] = (0.75, 0.5, 0.25),
                  init_spec: Optional[str] = None,
-                 prune: bool = True):
+                 prune: bool = True,
+                 latency_table: Optional[str] = None):
         if not isinstance(interval, int) or interval <= 0:
             raise ValueError(f'`interval` must be a positive integer, but got {interval!r}')
         if delta not in VALID_DELTAS:
@@ -80,9 +94,13 @@ class FisherPruningHook(Hook):
             if not 0 < t < 1:
                 raise ValueError(f'`save_thresholds` must lie in (0, 1), but got {t!r}')
         for name, v in (('channels_per_step', channels_per_step),
-                        ('min_channels', min_channels), ('divisor', divisor)):
+                        ('min_channels', min_channels)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f'`{name}` must be a positive integer, but got {v!r}')
+        if divisor != 'auto' and (not isinstance(divisor, int) or divisor < 1):
+            raise ValueError(f"`divisor` must be a positive integer or 'auto', but got "
+                             f'{divisor!r}')
+        self.table = _load_table(latency_table, delta, target_metric)
         if isinstance(skip, str):
             skip = [skip]
         self.interval = interval
@@ -92,6 +110,7 @@ class FisherPruningHook(Hook):
         self.channels_per_step = channels_per_step
         self.min_channels = min_channels
         self.divisor = divisor
+        self.latency_table = latency_table
         self.skip = list(skip)
         self.save_thresholds = sorted(set(save_thresholds), reverse=True)
         self.init_spec = init_spec
@@ -118,12 +137,19 @@ class FisherPruningHook(Hook):
                 'FisherPruningHook found nothing prunable in this model '
                 f'({groups.summary()}); reasons seen: {reasons}. Remove the hook, or lift '
                 '`skip` patterns / frozen stages that block every group.')
-        self.pruner = FisherPruner(model, groups, self.delta, self.min_channels, self.divisor)
+        self.pruner = self._pruner(model, groups)
         if get_world_size() > 1:
             self._check_ranks_agree()
         runner.logger.info(f'FisherPruningHook: {groups.summary()}; delta={self.delta}, '
                            f'target {self.target_metric} {self.target:.2f}, every '
-                           f'{self.interval} iterations')
+                           f'{self.interval} iterations, widths in multiples of '
+                           f'{self._divisor_text()}')
+        if self.table is not None:
+            runner.logger.info(
+                f'FisherPruningHook: latency table {self.latency_table} measured on '
+                f"{self.table.key.get('device')} ({_key_text(self.table.key)}); it describes "
+                'the deploy device, which need not be the one training runs on; predicted '
+                f'full-model latency {self.table.total_us / 1e3:.2f} ms')
         if self._loaded is not None:
             self._restore(runner)
         elif self.init_spec is not None:
@@ -153,6 +179,25 @@ class FisherPruningHook(Hook):
                            f'({"resume" if self._loaded_resume else "load_from"})')
         self._loaded = None
 
+    def _pruner(self, model, groups) -> FisherPruner:
+        divisor = self.divisor
+        if divisor == 'auto' and self.table is None:
+            divisor = DEFAULT_DIVISOR
+        try:
+            return FisherPruner(model, groups, self.delta, self.min_channels, divisor,
+                                latency_table=self.table)
+        except ValueError as e:  # a table of another model: say which file
+            raise ValueError(f'FisherPruningHook: latency_table {self.latency_table!r}: '
+                             f'{e}') from None
+
+    def _divisor_text(self) -> str:
+        if self.divisor != 'auto':
+            return str(self.divisor)
+        if self.table is None:
+            return f'{DEFAULT_DIVISOR} (divisor=auto without a latency table)'
+        found = sorted(set(self.pruner.divisors.values()))
+        return f'{found} (divisor=auto, from the latency table)'
+
     # -- evaluation without training (tools/test.py on a pruning checkpoint) ----------------
     def _masks_for_eval(self, runner, data_batch) -> None:
         """Apply the checkpoint's masks when a val/test loop runs before any training.
@@ -170,7 +215,7 @@ class FisherPruningHook(Hook):
         was_training = model.training
         groups = build_groups(model, tensor_forward(data_batch), skip=self.skip)
         model.train(was_training)
-        self.pruner = FisherPruner(model, groups, self.delta, self.min_channels, self.divisor)
+        self.pruner = self._pruner(model, groups)
         if spec is not None:
             self._loaded_resume = False
             try:
@@ -299,6 +344,28 @@ class FisherPruningHook(Hook):
         self._loaded_resume = bool(getattr(runner, '_resume', False))
         if self.pruner is not None:
             self._restore(runner)
+
+
+def _load_table(path: Optional[str], delta: str, metric: str) -> Optional[LatencyTable]:
+    """The hook's latency table, checked at construction (a typo fails before training)."""
+    if path is None:
+        if 'latency' in (delta, metric):
+            arg = 'delta' if delta == 'latency' else 'target_metric'
+            raise ValueError(f"`{arg}='latency'` needs `latency_table`, a table of the deploy "
+                             'device made with tools/profile_latency.py')
+        return None
+    if not isinstance(path, str):
+        raise ValueError(f'`latency_table` must be the path of a JSON table made by '
+                         f'tools/profile_latency.py, but got {path!r}')
+    if not osp.isfile(path):
+        raise ValueError(f'`latency_table` {path!r} does not exist; make it with '
+                         'tools/profile_latency.py CONFIG --out ' + path)
+    return LatencyTable.load(path)
+
+
+def _key_text(key: Dict) -> str:
+    return ', '.join(f'{k} {key[k]}' for k in ('dtype', 'batch', 'threads', 'input_size',
+                                                'channels_last', 'torch') if k in key)
 
 
 def _save_checkpoint_atomic(runner, filename: str) -> None:

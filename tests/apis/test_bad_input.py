@@ -15,7 +15,12 @@ from mmgfp.hooks import FisherPruningHook
     (dict(delta='l1'), '`delta` must be one of'),
     (dict(target=1.5), '`target`'),
     (dict(target=0), '`target`'),
-    (dict(target_metric='latency'), '`target_metric` must be one of'),
+    (dict(target_metric='size'), '`target_metric` must be one of'),
+    (dict(target_metric='latency'), "`target_metric='latency'` needs `latency_table`"),
+    (dict(delta='latency'), "`delta='latency'` needs `latency_table`"),
+    (dict(latency_table='no/such/table.json'), '`latency_table` \'no/such/table.json\' '
+                                               'does not exist'),
+    (dict(divisor='8'), "`divisor` must be a positive integer or 'auto'"),
     (dict(save_thresholds=(0.5, 2)), '`save_thresholds` must lie in (0, 1)'),
     (dict(channels_per_step=0), '`channels_per_step` must be a positive integer'),
     (dict(divisor=-8), '`divisor` must be a positive integer'),

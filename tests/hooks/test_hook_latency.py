@@ -1,0 +1,63 @@
+"""End to end: profile a CPU latency table, then prune to a latency target with a real Runner."""
+import glob
+import os.path as osp
+import uuid
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+import mmgfp  # noqa: F401
+from runner_utils import CLS_GEN, cls_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def cls_data(tmp_path_factory):
+    from mmgfp.datasets.digits import prepare_digits_cls
+    root = str(tmp_path_factory.mktemp('digits_cls'))
+    prepare_digits_cls(root, **CLS_GEN)
+    return root
+
+
+def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
+    from mmgfp.apis.latency import profile_config
+    from mmgfp.hooks import FisherPruningHook
+    config = cls_config(tmp_path, cls_data, max_iters=10)
+    table_path = str(tmp_path / 'cpu_table.json')
+    # deployed at 64x64 (trained at 32x32): convolutions, not per-op overhead, dominate
+    table, _ = profile_config(Config.fromfile(config), config, input_size=(64, 64), threads=1,
+                              points=3, rounds=3, warmup=1, align=False, out=table_path,
+                              progress=False)
+    assert table.key['input_size'] == [64, 64] and table.key['batch'] == 1
+
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.experiment_name = f'latency_{uuid.uuid4().hex[:8]}'
+    cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
+                             target=0.9, target_metric='latency', channels_per_step=256,
+                             latency_table=table_path, save_thresholds=(0.95, ))]
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+    hook = next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+    assert hook.finished, 'a predicted latency of 0.9 must be reached within the run'
+    rem = hook.pruner.remaining()
+    assert rem['latency'] <= 0.9 and rem['flops'] < 1
+    # the table measured no alignment: divisor='auto' gives every group steps of 1 channel
+    assert set(hook.pruner.divisors.values()) == {1}
+    assert hook.pruner.predicted_latency() == pytest.approx(table.total_us * rem['latency'])
+    scalars = runner.message_hub.log_scalars
+    assert scalars['train/gfp_latency'].current() == pytest.approx(rem['latency'])
+    assert osp.isfile(osp.join(cfg.work_dir, 'pruned_latency_0.95.pth'))
+    logs = ''.join(open(p).read() for p in glob.glob(osp.join(cfg.work_dir, '*', '*.log')))
+    assert f'latency table {table_path} measured on cpu: ' in logs
+    assert 'divisor=auto, from the latency table' in logs
+
+
+def test_divisor_auto_without_a_table_is_8():
+    from mmgfp.hooks import FisherPruningHook
+    from mmgfp.hooks.fisher_pruning_hook import DEFAULT_DIVISOR
+    hook = FisherPruningHook()
+    assert hook.divisor == 'auto' and hook.table is None and DEFAULT_DIVISOR == 8
