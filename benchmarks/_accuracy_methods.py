@@ -10,10 +10,11 @@ image), for every method alike, so the budgets are comparable.
 * ``tp_prune_to``: Torch-Pruning 1.6.1's MetaPruner (group L1 magnitude, group Taylor) on a
   copy of the baseline, its pruning ratio searched until the FLOPs match the target.
 * ``random_prune``: mmgfp's channel groups, units removed in random order until the target.
-* ``thin_cfg`` / ``thin_search``: the same RetinaNet with every width scaled down.
+* ``thin_cfg`` / ``thin_search``: the same detector with every width scaled down.
 """
 import copy
 import math
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -103,6 +104,67 @@ def _named(base, work_dir: str, name: str, log_level: str):
     return cfg
 
 
+class Progress:
+    """Print ``[accuracy] <label>: iter i/n, s/iter, ETA`` while a Runner trains or tests.
+
+    MMEngine's own logs are silenced in the benchmark (tables stay readable), so long steps
+    would show nothing for minutes. A line is printed every ``every`` seconds and at the end.
+    Registered lazily as an MMEngine hook (``_progress_hook``) under a benchmark-only name.
+    """
+    every = 30.0  # seconds between lines; accuracy.py sets it from --progress
+
+    def __init__(self, label: str):
+        self.label = label
+        self.t0 = self.last = time.perf_counter()
+
+    def start(self) -> None:
+        self.t0 = self.last = time.perf_counter()
+
+    def tick(self, done: int, total: int, what: str) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every:
+            return
+        self.last = now
+        per = (now - self.t0) / max(1, done)
+        eta = per * (total - done)
+        print(f'[accuracy]   {self.label}: {what} {done}/{total}, {per:.2f} s/iter, '
+              f'ETA {eta / 60:.1f} min', flush=True)
+
+
+def _progress_hook() -> str:
+    """The registered name of the hook that drives :class:`Progress` (registered once)."""
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+    name = 'MMGFPAccuracyProgressHook'
+    if HOOKS.get(name) is None:
+
+        class _ProgressHook(Hook):
+            priority = 'VERY_LOW'
+
+            def __init__(self, label: str):
+                self.progress = Progress(label)
+
+            def before_train(self, runner):
+                self.progress.start()
+
+            def before_test(self, runner):
+                self.progress.start()
+
+            def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                self.progress.tick(runner.iter + 1, runner.max_iters, 'iter')
+
+            def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                self.progress.tick(batch_idx + 1, len(runner.test_loop.dataloader), 'test batch')
+
+        HOOKS.register_module(name=name, module=_ProgressHook)
+    return name
+
+
+def progress(label: str) -> dict:
+    """A ``custom_hooks`` entry that prints progress lines for ``label``."""
+    return dict(type=_progress_hook(), label=label)
+
+
 def train_cfg(base, work_dir: str, iters: int, seed: int, name: str, log_level: str,
               schedule: Optional[List[dict]] = None, lr: Optional[float] = None):
     """``base`` set up to train ``iters`` iterations without validation or checkpoints."""
@@ -119,7 +181,7 @@ def train_cfg(base, work_dir: str, iters: int, seed: int, name: str, log_level: 
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
     cfg.load_from = None
     cfg.resume = False
-    cfg.custom_hooks = []
+    cfg.custom_hooks = [progress(name.rsplit('_', 3)[0])]  # the run's name without its stamp
     return cfg
 
 
@@ -138,7 +200,7 @@ def evaluate(model: nn.Module, base, work_dir: str, name: str, log_level: str) -
     """bbox mAP and mAP@0.5 of ``model`` on the test split with mmdet's CocoMetric."""
     cfg = _named(base, work_dir, name, log_level)
     cfg.default_hooks = dict(checkpoint=None)
-    cfg.custom_hooks = []
+    cfg.custom_hooks = [progress(name.rsplit('_', 3)[0])]
     cfg.load_from = None
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
                 'val_dataloader', 'val_cfg', 'val_evaluator', 'auto_scale_lr'):
@@ -146,7 +208,20 @@ def evaluate(model: nn.Module, base, work_dir: str, name: str, log_level: str) -
     metrics = runner(cfg, model).test()
     if not metrics:  # CocoMetric returns nothing when no box passes the score threshold
         return {'mAP': 0.0, 'mAP50': 0.0}
-    return {'mAP': float(metrics['coco/bbox_mAP']), 'mAP50': float(metrics['coco/bbox_mAP_50'])}
+    return read_map(metrics)
+
+
+# (mAP, mAP@0.5) keys of the evaluators the benchmark reads: mmdet's CocoMetric, VOCMetric
+MAP_KEYS = (('coco/bbox_mAP', 'coco/bbox_mAP_50'), ('pascal_voc/mAP', 'pascal_voc/AP50'))
+
+
+def read_map(metrics: Dict) -> Dict[str, float]:
+    """bbox mAP and mAP@0.5 from the metrics of a CocoMetric or VOCMetric evaluator."""
+    for key, key50 in MAP_KEYS:
+        if key in metrics:
+            return {'mAP': float(metrics[key]), 'mAP50': float(metrics.get(key50, 'nan'))}
+    raise KeyError(f'the test evaluator gave no bbox mAP (looked for '
+                   f'{[k for k, _ in MAP_KEYS]}), only {sorted(metrics)}')
 
 
 # --------------------------------------------------------------------------- GFP
@@ -164,7 +239,8 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     cfg.load_from = baseline
     cfg.custom_hooks = [dict(type='FisherPruningHook', interval=interval, delta=delta,
                              target=target, target_metric='flops',
-                             channels_per_step=channels_per_step, save_thresholds=())]
+                             channels_per_step=channels_per_step, save_thresholds=())
+                        ] + list(cfg.custom_hooks)  # and the progress lines
     run = runner(cfg)
     run.train()
     hook = next(h for h in run.hooks if isinstance(h, FisherPruningHook))
@@ -191,10 +267,12 @@ def _example(model: nn.Module, input_size: Sequence[int]):
 
 
 def output_layers(model: nn.Module) -> List[nn.Module]:
-    """Layers whose output channels are predictions (never pruned by any method)."""
-    head = model.bbox_head
-    return [m for name in ('retina_cls', 'retina_reg', 'conv_cls', 'conv_reg', 'conv_centerness')
-            if isinstance(m := getattr(head, name, None), nn.Module)]
+    """Layers whose output channels are predictions (never pruned by any method).
+
+    mmdet's single-stage heads keep their prediction convs as direct children of the head
+    (``retina_cls``, ``conv_centerness``, ``atss_reg``, ...); the shared towers live in lists.
+    """
+    return [m for m in model.bbox_head.children() if isinstance(m, nn.Conv2d)]
 
 
 def taylor_gradients(model: nn.Module, batches: Sequence[dict]) -> None:
@@ -310,25 +388,45 @@ def random_prune(model: nn.Module, target: float, seed: int,
 
 
 # --------------------------------------------------------------------------- thinner network
-def thin_cfg(base, width: float):
-    """``base`` with every width scaled by ``width``: backbone, FPN and head.
+def thin_problem(base) -> Optional[str]:
+    """Why :func:`thin_cfg` cannot scale ``base`` (None if it can)."""
+    m = base.model
+    if m.get('backbone', {}).get('type') not in ('ResNet', 'mmdet.ResNet'):
+        return f'the backbone is {m.get("backbone", {}).get("type")!r}, not a ResNet'
+    neck = m.get('neck')
+    if not isinstance(neck, dict) or 'in_channels' not in neck or 'out_channels' not in neck:
+        return 'the neck is not one FPN-like dict with in_channels and out_channels'
+    if 'in_channels' not in m.bbox_head:
+        return 'the bbox_head has no in_channels'
+    return None
 
-    GroupNorm keeps the baseline's two channels per group (64 channels / 32 groups).
+
+def thin_cfg(base, width: float):
+    """``base`` with every width scaled by ``width``: ResNet backbone, FPN and head.
+
+    GroupNorm in the head keeps the baseline's channels per group (64 channels / 32 groups:
+    two); the neck width stays a multiple of it.
     """
     cfg = copy.deepcopy(base)
-    b = max(8, round(64 * width))
-    neck = 2 * max(4, round(32 * width))
-    cfg.model.backbone.base_channels = b
-    cfg.model.neck.in_channels = [b, 2 * b, 4 * b, 8 * b]
-    cfg.model.neck.out_channels = neck
-    cfg.model.bbox_head.in_channels = neck
-    cfg.model.bbox_head.feat_channels = neck
-    cfg.model.bbox_head.norm_cfg = dict(type='GN', num_groups=neck // 2, requires_grad=True)
+    backbone, neck, head = cfg.model.backbone, cfg.model.neck, cfg.model.bbox_head
+    base_ch = backbone.get('base_channels', 64)
+    b = max(8, round(base_ch * width))
+    norm = head.get('norm_cfg') or {}
+    per_group = (neck.out_channels // norm['num_groups']) if norm.get('type') == 'GN' else 1
+    out = per_group * max(4, round(neck.out_channels * width / per_group))
+    backbone.base_channels = b
+    neck.in_channels = [max(1, round(c * b / base_ch)) for c in neck.in_channels]
+    neck.out_channels = out
+    head.in_channels = out
+    if 'feat_channels' in head:
+        head.feat_channels = out
+    if norm.get('type') == 'GN':
+        head.norm_cfg = dict(norm, num_groups=out // per_group)
     return cfg
 
 
 def thin_search(base, target: float, full_flops: float, tol: float, max_trials: int = 8):
-    """The width factor whose thin RetinaNet has FLOPs closest to ``target`` of the full one."""
+    """The width factor whose thin detector has FLOPs closest to ``target`` of the full one."""
     from mmgfp.apis.check import build_model
 
     def flops_at(shrink):  # search() works on a ratio removed: width = 1 - shrink

@@ -1,4 +1,4 @@
-"""Accuracy at equal FLOPs: GFP against Torch-Pruning and simple baselines on the digits set.
+"""Accuracy at equal FLOPs: GFP against Torch-Pruning and simple baselines (digits by default).
 
 Run from the repository root (Torch-Pruning 1.6.1 and matplotlib must be installed)::
 
@@ -10,9 +10,16 @@ Run from the repository root (Torch-Pruning 1.6.1 and matplotlib must be install
 On a machine other jobs load, add ``--threads 1``: two OpenMP threads fighting other processes
 for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thread.
 
-One RetinaNet-R18 baseline (``configs/digits/retinanet_r18_fpn_digits.py``, trained here once,
-or ``--baseline CKPT``) is brought to ``--targets`` of its FLOPs (default 0.5) by each method,
-for every seed:
+One baseline of ``--config`` (default: RetinaNet-R18,
+``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector config with an
+iteration-based schedule, its data and its CocoMetric/VOCMetric test evaluator taken as
+written), trained here once or given as ``--baseline CKPT``, is brought to ``--targets`` of its
+FLOPs (default 0.5) by each method, for every seed. Before anything trains, the config is
+checked (single-stage model; the train/val/test data sets load and their first image exists;
+the test evaluator builds and gives bbox mAP) and a clear error names what to fix. Each
+training and test run prints its iterations and ETA every ``--progress`` seconds. ``--quick``
+uses a tiny generated digits set for the embedded digits data, and the first few images of
+any other data set.
 
 =============  ==============================================================================
 gfp_acts       FisherPruningHook, delta='acts', prunes while training from the baseline
@@ -22,7 +29,7 @@ tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1
 tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-batches``
                training batches of gradients, one shot
 random         mmgfp's channel groups, units removed in random order, one shot
-thin           the same RetinaNet with all widths scaled, trained from scratch
+thin           the same detector with all widths scaled (ResNet backbones), from scratch
 unpruned       the baseline trained on for the same iterations, nothing pruned (once per seed,
                whatever the targets): what the budget buys without pruning
 =============  ==============================================================================
@@ -97,6 +104,9 @@ def parse_args(argv=None):
                    help='train nothing: tabulate and plot the runs stored in WORK_DIR for '
                         '--targets x --seeds x --methods, skipping (and naming) missing ones')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--progress', type=float, default=30.0, metavar='SECONDS',
+                   help='print iterations done and ETA of each training/test run this often '
+                        '(0: every iteration)')
     p.add_argument('--verbose', action='store_true', help="keep MMEngine's INFO logs")
     args = p.parse_args(argv)
     defaults = dict(iters=300, seeds=[0, 1, 2], gfp_interval=2, gfp_channels_per_step=32,
@@ -110,6 +120,8 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be a positive integer, got '
                     f'{getattr(args, name)}')
+    if args.progress < 0:
+        p.error(f'--progress must be >= 0 seconds, got {args.progress}')
     if args.baseline_iters is not None and args.baseline_iters < 1:
         p.error(f'--baseline-iters must be a positive integer, got {args.baseline_iters}')
     for t in args.targets:
@@ -125,29 +137,128 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------ setup
 def base_config(args):
-    """The baseline config, with an absolute data root (and a tiny data set for --quick)."""
+    """The baseline config as written, checked before anything trains (tiny data for --quick).
+
+    Raises:
+        SystemExit: naming what cannot work (model, data files, evaluator, schedule, thin)
+            and how to fix it, before the baseline trains for minutes and fails later.
+    """
+    import _accuracy_methods as methods
     from mmgfp.apis.check import load_config
-    cfg = load_config(args.config)
-    if cfg.model.get('type') != 'RetinaNet':
-        raise SystemExit(f'error: --config must build a RetinaNet (the TP ignored layers and '
-                         f'the thin widths are set for it), got {cfg.model.get("type")!r}')
+    try:
+        cfg = load_config(args.config)
+    except FileNotFoundError as e:
+        raise SystemExit(f'error: --config: {e}') from None
+    _fail = _failer(args.config)
+    check_model(cfg, _fail)
     if args.quick:
-        root = osp.join(osp.abspath(args.work_dir), 'data_quick') + '/'
-        gen = dict(num_train=8, num_val=4, seed=0)
-        batch = 1
-    else:
-        root = osp.join(ROOT, cfg.get('data_root', 'data/digits_det/'))
-        gen, batch = None, cfg.train_dataloader.batch_size
-    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        ds = cfg[split].dataset
-        ds.data_root = root
-        if gen is not None:
-            ds.generate_cfg = gen
-        cfg[split].batch_size = batch
-    for ev in ('val_evaluator', 'test_evaluator'):
-        cfg[ev].ann_file = root + 'annotations/val.json'
+        quick_data(cfg, args.work_dir)
+    if args.baseline_iters is None and (cfg.get('train_cfg') or {}).get('max_iters') is None:
+        _fail(f'it trains by epochs (train_cfg={dict(cfg.get("train_cfg") or {})}) but the '
+              'benchmark counts iterations: give --baseline-iters N (the iterations the '
+              'baseline trains, or trained for with --baseline), or use an '
+              'IterBasedTrainLoop with max_iters')
+    if 'thin' in args.methods and (why := methods.thin_problem(cfg)):
+        _fail(f'the thin method cannot scale its widths: {why}. Leave thin out of --methods')
     cfg.custom_hooks = []
+    check_data(cfg, _fail)
     return cfg
+
+
+def _failer(config: str):
+    def fail(msg: str):
+        raise SystemExit(f'error: --config {config}: {msg}')
+    return fail
+
+
+def check_model(cfg, fail) -> None:
+    """The config must build a single-stage mmdet detector (one ``bbox_head``, no RoI head)."""
+    from mmdet.models.detectors import SingleStageDetector
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope') or 'mmdet')
+    model = cfg.get('model') or {}
+    cls = MODELS.get(model.get('type')) if model.get('type') else None
+    if cls is None:
+        fail(f'model type {model.get("type")!r} is not a registered mmdet model')
+    if not issubclass(cls, SingleStageDetector) or 'bbox_head' not in model or \
+            'roi_head' in model:
+        fail(f'model {model.get("type")!r} is not a single-stage detector (the benchmark '
+             'prunes and measures one bbox_head, e.g. RetinaNet, FCOS, ATSS, RTMDet)')
+
+
+def quick_data(cfg, work_dir: str) -> None:
+    """--quick: a few images per split, one per batch.
+
+    The embedded digits set is generated tiny into ``WORK_DIR/data_quick`` (evaluator
+    annotation paths under the old data root follow it); any other data set keeps its files
+    and uses its first images (``indices``).
+    """
+    splits = [k for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+              if cfg.get(k)]
+    digits = all(cfg[k].dataset.get('type') == 'DigitsCocoDataset' for k in splits)
+    root = osp.join(osp.abspath(work_dir), 'data_quick') + '/'
+    for k in splits:
+        ds = cfg[k].dataset
+        if digits:
+            old, ds.data_root = ds.get('data_root', 'data/digits_det/'), root
+            ds.generate_cfg = dict(num_train=8, num_val=4, seed=0)
+            for ev in ('val_evaluator', 'test_evaluator'):
+                ann = (cfg.get(ev) or {}).get('ann_file')
+                if isinstance(ann, str) and ann.startswith(old):
+                    cfg[ev].ann_file = root + ann[len(old):]
+        elif 'ann_file' in ds:  # a plain data set, not a wrapper
+            ds.indices = 8 if k == 'train_dataloader' else 4
+        cfg[k].batch_size = 1
+
+
+def check_data(cfg, fail) -> None:
+    """Train/val/test data sets load, have images on disk, and the test evaluator builds."""
+    import copy
+
+    from mmdet.registry import DATASETS
+    from mmengine.evaluator import Evaluator
+    seen = []
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if loader is None:
+            if key != 'val_dataloader':
+                fail(f'it has no {key}')
+            continue
+        if loader.dataset in seen:
+            continue
+        seen.append(loader.dataset)
+        try:
+            ds = DATASETS.build(copy.deepcopy(loader.dataset))
+        except Exception as e:  # noqa: BLE001  (re-raised as a message naming the key)
+            fail(f'{key}.dataset cannot be loaded ({type(e).__name__}: {e}). Fix its '
+                 'data_root / ann_file / data_prefix')
+        if len(ds) == 0:
+            fail(f'{key}.dataset has no images (ann_file, filter_cfg?)')
+        img = ds.get_data_info(0).get('img_path')
+        if img and not osp.isfile(img):
+            fail(f'{key}.dataset: image {img} does not exist. Fix its data_prefix')
+    _check_evaluator(cfg, fail, Evaluator)
+
+
+def _check_evaluator(cfg, fail, Evaluator) -> None:
+    import copy
+
+    from mmdet.evaluation import CocoMetric, VOCMetric
+    ev = cfg.get('test_evaluator')
+    if not ev:
+        fail('it has no test_evaluator (the benchmark reports its bbox mAP)')
+    try:
+        metrics = Evaluator(copy.deepcopy(ev)).metrics
+    except Exception as e:  # noqa: BLE001
+        fail(f'test_evaluator cannot be built ({type(e).__name__}: {e}). Fix its ann_file / '
+             'settings')
+    ok = [m for m in metrics
+          if (isinstance(m, CocoMetric) and 'bbox' in m.metrics and not m.format_only)
+          or isinstance(m, VOCMetric)]
+    if not ok:
+        fail(f'test_evaluator {[type(m).__name__ for m in metrics]} gives no bbox mAP: use '
+             "mmdet's CocoMetric (metric='bbox', format_only=False) or VOCMetric")
 
 
 def train_baseline(base, args, work_dir: str) -> str:
@@ -162,7 +273,8 @@ def train_baseline(base, args, work_dir: str) -> str:
                          '--baseline CKPT or the --work-dir of the earlier runs')
     print(f'[accuracy] training the baseline for {iters} iterations', flush=True)
     cfg = M.train_cfg(base, work_dir, iters, 0, _stamp('baseline'), _log_level(args),
-                      M.scale_schedule(base.param_scheduler, base.train_cfg.max_iters, iters))
+                      M.scale_schedule(base.param_scheduler,
+                                       base.train_cfg.get('max_iters', iters), iters))
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters,
                                         max_keep_ckpts=1)
     M.runner(cfg).train()
@@ -215,8 +327,8 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         total = base_iters + args.iters
         width, flops, trials = M.thin_search(base, target, full['flops'], args.tol)
         cfg = M.train_cfg(M.thin_cfg(base, width), wd, total, seed, _stamp(name), level,
-                          M.scale_schedule(base.param_scheduler, base.train_cfg.max_iters,
-                                           total))
+                          M.scale_schedule(base.param_scheduler,
+                                           base.train_cfg.get('max_iters', base_iters), total))
         run = M.runner(cfg)
         run.train()
         model = M.unwrap(run.model)
@@ -407,15 +519,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     if not args.verbose:
         C.quiet_logs()
+    M.Progress.every = args.progress
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
+    print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
+          flush=True)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
     base_model = M.build(base, baseline)
     full = M.measure(base_model)
     sig = settings(args, baseline)
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
            'baseline_iters': args.baseline_iters or base.train_cfg.max_iters}
+    LABELS['thin'] = f'thin {base.model.type} (scratch)'
     base_path = osp.join(wd, 'baseline_eval.json')
     base_res = stored(base_path, sig)
     if base_res is None and args.stored_only:
@@ -472,8 +588,9 @@ def main(argv=None) -> dict:
                              for t, v in seeds.items())
     budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline '
               f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), {seed_txt}')
-    print(f'\nbbox mAP on the digits val split at {"/".join(map(str, args.targets))} of the '
-          f'FLOPs; budget: {budget}; mean ± std over seeds')
+    print(f'\nbbox mAP on the test split of {osp.basename(args.config)} at '
+          f'{"/".join(map(str, args.targets))} of the FLOPs; budget: {budget}; mean ± std over '
+          'seeds')
     print(C.env_line())
     print(format_tables(rows))
     if missing:
@@ -485,7 +602,7 @@ def main(argv=None) -> dict:
                'missing': [dict(method=m, target=t, seed=sd) for m, t, sd in missing]}
     C.write_json(args.json, payload)
     if args.plot:
-        plot(rows, runs, args.plot, f'RetinaNet-R18 on digits, {budget}')
+        plot(rows, runs, args.plot, f'{osp.basename(args.config)}, {budget}')
     return payload
 
 
