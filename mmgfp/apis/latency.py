@@ -140,10 +140,10 @@ class LayerTimer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def __call__(self, cin: int, cout: int) -> float:
+    def __call__(self, cin: int, cout: int, fresh: bool = False) -> float:
         if self.depthwise:
             cin = cout
-        if (cin, cout) not in self.cache:
+        if fresh or (cin, cout) not in self.cache:
             block = build_block(self.calls, cin, cout, self.depthwise)
             block.to(self.device, self.dtype)
             if self.channels_last:
@@ -183,18 +183,21 @@ def refine(f: Callable[[int], float], pts: List[int], unit: int, tol: float,
     return sorted(out)
 
 
-def probe_align(f: Callable[[int], float], full: int, unit: int, tol: float) -> int:
+def probe_align(f: Callable[[int], float], full: int, unit: int, tol: float,
+                again: Optional[Callable[[int], float]] = None) -> int:
     """Width granularity that pays: ``2a`` for the largest ``a`` with ``f(w - a)`` more than
-    ``tol`` slower than ``f(w)`` at an aligned ``w`` (a spike off the alignment); else 1."""
+    ``tol`` slower than ``f(w)`` at an aligned ``w`` (a spike off the alignment); else 1.
+
+    ``again(w)`` re-measures (no cache): a spike counts only if it shows twice, so one noisy
+    reading does not coarsen a group's steps."""
     w = full // 64 * 64 if full >= 96 else full // 16 * 16
     if w < 16:
         return 1
-    ref = f(w)
     align = 1
     for a in ALIGN_PROBES:
-        if a % unit or w - a < unit:
+        if a % unit or w - a < unit or f(w - a) <= f(w) * (1 + tol):
             continue
-        if f(w - a) > ref * (1 + tol):
+        if again is None or again(w - a) > again(w) * (1 + tol):
             align = 2 * a
     return align
 
@@ -214,7 +217,7 @@ def profile_layer(gs: GroupSet, name: str, lt: LayerTimer, points: int, tol: flo
         full, unit = info.in_channels, _axis_unit(gs, gs.passthrough[name])
         unit = math.lcm(unit, info.in_channels // info.groups)
         f = (lambda w: lt(w, w))
-        a = probe_align(f, full, unit, tol) if align else 1
+        a = probe_align(f, full, unit, tol, lambda w: lt(w, w, fresh=True)) if align else 1
         step = math.lcm(unit, a)
         pts = refine(f, axis_points(full, step, points), step, tol, max_points)
         return {'width': pts, 'us': monotone([f(w) for w in pts]), 'align': a}
@@ -225,7 +228,8 @@ def profile_layer(gs: GroupSet, name: str, lt: LayerTimer, points: int, tol: flo
     ins, outs, a = [full_in], [full_out], 1
     if u_out:
         f_out = (lambda w: lt(full_in, w))
-        a = probe_align(f_out, full_out, u_out, tol) if align else 1
+        a = probe_align(f_out, full_out, u_out, tol,
+                        lambda w: lt(full_in, w, fresh=True)) if align else 1
         step = math.lcm(u_out, a)  # sample where divisor='auto' lands
         outs = refine(f_out, axis_points(full_out, step, points), step, tol, max_points)
     if u_in:

@@ -334,7 +334,8 @@ class FisherPruningHook(Hook):
             'pruner': self.pruner.state_dict(), 'spec': make_spec(self.pruner.masker),
             'finished': self.finished, 'saved': list(self.saved), 'steps': self.steps,
             'delta': self.delta, 'target_metric': self.target_metric,
-            'remaining': self.pruner.remaining()}
+            'remaining': self.pruner.remaining(),
+            'latency_key': self.table.key if self.table is not None else None}
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('mmgfp')

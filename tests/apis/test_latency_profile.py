@@ -135,6 +135,13 @@ def test_probe_align_finds_spikes_off_aligned_widths():
     assert probe_align(spiky, 256, 1, 0.1) == 8
     assert probe_align(spiky, 12, 1, 0.1) == 1  # too narrow to probe
     assert probe_align(spiky, 256, 8, 0.1) == 1  # blocks of 8 never leave the alignment
+    readings = iter([300.0])  # one slow reading of 255 channels, then ordinary ones
+
+    def noisy(w):
+        return next(readings, None) or float(w) if w == 255 else float(w)
+
+    assert probe_align(noisy, 256, 1, 0.1, again=smooth) == 1  # not confirmed: noise
+    assert probe_align(spiky, 256, 1, 0.1, again=spiky) == 8
 
 
 def test_measure_and_compare_latency():

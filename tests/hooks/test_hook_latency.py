@@ -4,6 +4,7 @@ import os.path as osp
 import uuid
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -50,7 +51,8 @@ def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
     assert hook.pruner.predicted_latency() == pytest.approx(table.total_us * rem['latency'])
     scalars = runner.message_hub.log_scalars
     assert scalars['train/gfp_latency'].current() == pytest.approx(rem['latency'])
-    assert osp.isfile(osp.join(cfg.work_dir, 'pruned_latency_0.95.pth'))
+    ckpt = torch.load(osp.join(cfg.work_dir, 'pruned_latency_0.95.pth'), weights_only=True)
+    assert ckpt['mmgfp']['latency_key'] == table.key  # which device the pruning was for
     logs = ''.join(open(p).read() for p in glob.glob(osp.join(cfg.work_dir, '*', '*.log')))
     assert f'latency table {table_path} measured on cpu: ' in logs
     assert 'divisor=auto, from the latency table' in logs
