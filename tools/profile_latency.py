@@ -55,7 +55,8 @@ def summary(table, groups, seconds: float) -> str:
     points = sum(layer.entry.get('points_timed', 0) for layer in table.layers.values())
     return '\n'.join([
         f"key: {table.key}",
-        f'{len(table.layers)} layers ({points} widths timed) in {seconds:.0f} s; whole model '
+        f'{len(table.layers)} layers ({points} widths timed when profiled), this run '
+        f'{seconds:.0f} s; whole model '
         f'{table.total_us / 1e3:.2f} ms, of which the layers explain '
         f'{explained(table, groups):.0%} at full width',
         'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])

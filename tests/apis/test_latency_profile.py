@@ -5,11 +5,10 @@ the standalone blocks contain, and the sampling logic on synthetic time function
 """
 import json
 import math
-import sys
 import os.path as osp
+import sys
 
 import pytest
-import torch
 import torch.nn as nn
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))

@@ -1,0 +1,59 @@
+"""tools/profile_latency.py: argument checks, a small real run, and reuse of its output."""
+import json
+import os.path as osp
+
+import pytest
+
+import tools.profile_latency as tool
+
+CFG = '''
+_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+custom_imports = dict(imports=['mmgfp'], allow_failed_imports=False)
+model = dict(backbone=dict(stem_channels=16, base_channels=16),
+             head=dict(num_classes=10, in_channels=128))
+custom_hooks = [dict(type='FisherPruningHook', skip=['backbone.layer4.*'])]
+'''
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--batch', '0'], '--batch must be >= 1'),
+    (['--threads', '0'], '--threads must be >= 1'),
+    (['--input-size', '0', '32'], '--input-size must be positive'),
+    (['--dtype', 'int8'], "invalid choice: 'int8'"),
+])
+def test_bad_arguments(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(['cfg.py', '--out', 't.json'] + argv)
+    assert words in capsys.readouterr().err
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(SystemExit, match='config no/such.py does not exist'):
+        tool.main(['no/such.py', '--out', str(tmp_path / 't.json')])
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG)
+    with pytest.raises(SystemExit, match='checkpoint nope.pth does not exist'):
+        tool.main([str(cfg), '--out', str(tmp_path / 't.json'), '--checkpoint', 'nope.pth'])
+    with pytest.raises(SystemExit, match="`device` must be 'cpu' or 'cuda"):
+        tool.main([str(cfg), '--out', str(tmp_path / 't.json'), '--device', 'tpu'])
+
+
+@pytest.mark.slow
+def test_profile_then_reuse(tmp_path, capsys):
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG)
+    out = str(tmp_path / 'table.json')
+    argv = [str(cfg), '--input-size', '32', '32', '--threads', '1', '--points', '2',
+            '--rounds', '1', '--no-align', '--out', out]
+    assert tool.main(argv) == 0
+    printed = capsys.readouterr()
+    assert f'wrote {out}' in printed.out and 'alignment found: 1:' in printed.out
+    table = json.load(open(out))
+    assert table['key']['input_size'] == [32, 32] and table['key']['threads'] == 1
+    assert table['key']['config'] == str(cfg)
+    # the hook's skip patterns hold: layer4's groups are never pruned, so it is not profiled
+    assert not [n for n in table['layers'] if n.startswith('backbone.layer4.')]
+    assert 'backbone.layer3.0.conv1' in table['layers']
+    mtime = osp.getmtime(out)
+    assert tool.main(argv) == 0
+    assert 'reusing' in capsys.readouterr().err and osp.getmtime(out) == mtime
