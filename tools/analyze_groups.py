@@ -13,8 +13,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Show the coupled channel groups of a model')
     parser.add_argument('config', help='an mmdet/mmpretrain config (path or scope::path)')
-    parser.add_argument('--input-size', type=int, nargs=2, default=[128, 128],
-                        metavar=('H', 'W'))
+    parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help="demo image size (default: a classifier's test-pipeline size, "
+                        '128x128 for detectors)')
     parser.add_argument('--json', help='write the groups as JSON here')
     return parser.parse_args(argv)
 
@@ -24,7 +25,11 @@ def main(argv=None) -> int:
     import mmgfp  # noqa: F401
     from mmengine.config import Config
     from mmgfp.apis.check import analyze, group_table, load_config
-    found = analyze(load_config(args.config), args.input_size)
+    try:
+        found = analyze(load_config(args.config), args.input_size)
+    except (ValueError, FileNotFoundError) as e:  # a wrong input size or config: say which
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     gs = found['groups']
     table = group_table(gs)
     print(gs.summary())

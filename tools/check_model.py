@@ -21,8 +21,9 @@ def parse_args(argv=None):
     parser.add_argument('--ratio', type=float, default=0.5,
                         help='fraction of each prunable group to remove at random')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--input-size', type=int, nargs=2, default=[128, 128],
-                        metavar=('H', 'W'))
+    parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help="demo image size (default: a classifier's test-pipeline size, "
+                        '128x128 for detectors)')
     parser.add_argument('--json', help='also write the report as JSON here')
     parser.add_argument('--show-groups', action='store_true', help='print every group')
     return parser.parse_args(argv)
@@ -36,7 +37,8 @@ def _fmt(n: float) -> str:
 
 
 def format_report(rep: dict, show_groups: bool = False) -> str:
-    lines = [f"model: {rep['original_class']} -> rebuilt {rep['rebuilt_class']}",
+    lines = [f"model: {rep['original_class']} -> rebuilt {rep['rebuilt_class']}, input "
+             f"{'x'.join(map(str, rep['input_size']))}",
              f"groups: {rep['num_groups']} ({rep['num_prunable_groups']} prunable)"]
     for key in ('flops', 'params', 'acts'):
         b, a = rep[f'{key}_before'], rep[f'{key}_after']
@@ -51,6 +53,9 @@ def format_report(rep: dict, show_groups: bool = False) -> str:
         for g in rep['groups']:
             lines.append(f"  {g['key']}: {g['channels']} ch, block {g['block']}, producers "
                          f"{g['producers']}, consumers {g['consumers']}")
+    if rep.get('replayed'):
+        lines.append('decisions taken by the masked model and replayed in the compact one: ' +
+                     ', '.join(f'{k} ({n}x)' for k, n in rep['replayed'].items()))
     lines.append(f"max relative output difference: {rep['max_rel_diff']:.2e} -> "
                  f"{'EQUIVALENT' if rep['equivalent'] else 'NOT EQUIVALENT'}")
     return '\n'.join(lines)

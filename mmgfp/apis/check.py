@@ -1,5 +1,4 @@
 """Check that mmgfp handles an architecture: group, prune at random, compact, rebuild, compare."""
-import copy
 import os.path as osp
 import tempfile
 from typing import Dict, Optional, Sequence
@@ -8,9 +7,12 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmgfp.core import FisherPruner, GroupSet, build_groups, make_spec, save_spec
+from mmgfp.core import (FisherPruner, GroupSet, apply_spec, build_groups, make_spec,
+                        save_spec)
 from .deploy import compact_config, load_strict, strip_pretrained
-from .inputs import demo_batch, loss_forward, tensor_forward
+from .inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
+                     prepare_like_training, tensor_forward)
+from .replay import Decisions
 
 
 def build_model(cfg: Config, init: bool = True) -> nn.Module:
@@ -82,24 +84,40 @@ def group_table(gs: GroupSet) -> list:
              'passthrough': g.passthrough, 'params': g.params} for g in gs.groups.values()]
 
 
-def analyze(cfg: Config, input_size: Sequence[int] = (128, 128), batch_size: int = 2,
+def analyze(cfg: Config, input_size: Optional[Sequence[int]] = None, batch_size: int = 2,
             seed: int = 0) -> Dict:
-    """Groups of the model a config builds (no weights needed)."""
+    """Groups of the model a config builds (no weights needed).
+
+    Args:
+        cfg (Config): An mmdet/mmpretrain config.
+        input_size (Sequence[int], optional): ``(H, W)`` of the demo images. Defaults to None:
+            a classifier's test-pipeline size (see :func:`default_input_size`), 128x128 for
+            detectors.
+        batch_size (int): Demo images. Defaults to 2.
+        seed (int): Seed of the demo batch. Defaults to 0.
+    """
     model = build_model(cfg)
-    data = demo_batch(model, batch_size, input_size, seed)
+    size = tuple(input_size) if input_size is not None else default_input_size(cfg)
+    data = demo_batch(model, batch_size, size, seed)
+    prepare_like_training(model)
     model.train()
-    gs = build_groups(model, loss_forward(data))
-    return {'model': model, 'groups': gs, 'data': data}
+    with clear_shape_errors(size):
+        gs = build_groups(model, loss_forward(data))
+    return {'model': model, 'groups': gs, 'data': data, 'input_size': size}
 
 
-def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
-                input_size: Sequence[int] = (128, 128), tol: float = 1e-4,
-                work_dir: Optional[str] = None) -> Dict:
-    """Group, prune at random by masks, export, rebuild from the compact config, compare.
+def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
+                 input_size: Optional[Sequence[int]] = None,
+                 work_dir: Optional[str] = None) -> Dict:
+    """Mask a random ``ratio`` of every prunable group, run the masked model once (recording its
+    decisions, see :mod:`mmgfp.apis.replay`), export it and rebuild the compact model from the
+    written config.
 
     Returns:
-        dict: ``num_groups``, ``num_prunable_groups``, ``flops/params/acts_before/after``,
-        ``max_rel_diff``, ``equivalent``, ``groups`` and ``rebuilt_class``.
+        dict: ``rebuilt`` (the compact model, eval mode), ``reference`` (the masked model's
+        :class:`Decisions`, outputs in ``reference.outputs``), ``data``, ``groups``,
+        ``pruner``, ``remaining`` (its fractions of the costs), ``model`` (the original, now
+        sliced in place) and ``input_size``.
     """
     if not 0 <= ratio < 1:
         raise ValueError(f'`ratio` must lie in [0, 1), but got {ratio!r}')
@@ -111,36 +129,80 @@ def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
     random_masks(pruner, ratio, seed)
     pruner.masker.attach()
     model.eval()
-    with torch.no_grad():
-        ref = tensor_forward(data)(model)
-    remaining = pruner.remaining()
+    reference = Decisions(model)
+    with torch.no_grad(), reference.active():
+        reference.outputs = tensor_forward(data)(model)
+    remaining = pruner.remaining()  # counted on the masked model, before it is sliced
     spec = make_spec(pruner.masker)
     pruner.masker.detach()
-    state = copy.deepcopy(model.state_dict())
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        from mmgfp.core import apply_spec
         apply_spec(model, spec)
         save_spec(spec, osp.join(tmp, 'channels.json'))
         new_cfg = compact_config(cfg, osp.join(tmp, 'channels.json'), None)
         new_cfg.dump(osp.join(tmp, 'compact.py'))
         rebuilt = build_model(Config.fromfile(osp.join(tmp, 'compact.py')), init=False)
     load_strict(rebuilt, model.state_dict(), 'the compact state dict')
+    prepare_like_training(rebuilt)
     rebuilt.eval()
-    with torch.no_grad():
+    return {'rebuilt': rebuilt, 'reference': reference, 'data': data, 'groups': gs,
+            'pruner': pruner, 'remaining': remaining, 'model': model,
+            'input_size': found['input_size']}
+
+
+def compare(rebuilt: nn.Module, data, reference: Decisions) -> float:
+    """Largest relative difference between ``rebuilt`` and the recorded reference run: the
+    outputs and the tapped values before each decision, the decisions replayed."""
+    replay = Decisions(rebuilt, reference)
+    with torch.no_grad(), replay.active():
         out = tensor_forward(data)(rebuilt)
-    diff = rel_diff(out, ref)
-    params_after = sum(p.numel() for p in rebuilt.parameters())
-    full = pruner.full
-    del state
+    if replay.counts() != reference.counts():
+        return float('inf')  # the compact model took another path
+    return rel_diff({'outputs': out, 'taps': replay.taps},
+                    {'outputs': reference.outputs, 'taps': reference.taps})
+
+
+def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
+                input_size: Optional[Sequence[int]] = None, tol: float = 1e-4,
+                work_dir: Optional[str] = None) -> Dict:
+    """Group, prune at random by masks, export, rebuild from the compact config, compare.
+
+    Discrete decisions (proposals, RoI levels, cascade refinements) are taken by the masked
+    model and replayed in the compact one; the values they are taken on are compared too.
+
+    Args:
+        cfg (Config): An mmdet/mmpretrain config.
+        ratio (float): Fraction of every prunable group to mask at random. Defaults to 0.5.
+        seed (int): Seed of the masks, norm statistics and demo batch. Defaults to 0.
+        input_size (Sequence[int], optional): ``(H, W)``; see :func:`analyze`. Defaults to
+            None.
+        tol (float): Largest relative difference that counts as equivalent. Defaults to 1e-4.
+        work_dir (str, optional): Where the temporary compact config is written. Defaults to
+            None (the system's temporary folder).
+
+    Returns:
+        dict: ``num_groups``, ``num_prunable_groups``, ``flops/params/acts_before/after``,
+        ``max_rel_diff``, ``equivalent``, ``replayed``, ``groups``, ``input_size`` and
+        ``rebuilt_class``.
+    """
+    return pair_report(compact_pair(cfg, ratio, seed, input_size, work_dir), tol)
+
+
+def pair_report(pair: Dict, tol: float = 1e-4) -> Dict:
+    """:func:`check_model`'s report on what :func:`compact_pair` returned."""
+    rebuilt, pruner, gs = pair['rebuilt'], pair['pruner'], pair['groups']
+    diff = compare(rebuilt, pair['data'], pair['reference'])
+    remaining, full = pair['remaining'], pruner.full
     return {
         'num_groups': len(gs.groups), 'num_prunable_groups': len(gs.prunable),
         'flops_before': full['flops'], 'flops_after': full['flops'] * remaining['flops'],
-        'params_before': full['params'], 'params_after': params_after,
+        'params_before': full['params'],
+        'params_after': sum(p.numel() for p in rebuilt.parameters()),
         'params_after_predicted': full['params'] * remaining['params'],
         'acts_before': full['acts'], 'acts_after': full['acts'] * remaining['acts'],
         'max_rel_diff': diff, 'equivalent': bool(diff < tol),
-        'rebuilt_class': type(rebuilt).__name__, 'original_class': type(model).__name__,
-        'groups': group_table(gs)}
+        'replayed': pair['reference'].counts(), 'input_size': list(pair['input_size']),
+        'rebuilt_class': type(rebuilt).__name__,
+        'original_class': type(pair['model']).__name__, 'groups': group_table(gs)}
 
 
 def load_config(path: str) -> Config:

@@ -6,9 +6,10 @@ prunable group, deploys the compact model through ``GFPCompactModel``, rebuilds 
 written config and compares outputs in eval mode with non-trivial BN statistics.
 """
 import pytest
+import torch
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import check_model, load_config
+from mmgfp.apis.check import compact_pair, compare, load_config, pair_report
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,11 @@ ARCHS = [
 ]
 # every architecture at two random pruning ratios (a light and a heavy one)
 CASES = [(a, r) for i, a in enumerate(ARCHS) for r in ((0.3, 0.7) if i % 2 else (0.4, 0.6))]
+# two-stage models whose discrete decisions (proposals, cascade refinements, RoI levels) the
+# check takes in the masked model and replays in the compact one; one ratio each (CI time)
+CASCADE = 'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py'
+MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+CASES += [(MASK_RCNN, 0.5), (CASCADE, 0.5)]
 
 
 @pytest.fixture(scope='module')
@@ -38,8 +44,10 @@ def reports():
 def _report(reports, config, ratio):
     key = (config, ratio)
     if key not in reports:
-        reports[key] = check_model(load_config(config), ratio=ratio, seed=1,
-                                   input_size=(64, 64))
+        pair = compact_pair(load_config(config), ratio=ratio, seed=1, input_size=(64, 64))
+        reports[key] = pair_report(pair)
+        if config == CASCADE:  # kept for the planted-error tests below
+            reports['pair', config, ratio] = pair
     return reports[key]
 
 
@@ -101,3 +109,38 @@ def test_fcos_group_norm_whole_groups(reports):
     # GN(32 groups) over 256 channels: only whole norm groups of 8 channels can go
     assert head['block'] == 256 // 32
     assert any('gn' in p for p in head['passthrough'])
+
+
+def test_two_stage_decisions_replayed(reports):
+    rep = _report(reports, MASK_RCNN, 0.5)
+    assert rep['replayed']['rpn_head.predict'] == 1
+    assert rep['replayed']['roi_head.mask_roi_extractor.map_roi_levels'] == 1
+    rep = _report(reports, CASCADE, 0.5)
+    # two images: each stage but the last refines the boxes of both
+    assert rep['replayed']['roi_head.bbox_head.0.regress_by_class'] == 2
+    assert rep['replayed']['roi_head.bbox_head.1.regress_by_class'] == 2
+    assert 'roi_head.bbox_head.2.regress_by_class' not in rep['replayed']
+
+
+@pytest.mark.parametrize('layer', [
+    'backbone.layer2.0.conv2',
+    'rpn_head.rpn_conv',  # before the proposals are chosen
+    'roi_head.bbox_head.0.shared_fcs.1',  # before stage 1 refines the boxes
+    'roi_head.bbox_head.1.shared_fcs.1',  # after a replayed refinement
+])
+def test_wrong_channel_in_compact_model_is_caught(reports, layer):
+    """Replaying decisions must not hide a wrong compact model: one kept input channel of one
+    compact layer zeroed is seen, and the restored model passes again."""
+    _report(reports, CASCADE, 0.5)
+    pair = reports['pair', CASCADE, 0.5]
+    weight = dict(pair['rebuilt'].named_modules())[layer].weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[:, 0] = 0
+        wrong = compare(pair['rebuilt'], pair['data'], pair['reference'])
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert wrong > 1e-3
+    assert compare(pair['rebuilt'], pair['data'], pair['reference']) < 1e-4
