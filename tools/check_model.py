@@ -1,6 +1,7 @@
 """Check that mmgfp handles an architecture, before spending GPU days on it.
 
     python tools/check_model.py CONFIG [--ratio R] [--seed S] [--input-size H W] [--json PATH]
+        [--latency [--latency-table TABLE.json]]
 
 Builds the model of any mmdet/mmpretrain config (no weights needed), finds its channel groups,
 masks a random fraction R of every prunable group, exports the compact model, rebuilds it from
@@ -26,7 +27,24 @@ def parse_args(argv=None):
                         '128x128 for detectors)')
     parser.add_argument('--json', help='also write the report as JSON here')
     parser.add_argument('--show-groups', action='store_true', help='print every group')
+    parser.add_argument('--latency', action='store_true',
+                        help='also time the compact model against the original on this CPU '
+                             '(and show the prediction of --latency-table)')
+    parser.add_argument('--latency-table', help='a table of tools/profile_latency.py for this '
+                        'config; the timing uses its settings (implies --latency)')
     return parser.parse_args(argv)
+
+
+def latency_report(args, cfg) -> dict:
+    """Predicted and measured latency of the model pruned at random (``--latency``)."""
+    from mmgfp.apis.latency_check import random_compact_latency
+    from mmgfp.core import LatencyTableError
+    try:
+        rep = random_compact_latency(cfg, args.ratio, args.seed, args.latency_table)
+    except (LatencyTableError, FileNotFoundError) as e:
+        raise SystemExit(f'error: --latency-table: {e}')
+    print(rep['text'])
+    return rep
 
 
 def _fmt(n: float) -> str:
@@ -77,6 +95,8 @@ def main(argv=None) -> int:
                           indent=1)
         return 1
     print(format_report(rep, args.show_groups))
+    if args.latency or args.latency_table:
+        rep['latency'] = latency_report(args, cfg)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rep, f, indent=1)
