@@ -44,7 +44,8 @@ train_dataloader = dict(batch_size={batch}, sampler=dict(seed=0))
 env_cfg = dict(dist_cfg=dict(backend='gloo', timeout=120))
 custom_hooks = [
     dict(type='FisherPruningHook', interval={interval}, delta='acts', target=0.5,
-         target_metric='flops', channels_per_step={per_step}, save_thresholds=({save},)),
+         target_metric='flops', channels_per_step={per_step}, save_thresholds=({save},),
+         divisor=1),  # single channels: the selections PER_STEP and LR were tuned for
     dict(type='GFPTestRankProbe', dump_iters=[{mid}]{lose}),
 ]
 '''
