@@ -36,7 +36,9 @@ class FisherPruningHook(Hook):
     (one small all-reduce per iteration), so every rank holds the statistics of the whole
     batch, removes the same channels, and the checkpoint written by rank 0 holds the complete
     statistics. Gradients are divided by the world size, as DDP averages them: the statistics
-    are those of a single process that sees all ranks' samples in one batch.
+    are those of a single process that sees all ranks' samples in one batch (with losses that
+    each rank normalises by its own counts, as mmdet's detection losses: one process that
+    accumulates the ranks' batches). RoI rows are folded onto their images.
 
     Args:
         interval (int): Iterations between two pruning steps. Defaults to 10.
