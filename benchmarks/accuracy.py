@@ -255,10 +255,10 @@ def _check_evaluator(cfg, fail, Evaluator) -> None:
              'settings')
     ok = [m for m in metrics
           if (isinstance(m, CocoMetric) and 'bbox' in m.metrics and not m.format_only)
-          or isinstance(m, VOCMetric)]
+          or (isinstance(m, VOCMetric) and m.metric == 'mAP')]
     if not ok:
         fail(f'test_evaluator {[type(m).__name__ for m in metrics]} gives no bbox mAP: use '
-             "mmdet's CocoMetric (metric='bbox', format_only=False) or VOCMetric")
+             "mmdet's CocoMetric (metric='bbox', format_only=False) or VOCMetric (metric='mAP')")
 
 
 def train_baseline(base, args, work_dir: str) -> str:
