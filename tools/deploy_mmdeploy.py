@@ -1,0 +1,96 @@
+"""Deploy a (compact) MMDetection detector with MMDeploy to ONNX Runtime, NMS included.
+
+    python tools/deploy_mmdeploy.py CONFIG CHECKPOINT --out DIR --image IMG
+        [--backend onnxruntime] [--static W H] [--opset N] [--check]
+
+CONFIG is usually the compact config ``tools/deploy_pruned.py`` wrote and CHECKPOINT its
+``compact.pth`` (any MMDetection detector config works). DIR receives ``end2end.onnx`` (input
+``input``: the normalised image batch; outputs ``dets`` [N, K, 5] = boxes + score and
+``labels`` [N, K]) and ``deploy_cfg.py``, MMDeploy's deploy config for it (MMDeploy's own
+configs are not in its wheel; this one is written in code, see
+``mmgfp/apis/mmdeploy_export.py``). With ``deploy_cfg.py`` MMDeploy's own API runs the model,
+e.g. ``mmdeploy.apis.inference_model(CONFIG, DIR/deploy_cfg.py, [DIR/end2end.onnx], IMG,
+'cpu')``. The export runs inside mmgfp's compatibility layer for current PyTorch
+(``mmgfp/apis/mmdeploy_compat.py``). ``--check`` runs MMDetection (PyTorch) and MMDeploy's ONNX
+Runtime model on IMG and exits 1 unless they give the same detections (boxes within 0.01 px,
+scores within 1e-4, same labels) at or above the config's score threshold, and at least one.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+BACKENDS = ('onnxruntime', )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Deploy a detector with MMDeploy (ONNX Runtime)')
+    parser.add_argument('config', help='the compact config (or any mmdet detector config)')
+    parser.add_argument('checkpoint', help='its checkpoint, e.g. compact.pth')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--image', required=True,
+                        help="an image the config's test pipeline reads (traced, and checked)")
+    parser.add_argument('--backend', choices=BACKENDS, default='onnxruntime',
+                        help='MMDeploy backend (default: onnxruntime)')
+    parser.add_argument('--static', type=int, nargs=2, default=None, metavar=('W', 'H'),
+                        help='fixed input width and height (default: dynamic batch and size)')
+    parser.add_argument('--opset', type=int, default=11, help='ONNX opset (default: 11)')
+    parser.add_argument('--check', action='store_true',
+                        help='compare ONNX Runtime detections with PyTorch on --image')
+    args = parser.parse_args(argv)
+    if args.static is not None and min(args.static) < 1:
+        parser.error(f'--static W H must be positive, but got {args.static}')
+    return args
+
+
+def _check(args, cfg, deploy_cfg, onnx_file) -> bool:
+    from mmgfp.apis import mmdeploy_export as md
+    ref = md.pytorch_detections(args.config, args.checkpoint, args.image)
+    got = md.onnxruntime_detections(args.config, deploy_cfg, onnx_file, args.image)
+    cut = md.comparable_score(cfg, ref, got)
+    res = md.compare_detections(ref, got, cut, md.min_bbox_size(cfg))
+    print(f'PyTorch: {len(ref["scores"])} detections, ONNX Runtime: {len(got["scores"])}; '
+          f'compared at score >= {cut:.4f}: {res["matched"]} matched (max box difference '
+          f'{res["max_box_diff"]:.2e} px, max score difference {res["max_score_diff"]:.2e})')
+    print('\n'.join(['PyTorch, top:'] + md.summary(ref) + ['ONNX Runtime, top:'] +
+                    md.summary(got)))
+    if not res['ok']:
+        print(f'CHECK FAILED: PyTorch detections {res["unmatched_ref"]} and ONNX Runtime '
+              f'detections {res["unmatched_got"]} have no partner')
+        return False
+    if res['matched'] == 0:
+        print('CHECK FAILED: no detection above the threshold on this image, nothing to compare: '
+              'use an image on which the model detects something')
+        return False
+    print('CHECK PASSED')
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import mmgfp  # noqa: F401
+    from mmengine.config import Config
+
+    from mmgfp.apis import mmdeploy_export as md
+    from mmgfp.core.spec import SpecError
+    for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint'),
+                       (args.image, 'image')):
+        if not osp.isfile(path):
+            raise SystemExit(f'error: {what} {path} does not exist')
+    try:
+        md.require_mmdeploy()
+        cfg = Config.fromfile(args.config)
+        deploy_cfg = md.detection_deploy_config(cfg, args.static is None, args.static,
+                                                args.opset)
+        out = md.export(args.config, args.checkpoint, args.out, args.image, deploy_cfg)
+        print(f"wrote {out['onnx']} and {out['deploy_cfg']}")
+        if args.check and not _check(args, cfg, deploy_cfg, out['onnx']):
+            return 1
+    except (md.MMDeployError, SpecError, ValueError) as e:
+        raise SystemExit(f'error: {e}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
