@@ -281,6 +281,8 @@ class FisherPruningHook(Hook):
             self.finished = True
             self.pruner.recorder.stop()
             why = 'target reached' if records else 'nothing left to prune'
+            if not records and self.delta == 'latency':
+                why += ' that the latency table says saves time'
             runner.logger.info(f'FisherPruningHook: pruning finished ({why}); training goes '
                                'on with the masks fixed')
 
