@@ -239,7 +239,8 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     cfg.load_from = baseline
     cfg.custom_hooks = [dict(type='FisherPruningHook', interval=interval, delta=delta,
                              target=target, target_metric='flops',
-                             channels_per_step=channels_per_step, save_thresholds=())
+                             channels_per_step=channels_per_step, save_thresholds=(),
+                             divisor=1)  # as the stored runs were made (hook default is now 8)
                         ] + list(cfg.custom_hooks)  # and the progress lines
     run = runner(cfg)
     run.train()
