@@ -50,6 +50,17 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
 
 
+def randomize_zero_params(model: nn.Module, seed: int = 0) -> None:
+    """Give parameters initialised to zero (a ViT's classifier, ConvNeXt-V2's GRN, zero-init
+    branches) small random values: an output that ignores the pruned channels would make
+    equivalence vacuous."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
 def random_masks(pruner: FisherPruner, ratio: float, seed: int) -> None:
     """Mask a random fraction ``ratio`` of the units of every prunable group (keep >= 1)."""
     gen = torch.Generator().manual_seed(seed)
@@ -125,6 +136,7 @@ def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
     found = analyze(cfg, input_size, 2, seed)
     model, gs, data = found['model'], found['groups'], found['data']
     randomize_norms(model, seed)
+    randomize_zero_params(model, seed)
     pruner = FisherPruner(model, gs)
     random_masks(pruner, ratio, seed)
     pruner.masker.attach()

@@ -66,9 +66,12 @@ def demo_batch(model: nn.Module, batch_size: int = 2, input_size: Sequence[int] 
         torch.manual_seed(seed)
         import numpy as np
         np.random.seed(seed)
+        # demo_mm_inputs draws labels from [1, num_classes): give it room for one class
         packed = demo_mm_inputs(batch_size, [[3, h, w]] * batch_size, num_items=[3] *
-                                batch_size, num_classes=num_classes,
+                                batch_size, num_classes=max(num_classes, 2),
                                 with_mask=bool(getattr(model, 'with_mask', False)))
+        for sample in packed['data_samples']:
+            sample.gt_instances.labels = sample.gt_instances.labels % num_classes
         packed['inputs'] = inputs
         return packed
     if family == 'mmpretrain':

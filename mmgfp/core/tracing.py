@@ -63,6 +63,16 @@ def _tensors(obj: Any) -> List[torch.Tensor]:
     return [t for t in flatten(obj) if isinstance(t, torch.Tensor)]
 
 
+_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+_LAYER_OPS = {'conv1d', 'conv2d', 'conv3d', 'conv_transpose1d', 'conv_transpose2d',
+              'conv_transpose3d', 'linear'}
+# ops that read a tensor's metadata or make an independent one of its shape
+_META_OPS = {'size', 'dim', 'numel', 'ndimension', 'nelement', 'stride', 'is_contiguous',
+             'new_zeros', 'new_ones', 'new_empty', 'new_full', 'zeros_like', 'ones_like',
+             'empty_like', 'full_like', 'type', 'get_device', 'is_floating_point',
+             'data_ptr', 'element_size', '__hash__', '__len__', '__repr__', '__format__'}
+
+
 class _Tracer(TorchFunctionMode):
 
     def __init__(self, model: nn.Module):
@@ -81,6 +91,7 @@ class _Tracer(TorchFunctionMode):
         self.untraced_inputs: set = set()
         self.untraced_passthrough: Dict[str, int] = {}
         self.vouch_stop: List[set] = []
+        self.foreign_uses: Dict[str, str] = {}  # layer -> op reading its weight elsewhere
         for mname, mod in model.named_modules():
             self.result.modules[mname] = mod
             for pname, p in list(mod.named_parameters(recurse=False)) + list(
@@ -140,6 +151,7 @@ class _Tracer(TorchFunctionMode):
         name = getattr(func, '__name__', None) or repr(func)
         if name == '__get__':
             name = 'property:' + getattr(getattr(func, '__self__', None), '__name__', '?')
+        self._note_foreign_use(name, inputs)
         rule = self.rules.get(name)
         traced = [t for t in inputs if id(t) in self.layouts]
         if rule is None:
@@ -152,6 +164,25 @@ class _Tracer(TorchFunctionMode):
         if traced:
             self._claim(out, before)
         return out
+
+    def _note_foreign_use(self, name: str, inputs: List[torch.Tensor]) -> None:
+        """Remember a conv/linear weight read by an op other than its own layer call (e.g.
+        ``torch.norm(head.weight, dim=1)`` in a head): slicing the layer changes that value."""
+        if name in _LAYER_OPS or name in _META_OPS or name.startswith('property:'):
+            return
+        for t in inputs:
+            owner = self.owner.get(id(t))
+            if owner is not None and isinstance(owner[2], _LAYER_TYPES):
+                self.foreign_uses.setdefault(owner[0], name)
+
+    def mark_foreign_uses(self) -> None:
+        res = self.result
+        for mname, op in self.foreign_uses.items():
+            reason = (f"the weight of {mname} is also read by '{op}' outside the layer's own "
+                      'call: slicing its channels would change that value')
+            self.mark(res.consumers.get(mname), reason)
+            if mname in res.producers:
+                self.spaces.mark(res.producers[mname], reason)
 
     def _claim(self, out: Any, stop: set) -> None:
         """Mark the autograd nodes an op created as seen, up to the nodes of its inputs."""
@@ -259,6 +290,7 @@ def trace(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
             outputs = forward_fn(model)
         for t in _tensors(outputs):
             tracer.mark(tracer.layout(t), 'network output')
+        tracer.mark_foreign_uses()
         tracer.check_unseen_ops(outputs)
     finally:
         for h in handles:
