@@ -6,10 +6,11 @@ and activation that follow it in the model, at the layer's real input sizes (cap
 forward hooks on one forward pass at the deploy batch and input size; every call of a shared
 head is timed and summed), over a grid of channel counts. Each axis starts from ``points``
 evenly spaced widths and is refined where linear interpolation misses the measured time by more
-than ``tol`` (a step). The output axis is first probed for alignment (is ``w - a`` slower than
-the aligned ``w``?) and then sampled at aligned widths only, where ``divisor='auto'`` keeps the
-pruned model; times are made non-decreasing in the width (:func:`monotone`), so timing noise
-never tells the pruner that removing channels costs time. Spikes at unaligned widths are thus
+than ``tol`` (a step). The output axis is first probed for alignment (does ``w - a`` take
+longer than the line between the aligned ``w`` and ``w - 2a``?) and then sampled at aligned
+widths only, where ``divisor='auto'`` keeps the pruned model; times are made non-decreasing
+in the width (:func:`monotone`), so timing noise never tells the pruner that removing
+channels costs time. Spikes at unaligned widths are thus
 not in the table: prune with ``divisor='auto'`` (or a multiple of the alignment) to stay off
 them. The result is a :class:`mmgfp.core.LatencyTable` keyed by device, torch, dtype, memory
 format, batch, threads and input size, cached as JSON.
@@ -185,19 +186,28 @@ def refine(f: Callable[[int], float], pts: List[int], unit: int, tol: float,
 
 def probe_align(f: Callable[[int], float], full: int, unit: int, tol: float,
                 again: Optional[Callable[[int], float]] = None) -> int:
-    """Width granularity that pays: ``2a`` for the largest ``a`` with ``f(w - a)`` more than
-    ``tol`` slower than ``f(w)`` at an aligned ``w`` (a spike off the alignment); else 1.
+    """Width granularity that pays: ``2a`` for the largest ``a`` where ``w - a`` channels take
+    more than ``tol`` longer than the straight line between the aligned ``w`` and ``w - 2a``
+    predicts (``w`` a multiple of 64, or 16 for narrow layers); 1 if no width is off the line.
 
-    ``again(w)`` re-measures (no cache): a spike counts only if it shows twice, so one noisy
-    reading does not coarsen a group's steps."""
+    A line through two aligned widths absorbs what every width pays alike (per-op overhead), so
+    only the cost of leaving the alignment counts: spikes above an aligned width (GPU tiles)
+    and widths that save less than their share (CPU vector blocks). ``again(w)`` re-measures
+    without the cache: a spike counts only if it shows twice, so one noisy reading does not
+    coarsen a group's steps.
+    """
     w = full // 64 * 64 if full >= 96 else full // 16 * 16
     if w < 16:
         return 1
+
+    def off_line(g, a):
+        return g(w - a) > (g(w) + g(w - 2 * a)) / 2 * (1 + tol)
+
     align = 1
     for a in ALIGN_PROBES:
-        if a % unit or w - a < unit or f(w - a) <= f(w) * (1 + tol):
+        if a % unit or w - 2 * a < unit or not off_line(f, a):
             continue
-        if again is None or again(w - a) > again(w) * (1 + tol):
+        if again is None or off_line(again, a):
             align = 2 * a
     return align
 

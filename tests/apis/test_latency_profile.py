@@ -130,7 +130,15 @@ def test_probe_align_finds_spikes_off_aligned_widths():
     def spiky(w):  # widths that are not a multiple of 8 cost 40% more
         return w * (1.0 if w % 8 == 0 else 1.4)
 
+    def overhead(w):  # a fixed cost per call and a linear one: no alignment
+        return 500.0 + w
+
+    def vector_blocks(w):  # CPU-like: channels are computed in blocks of 16
+        return 100.0 + 16 * math.ceil(w / 16)
+
     assert probe_align(smooth, 256, 1, 0.1) == 1
+    assert probe_align(overhead, 64, 1, 0.1) == 1
+    assert probe_align(vector_blocks, 256, 1, 0.01) == 16
     assert probe_align(spiky, 256, 1, 0.1) == 8
     assert probe_align(spiky, 12, 1, 0.1) == 1  # too narrow to probe
     assert probe_align(spiky, 256, 8, 0.1) == 1  # blocks of 8 never leave the alignment
