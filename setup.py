@@ -10,6 +10,9 @@ def read_version():
     return scope['__version__']
 
 
+# what mmdeploy 1.3.1 imports beyond torch, numpy, onnx, mmengine and mmcv
+MMDEPLOY_RUNTIME = ['aenum', 'multiprocess', 'prettytable']
+
 setup(
     name='mmgfp',
     version=read_version(),
@@ -23,8 +26,13 @@ setup(
         'openmmlab': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmpretrain==1.2.0'],
         # torch >= 2.9 exports ONNX through torch.export + onnxscript (torch 2.11+'s API: 0.7)
         'export': ['onnx', 'onnxscript>=0.7', 'onnxruntime'],
+        # MMDeploy (tools/deploy_mmdeploy.py). mmdeploy 1.3.1's metadata pins protobuf<=3.20.2
+        # (its code never imports protobuf), so pip resolves this extra to onnx 1.17 and an
+        # older onnxruntime; `pip install --no-deps mmdeploy==1.3.1` over MMDEPLOY_RUNTIME keeps
+        # the newest (README, "Deploy with MMDeploy"), which tools/setup_env.sh does for the tests
+        'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
-                  'onnxruntime', 'tensorboard'],
+                  'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
     },
     zip_safe=False,
