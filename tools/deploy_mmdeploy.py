@@ -80,6 +80,7 @@ def main(argv=None) -> int:
             raise SystemExit(f'error: {what} {path} does not exist')
     try:
         md.require_mmdeploy()
+        md.check_model(args.config, args.checkpoint)
         cfg = Config.fromfile(args.config)
         deploy_cfg = md.detection_deploy_config(cfg, args.static is None, args.static,
                                                 args.opset)

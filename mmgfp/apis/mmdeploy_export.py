@@ -65,6 +65,28 @@ def _test_cfg(model_cfg: Config) -> Dict:
     return test_cfg.get('rcnn', test_cfg)
 
 
+def check_model(model_config: str, checkpoint: str) -> None:
+    """Fail early, and clearly, where an export would be wrong or fail deep inside MMDeploy.
+
+    Raises:
+        MMDeployError: ``checkpoint`` is a pruning checkpoint (masked, full-size layers) or
+            ``model_config`` does not build an MMDetection detector.
+        SpecError: The checkpoint cannot be read or does not fit the config.
+    """
+    from mmdet.models.detectors import BaseDetector
+
+    from .export import ExportError, load_model
+    try:
+        model = load_model(model_config, checkpoint)
+    except ExportError as e:
+        raise MMDeployError(str(e)) from None
+    if not isinstance(model, BaseDetector):
+        raise MMDeployError(
+            f'{model_config} builds a {type(model).__name__}, not an MMDetection detector: '
+            'tools/deploy_mmdeploy.py deploys detectors (MMDeploy task ObjectDetection); export '
+            'other models with tools/export_onnx.py')
+
+
 def detection_deploy_config(model_cfg: Config, dynamic: bool = True,
                             input_shape: Optional[Sequence[int]] = None,
                             opset: int = 11) -> Config:
@@ -184,7 +206,9 @@ def _cut(dets: Dict[str, np.ndarray], min_score: float,
     if min_size is not None:
         wh = dets['bboxes'][:, 2:] - dets['bboxes'][:, :2]
         keep &= (wh > min_size).all(axis=1)
-    return {k: v[keep] for k, v in dets.items()}
+    out = {k: v[keep] for k, v in dets.items()}
+    out['index'] = np.flatnonzero(keep)  # positions in the list given
+    return out
 
 
 def compare_detections(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray],
@@ -207,8 +231,8 @@ def compare_detections(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray],
         score_tol (float): Largest score difference. Defaults to 1e-4.
 
     Returns:
-        dict: ``matched`` (count), ``unmatched_ref``/``unmatched_got`` (indices of detections
-        above ``min_score + score_tol`` without a partner), ``max_box_diff``,
+        dict: ``matched`` (count), ``unmatched_ref``/``unmatched_got`` (positions in ``ref`` /
+        ``got`` of detections above ``min_score + score_tol`` without a partner), ``max_box_diff``,
         ``max_score_diff`` and ``ok``.
     """
     a = _cut(ref, min_score - score_tol, min_bbox_size)
@@ -229,9 +253,9 @@ def compare_detections(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray],
             pairs.append((int(i), best))
     hi = min_score + score_tol
     paired_a = {i for i, _ in pairs}
-    lost_a = [int(i) for i in range(len(a['scores'])) if i not in paired_a and
+    lost_a = [int(a['index'][i]) for i in range(len(a['scores'])) if i not in paired_a and
               a['scores'][i] >= hi]
-    lost_b = [int(j) for j in free if b['scores'][j] >= hi]
+    lost_b = [int(b['index'][j]) for j in free if b['scores'][j] >= hi]
     box = max([float(np.abs(b['bboxes'][j] - a['bboxes'][i]).max()) for i, j in pairs] + [0.])
     score = max([abs(float(b['scores'][j] - a['scores'][i])) for i, j in pairs] + [0.])
     return {'matched': len(pairs), 'unmatched_ref': lost_a, 'unmatched_got': lost_b,

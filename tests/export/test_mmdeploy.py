@@ -109,7 +109,7 @@ def _compact(name: str, tmp) -> dict:
     torch.save({'state_dict': model.state_dict(), 'meta': {},
                 'mmgfp': {'spec': make_spec(pruner.masker)}}, ckpt)
     out = deploy(config, ckpt, str(tmp / 'compact'), logger=lambda *a: None)
-    out['original_conv'] = _conv_shapes(model)
+    out.update(original_conv=_conv_shapes(model), pruning_config=config, pruning_ckpt=ckpt)
     return out
 
 
@@ -190,6 +190,18 @@ def test_single_stage_matches_pytorch(name, tmp_path_factory, image):
     assert res['max_score_diff'] < 1e-4 and res['max_box_diff'] < 1e-2
 
 
+def test_static_shape(tmp_path_factory, tmp_path, image):
+    """``--static W H``: a fixed input size (the canvas is 128x128, so nothing is resized)."""
+    import onnx
+
+    import tools.deploy_mmdeploy as tool
+    out = _deployed('retinanet', tmp_path_factory, image)
+    assert tool.main([out['config'], out['checkpoint'], '--out', str(tmp_path), '--image', image,
+                      '--static', '128', '128', '--check']) == 0
+    dims = onnx.load(str(tmp_path / md.ONNX_FILE)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 128, 128]
+
+
 def test_faster_rcnn_exports_and_runs(tmp_path_factory, image):
     """Two-stage: exported through the compatibility layer; MMDeploy's RPN differs by design.
 
@@ -258,10 +270,49 @@ def test_cast_long_exports_with_dynamic_axes(tmp_path):
     assert 'Cast' in _onnx_facts(path)['ops']
 
 
-def test_tool_errors_are_clear(tmp_path, image, monkeypatch):
+def _dets(boxes, scores, labels):
+    return {'bboxes': np.array(boxes, np.float64).reshape(-1, 4),
+            'scores': np.array(scores, np.float64), 'labels': np.array(labels, np.int64)}
+
+
+def test_compare_detections():
+    ref = _dets([[0, 0, 0, 9], [0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 3, 3]],
+                [0.8, 0.9, 0.5, 0.30001], [4, 1, 2, 3])
+    # same detections in another order, rounded; the one at the threshold lost; the empty box
+    # (MMDeploy keeps those) differs
+    got = _dets([[5, 5, 20.004, 20], [0, 0, 10, 10], [0, 0, 0, 5]],
+                [0.50002, 0.9, 0.7], [2, 1, 4])
+    res = md.compare_detections(ref, got, 0.3, min_bbox_size=0)
+    assert res['ok'] and res['matched'] == 2
+    assert res['max_box_diff'] == pytest.approx(0.004) and res['max_score_diff'] < 3e-5
+    assert not md.compare_detections(ref, got, 0.3)['ok']  # without the size filter
+    for changed in ({'labels': [3, 1, 4]}, {'scores': [0.5003, 0.9, 0.7]},
+                    {'bboxes': [[5, 5, 20.1, 20], [0, 0, 10, 10], [0, 0, 0, 5]]}):
+        bad = dict(got, **{k: np.array(v) for k, v in changed.items()})
+        res = md.compare_detections(ref, bad, 0.3, min_bbox_size=0)
+        # positions in the lists given
+        assert not res['ok'] and res['unmatched_ref'] == [2] and res['unmatched_got'] == [0]
+
+
+def test_tool_errors_are_clear(tmp_path, tmp_path_factory, image, monkeypatch):
     import tools.deploy_mmdeploy as tool
     with pytest.raises(SystemExit, match='image .*missing.png does not exist'):
         tool.main([image, image, '--out', str(tmp_path), '--image', str(tmp_path / 'missing.png')])
+    out = _deployed('retinanet', tmp_path_factory, image)
+    # the pruning checkpoint with its own config would deploy the unpruned network
+    with pytest.raises(SystemExit, match='is a pruning checkpoint.*deploy_pruned'):
+        tool.main([out['pruning_config'], out['pruning_ckpt'], '--out', str(tmp_path / 'a'),
+                   '--image', image])
+    cls_config = tmp_path / 'resnet.py'
+    cls_config.write_text("_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'\n"
+                          "model = dict(backbone=dict(init_cfg=None))\n")
+    from mmgfp.apis.export import load_model
+    torch.save({'state_dict': load_model(str(cls_config), None).state_dict()},
+               str(tmp_path / 'resnet.pth'))
+    with pytest.raises(SystemExit, match='builds a ImageClassifier, not an MMDetection detector'):
+        tool.main([str(cls_config), str(tmp_path / 'resnet.pth'), '--out', str(tmp_path / 'b'),
+                   '--image', image])
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
     monkeypatch.setitem(sys.modules, 'mmdeploy', None)
     with pytest.raises(SystemExit, match=r'needs the `mmdeploy` package.*\.\[deploy\]'):
         tool.main([image, image, '--out', str(tmp_path / 'x'), '--image', image])
