@@ -34,8 +34,12 @@ def parse_args(argv=None):
     parser.add_argument('--backend', choices=BACKENDS, default='onnxruntime',
                         help='MMDeploy backend (default: onnxruntime)')
     parser.add_argument('--static', type=int, nargs=2, default=None, metavar=('W', 'H'),
-                        help='fixed input width and height (default: dynamic batch and size)')
-    parser.add_argument('--opset', type=int, default=11, help='ONNX opset (default: 11)')
+                        help='fixed input width and height (default: dynamic batch and size); '
+                        "MMDeploy resizes to it, so --check agrees only where the config's test "
+                        'pipeline gives that size too')
+    parser.add_argument('--opset', type=int, default=None,
+                        help="ONNX opset (default: 16 for detectors with a RoI head, whose "
+                        "RoIAlign needs opset 16's aligned mode; else 11, MMDeploy's)")
     parser.add_argument('--check', action='store_true',
                         help='compare ONNX Runtime detections with PyTorch on --image')
     args = parser.parse_args(argv)
@@ -82,8 +86,8 @@ def main(argv=None) -> int:
         md.require_mmdeploy()
         md.check_model(args.config, args.checkpoint)
         cfg = Config.fromfile(args.config)
-        deploy_cfg = md.detection_deploy_config(cfg, args.static is None, args.static,
-                                                args.opset)
+        opset = args.opset or (16 if cfg.model.get('roi_head') else 11)
+        deploy_cfg = md.detection_deploy_config(cfg, args.static is None, args.static, opset)
         out = md.export(args.config, args.checkpoint, args.out, args.image, deploy_cfg)
         print(f"wrote {out['onnx']} and {out['deploy_cfg']}")
         if args.check and not _check(args, cfg, deploy_cfg, out['onnx']):

@@ -128,14 +128,14 @@ def image(tmp_path_factory):
 _DONE = {}
 
 
-def _deployed(name, tmp_path_factory, image, extra=()):
+def _deployed(name, tmp_path_factory, image):
     """Prune, deploy, export with the tool (--check); keep what the tests compare."""
     if name not in _DONE:
         import tools.deploy_mmdeploy as tool
         tmp = tmp_path_factory.mktemp(name)
         out = _compact(name, tmp)
         out['rc'] = tool.main([out['config'], out['checkpoint'], '--out', str(tmp / 'mmdeploy'),
-                               '--image', image, '--check', *extra])
+                               '--image', image, '--check'])
         out['onnx'] = str(tmp / 'mmdeploy' / md.ONNX_FILE)
         out['deploy_cfg'] = str(tmp / 'mmdeploy' / md.DEPLOY_CFG_FILE)
         _DONE[name] = out
@@ -211,7 +211,7 @@ def test_faster_rcnn_exports_and_runs(tmp_path_factory, image):
     (batch indices, alignment) would change every score.
     """
     from mmengine.config import Config
-    out = _deployed('faster_rcnn', tmp_path_factory, image, ['--opset', '16'])
+    out = _deployed('faster_rcnn', tmp_path_factory, image)  # opset 16 by default
     assert out['rc'] in (0, 1) and out['pruned'] == 'yes'  # --check reports the differences
     facts = _check_compact_onnx(out)
     # opset 16: RoiAlign's own half-pixel mode is mmcv's aligned=True (opset 11 approximates)
@@ -235,6 +235,13 @@ def test_compat_patches_only_inside():
     assert apply_mmdeploy_compat() == patched
     restore_mmdeploy_compat()
     assert torch.onnx.export is export and hasattr(opset9, '_cast_Long') == had_cast
+    # the patched export only changes the default: an explicit choice passes through
+    from mmgfp.apis.mmdeploy_compat import _legacy_export
+    calls = []
+    legacy = _legacy_export(lambda *args, **kwargs: calls.append(kwargs))
+    legacy(1)
+    legacy(1, dynamo=True)
+    assert calls == [{'dynamo': False}, {'dynamo': True}]
 
 
 class _Indices(torch.autograd.Function):
