@@ -153,12 +153,22 @@ def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
         new_cfg = compact_config(cfg, osp.join(tmp, 'channels.json'), None)
         new_cfg.dump(osp.join(tmp, 'compact.py'))
         rebuilt = build_model(Config.fromfile(osp.join(tmp, 'compact.py')), init=False)
-    load_strict(rebuilt, model.state_dict(), 'the compact state dict')
+    load_strict(rebuilt, _without_aliases(model.state_dict(), rebuilt.state_dict()),
+                'the compact state dict')
     prepare_like_training(rebuilt)
     rebuilt.eval()
     return {'rebuilt': rebuilt, 'reference': reference, 'data': data, 'groups': gs,
             'pruner': pruner, 'remaining': remaining, 'model': model,
             'input_size': found['input_size']}
+
+
+def _without_aliases(state: Dict, own: Dict) -> Dict:
+    """``state`` less the keys ``own`` lacks that name a tensor ``state`` has under another
+    key: a module a training forward registered a second time (DDQ-DETR's
+    ``decoder.aux_reg_branches``, the head's own branches)."""
+    seen = {(v.data_ptr(), tuple(v.shape)) for k, v in state.items() if k in own}
+    return {k: v for k, v in state.items()
+            if k in own or (v.data_ptr(), tuple(v.shape)) not in seen}
 
 
 def compare(rebuilt: nn.Module, data, reference: Decisions) -> float:

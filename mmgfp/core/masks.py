@@ -230,7 +230,8 @@ class ChannelMasker:
                 if mask.device != x.device or mask.dtype != x.dtype:
                     mask = mask.to(device=x.device, dtype=x.dtype)
                 shape = [1] * x.dim()
-                shape[lc.ch_dim] = -1
+                # a Linear reads the last axis whatever the rank of this call's input
+                shape[-1 if isinstance(module, nn.Linear) else lc.ch_dim] = -1
                 y = x * mask.view(shape)
             else:
                 # Nothing masked here: an alias gives this consumer its own gradient (what the
