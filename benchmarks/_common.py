@@ -124,19 +124,25 @@ class CpuMonitor:
     """How much CPU *other* processes used while a benchmark ran (they skew every timing).
 
     Compares the machine's busy time (``/proc/stat``) with this process's own CPU time,
-    children included, over the same wall-clock interval.
+    children included, over the same wall-clock interval. With ``cores`` (e.g. ``[1]`` while
+    the measurement runs pinned to core 1) only those cores' busy time counts.
     """
 
-    def __init__(self):
+    def __init__(self, cores: Optional[Sequence[int]] = None):
+        self.rows = ['cpu'] if cores is None else [f'cpu{c}' for c in cores]
         self.start = self._sample()
 
-    @staticmethod
-    def _sample():
-        with open('/proc/stat') as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
+    def _sample(self):
+        busy = 0.0
         hz = os.sysconf('SC_CLK_TCK')
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        busy = (sum(vals[:8]) - idle) / hz
+        with open('/proc/stat') as f:
+            for line in f:
+                parts = line.split()
+                if not parts or parts[0] not in self.rows:
+                    continue
+                vals = [int(v) for v in parts[1:]]
+                idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+                busy += (sum(vals[:8]) - idle) / hz
         t = os.times()
         own = t.user + t.system + t.children_user + t.children_system
         return time.perf_counter(), busy, own
@@ -158,13 +164,15 @@ class CpuMonitor:
         return msg
 
 
-def wait_idle(max_wait: float, threshold: float = 0.15, window: float = 5.0) -> str:
-    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores."""
+def wait_idle(max_wait: float, threshold: float = 0.15, window: float = 5.0,
+              cores: Optional[Sequence[int]] = None) -> str:
+    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores (of
+    ``cores``, when given)."""
     if max_wait <= 0:
         return 'did not wait for an idle machine'
     t0 = time.perf_counter()
     while True:
-        mon = CpuMonitor()
+        mon = CpuMonitor(cores)
         time.sleep(window)
         busy = mon.foreign_cores()
         waited = time.perf_counter() - t0
@@ -187,7 +195,9 @@ class Guard:
     retrying in total, contended rounds are kept and counted.
     """
 
-    def __init__(self, max_foreign: float = 0.2, max_wait: float = 1200.0):
+    def __init__(self, max_foreign: float = 0.2, max_wait: float = 1200.0,
+                 cores: Optional[Sequence[int]] = None):
+        self.cores = cores  # only these cores' use counts (the pinned timing core)
         self.max_foreign = max_foreign
         self.max_wait = max_wait
         self.discarded = 0
@@ -197,7 +207,7 @@ class Guard:
 
     def run(self, fn: Callable[[], object]):
         while True:
-            mon = CpuMonitor()
+            mon = CpuMonitor(self.cores)
             out = fn()
             busy = mon.foreign_cores()
             if busy <= self.max_foreign:
@@ -211,7 +221,8 @@ class Guard:
             print(f'[guard] other processes used {busy:.2f} cores during a round: discarded, '
                   'waiting for the machine to go quiet', flush=True)
             t0 = time.perf_counter()
-            wait_idle(max(self.max_wait - self.waited, 1.0), self.max_foreign)
+            wait_idle(max(self.max_wait - self.waited, 1.0), self.max_foreign,
+                      cores=self.cores)
             self.waited += time.perf_counter() - t0
 
     def summary(self) -> str:
