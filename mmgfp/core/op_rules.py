@@ -94,7 +94,7 @@ def _unary(tr, name, args, kwargs, out):
     lay = tr.layout(x)
     others = [t for t in list(args[1:]) + list(kwargs.values()) if tr.layout(t) is not None
               and t is not x]
-    if others:  # e.g. clamp(x, min=traced): treat as binary
+    if others and name not in ('type_as', 'to'):  # e.g. clamp(x, min=traced): as binary
         return _binary(tr, name, args, kwargs, out)
     if lay is None:
         return

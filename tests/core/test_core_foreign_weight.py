@@ -42,3 +42,22 @@ def test_shape_reads_of_a_weight_do_not_block():
 
     gs = build_groups(ShapeRead(), lambda m: m(torch.randn(2, 3, 8, 8)))
     assert gs.groups['mid'].prunable and gs.groups['a'].prunable
+
+
+def test_type_as_a_traced_tensor_takes_only_its_dtype():
+    """``untraced.type_as(traced)`` (mmdet's CenterNet head) couples nothing and must not
+    make the tracer's rule fail."""
+
+    class TypeAs(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            scale = torch.ones(5).type_as(y)
+            return self.b(y).sum() * scale.sum()
+
+    gs = build_groups(TypeAs(), lambda m: m(torch.randn(2, 3, 4, 4)))
+    assert gs.groups['a'].prunable, gs.groups['a'].reasons
