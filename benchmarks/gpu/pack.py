@@ -169,6 +169,8 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument('--latency-table', nargs='+', default=[], metavar='MODEL=PATH',
                    help='latency tables for the latency variants, e.g. resnet50=table.json')
     p.add_argument('--out', default=osp.join(HERE, 'models'), help='the pack folder')
+    p.add_argument('--archive', default=osp.join(HERE, 'models.tar.xz'),
+                   help="also write the pack folder as this .tar.xz ('' for none)")
     p.add_argument('--threads', type=int, default=1)
     args = p.parse_args(argv)
     tables = {}
@@ -201,7 +203,18 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         write_manifest(args.out, entries)  # usable even if a later model fails
     total_kb = sum(e['file_kb'] for e in entries)
     print(f'[pack] {len(entries)} models, {total_kb / 1024:.1f} MB in {args.out}')
+    if args.archive:
+        archive(args.out, args.archive)
     return entries
+
+
+def archive(folder: str, path: str) -> None:
+    """``folder``'s files as a ``.tar.xz`` (names relative to it; about a third of the size)."""
+    import tarfile
+    with tarfile.open(path, 'w:xz') as tar:
+        for name in sorted(os.listdir(folder)):
+            tar.add(osp.join(folder, name), arcname=name)
+    print(f'[pack] archive {path}: {osp.getsize(path) / 1024 ** 2:.1f} MB')
 
 
 if __name__ == '__main__':

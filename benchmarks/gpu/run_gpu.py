@@ -9,6 +9,9 @@ the device, dtype and memory format, and timed::
     python benchmarks/gpu/run_gpu.py --device cuda --json gpu_latency.json    # < 5 min on one GPU
     python benchmarks/gpu/run_gpu.py --device cpu --settings fp32 --batches 1 --modes eager
 
+``--pack`` defaults to ``models.tar.xz`` beside this script (committed; ``pack.py`` writes it),
+which is extracted to a temporary folder; a pack folder works as well.
+
 For every model, every setting (``fp32``: float32 NCHW; ``fp16-cl``: float16 channels_last; also
 ``fp32-cl`` and ``fp16``), batch size and mode (``eager``: the TorchScript module called from
 Python, graph optimisation off; ``graph``: one CUDA graph captured and replayed, CUDA only), the
@@ -35,6 +38,26 @@ PACK_FORMAT = 'mmgfp-gpu-pack/1'
 SETTINGS = {'fp32': (torch.float32, False), 'fp32-cl': (torch.float32, True),
             'fp16': (torch.float16, False), 'fp16-cl': (torch.float16, True)}
 MODES = ('eager', 'graph')
+
+
+def unpack(path: str) -> str:
+    """A pack folder: ``path`` itself, or ``path`` (a ``.tar.xz`` archive of a pack folder)
+    extracted into a temporary folder."""
+    if not path.endswith('.tar.xz'):
+        return path
+    if not osp.isfile(path):
+        raise SystemExit(f'error: {path} does not exist; make it with `python '
+                         'benchmarks/gpu/pack.py --archive` (needs mmgfp and OpenMMLab)')
+    import tarfile
+    import tempfile
+    out = tempfile.mkdtemp(prefix='mmgfp_pack_')
+    with tarfile.open(path, 'r:xz') as tar:
+        members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+        for m in members:
+            if m.name.startswith(('/', '..')) or '/../' in m.name:
+                raise SystemExit(f'error: {path} holds a path outside the pack: {m.name!r}')
+        tar.extractall(out, members=members)
+    return out
 
 
 def load_manifest(folder: str) -> Dict:
@@ -263,8 +286,9 @@ def table(rows: List[Dict]) -> str:
 
 def parse_args(argv: Optional[List[str]] = None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--pack', default=osp.join(HERE, 'models'),
-                   help='folder written by pack.py (manifest.json and the models)')
+    p.add_argument('--pack', default=osp.join(HERE, 'models.tar.xz'),
+                   help='folder written by pack.py (manifest.json and the models), or its '
+                        '.tar.xz archive (pack.py --archive)')
     p.add_argument('--device', default='cuda', help="'cuda', 'cuda:N' or 'cpu'")
     p.add_argument('--models', nargs='+', help='model names of the pack to run (default: all)')
     p.add_argument('--variants', nargs='+', help='variants to run besides the original')
@@ -316,6 +340,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.pack = unpack(args.pack)
     manifest = load_manifest(args.pack)
     t0 = time.perf_counter()
     rows = []

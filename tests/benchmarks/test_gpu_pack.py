@@ -90,6 +90,17 @@ def test_run_gpu_cpu_path_writes_a_table_and_json(packed, tmp_path, capsys):
     assert saved['environment']['device'].startswith('cpu') and len(saved['rows']) == 8
 
 
+def test_runs_from_the_archive(packed, tmp_path):
+    folder, _ = packed
+    path = str(tmp_path / 'pack.tar.xz')
+    pack.archive(folder, path)
+    rows = run_gpu.main(['--device', 'cpu', '--pack', path, '--settings', 'fp32', '--batches',
+                         '1', '--rounds', '1', '--iters', '1', '--threads', '1'])
+    assert [r['variant'] for r in rows] == ['original', 'acts'] and rows[1]['ms'] > 0
+    with pytest.raises(SystemExit, match='pack.py --archive'):
+        run_gpu.main(['--device', 'cpu', '--pack', str(tmp_path / 'none.tar.xz')])
+
+
 def test_bad_pack_and_cpu_graph_mode_are_named(tmp_path, packed, capsys):
     with pytest.raises(SystemExit, match='pack.py'):
         run_gpu.main(['--device', 'cpu', '--pack', str(tmp_path / 'nothing')])
