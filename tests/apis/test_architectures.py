@@ -144,3 +144,16 @@ def test_wrong_channel_in_compact_model_is_caught(reports, layer):
             weight.copy_(saved)
     assert wrong > 1e-3
     assert compare(pair['rebuilt'], pair['data'], pair['reference']) < 1e-4
+
+
+def test_tood_groups_outside_a_runner():
+    """TOOD's loss reads the epoch a Runner puts in the message hub; analyze (and so
+    check_model and tools/analyze_groups.py) set what the training loop would."""
+    from mmengine.logging import MessageHub
+
+    from mmgfp.apis.check import analyze
+    hub = MessageHub.get_instance('mmgfp_test_tood_no_runner')  # fresh: no epoch, no iter
+    assert MessageHub.get_current_instance() is hub and hub.get_info('epoch') is None
+    found = analyze(load_config('mmdet::tood/tood_r50_fpn_1x_coco.py'), (64, 64))
+    assert hub.get_info('epoch') == 0 and found['model'].bbox_head.epoch == 0
+    assert found['groups'].prunable
