@@ -14,13 +14,19 @@ PyTorch since then, and each breaks an export:
    and the export fails with "cannot import name '_cast_Long'". The patch adds our own
    implementation: one ONNX ``Cast`` node to int64, which is what the removed helper emitted.
 
-One more patch makes MMDeploy's detections those of MMDetection rather than fixing PyTorch:
+Two more patches make MMDeploy's detections those of MMDetection rather than fixing PyTorch
+(rewriters registered for the ONNX Runtime backend, which MMDeploy prefers to its default ones):
 
 3. MMDeploy's rewrite of ``RTMDetHead.predict_by_feat`` decodes boxes without clipping them to
    the image; MMDetection clips before NMS, so boxes crossing the border came out of ONNX
-   Runtime unclipped and NMS could keep other boxes. While the patch is applied, a rewriter for
-   the ONNX Runtime backend sends RTMDet to MMDeploy's generic dense-head rewrite (decode, clip
-   to the image, NMS), as MMDetection's ``BaseDenseHead`` does for RTMDet in PyTorch.
+   Runtime unclipped and NMS could keep other boxes. The patch sends RTMDet to MMDeploy's
+   generic dense-head rewrite (decode, clip to the image, NMS), as MMDetection's
+   ``BaseDenseHead`` does for RTMDet in PyTorch.
+4. MMDeploy's rewrite of ``RPNHead.predict_by_feat`` suppresses the proposals of all FPN levels
+   in one NMS and drops those scoring under 0.05; MMDetection runs NMS level by level
+   (``batched_nms`` with the level as the class), drops empty boxes (``min_bbox_size``) and
+   keeps low scores, so a two-stage detector saw other proposals. :func:`rpn_predict_by_feat`
+   makes MMDetection's proposals in the graph.
 
 Nothing is patched on ``import mmgfp``: use :func:`mmdeploy_compat` around MMDeploy calls (what
 ``tools/deploy_mmdeploy.py`` does), or :func:`apply_mmdeploy_compat` once in a script that calls
@@ -41,6 +47,7 @@ from typing import Callable, Iterator, List, Tuple
 import torch
 
 RTMDET = 'mmdet.models.dense_heads.rtmdet_head.RTMDetHead.predict_by_feat'
+RPN = 'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat'
 # (name, undo) of every patch currently applied, oldest first
 _APPLIED: List[Tuple[str, Callable[[], None]]] = []
 
@@ -70,6 +77,61 @@ def rtmdet_predict_by_feat(self, cls_scores, bbox_preds, batch_img_metas=None, c
     return BaseDenseHead.predict_by_feat(self, cls_scores, bbox_preds,
                                          batch_img_metas=batch_img_metas, cfg=cfg,
                                          rescale=rescale, with_nms=with_nms)
+
+
+def _rpn_level_scores(self, cls_scores, bbox_preds, nms_pre):
+    """Per level: top ``nms_pre`` anchors by objectness (padded, as MMDeploy does for TopK)."""
+    from mmdeploy.codebase.mmdet.deploy import gather_topk, pad_with_value_if_necessary
+    batch = cls_scores[0].shape[0]
+    priors = self.prior_generator.grid_priors([s.shape[-2:] for s in cls_scores],
+                                              device=cls_scores[0].device)
+    out = []
+    for score, delta, prior in zip(cls_scores, bbox_preds, priors):
+        score = score.permute(0, 2, 3, 1)
+        score = score.reshape(batch, -1, 1).sigmoid() if self.use_sigmoid_cls else \
+            score.reshape(batch, -1, 2).softmax(-1)[..., :1]
+        delta = delta.permute(0, 2, 3, 1).reshape(batch, -1, 4)
+        prior = prior.unsqueeze(0)
+        if nms_pre > 0:
+            score = pad_with_value_if_necessary(score, 1, nms_pre, 0.)
+            delta = pad_with_value_if_necessary(delta, 1, nms_pre)
+            prior = pad_with_value_if_necessary(prior, 1, nms_pre)
+            _, inds = score.squeeze(2).topk(nms_pre)
+            delta, score = gather_topk(delta, score, inds=inds, batch_size=batch,
+                                       is_batched=True)
+            prior = gather_topk(prior, inds=inds, batch_size=batch, is_batched=False)
+        out.append((score, delta, prior.expand(batch, -1, -1)))
+    return out
+
+
+def rpn_predict_by_feat(self, cls_scores, bbox_preds, score_factors=None, batch_img_metas=None,
+                        cfg=None, rescale=False, with_nms=True):
+    """RPN proposals as MMDetection makes them: NMS level by level, empty boxes dropped.
+
+    MMDeploy's own rewrite suppresses the proposals of all levels in one NMS and drops those
+    scoring under its ``score_threshold``. Here each level's scores go into a column of their
+    own, so MMDeploy's multi-class NMS (ONNX ``NonMaxSuppression``) treats levels as classes,
+    which is MMDetection's ``batched_nms(boxes, scores, level_ids)``.
+    """
+    from mmdeploy.mmcv.ops import multiclass_nms
+    cfg = self.test_cfg if cfg is None else cfg
+    levels = _rpn_level_scores(self, cls_scores, bbox_preds, cfg.get('nms_pre', -1))
+    deltas = torch.cat([d for _, d, _ in levels], 1)
+    priors = torch.cat([p for _, _, p in levels], 1)
+    boxes = self.bbox_coder.decode(priors, deltas, max_shape=batch_img_metas[0]['img_shape'])
+    # (batch, boxes, levels): a box's score in its level's column, zero elsewhere
+    scores = torch.cat([torch.cat([s if i == j else torch.zeros_like(s) for j in
+                                   range(len(levels))], 2) for i, (s, _, _) in
+                        enumerate(levels)], 1)
+    min_size = cfg.get('min_bbox_size', -1)
+    if min_size >= 0:  # as MMDetection: drop boxes not larger (zero scores never pass NMS)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        scores = scores * (wh > min_size).all(-1, keepdim=True)
+    if not with_nms:
+        return boxes, scores
+    return multiclass_nms(boxes, scores, cfg.max_per_img, nms_type=cfg.nms.get('type'),
+                          iou_threshold=cfg.nms.iou_threshold, score_threshold=0.0,
+                          pre_top_k=-1, keep_top_k=cfg.max_per_img)
 
 
 def _legacy_export(export: Callable) -> Callable:
@@ -116,9 +178,22 @@ def _patch_rtmdet():
     return lambda: FUNCTION_REWRITER._registry.remove_record(rtmdet_predict_by_feat)
 
 
+def _patch_rpn():
+    try:
+        from mmdeploy.core import FUNCTION_REWRITER
+    except ImportError:
+        return None
+    records = FUNCTION_REWRITER._registry._rewrite_records.get(RPN, [])
+    if any(r['_object'] is rpn_predict_by_feat for r in records):
+        return None
+    FUNCTION_REWRITER.register_rewriter(RPN, backend='onnxruntime')(rpn_predict_by_feat)
+    return lambda: FUNCTION_REWRITER._registry.remove_record(rpn_predict_by_feat)
+
+
 PATCHES = (('torch.onnx.export', _patch_export),
            ('torch.onnx.symbolic_opset9._cast_Long', _patch_cast_long),
-           (RTMDET + ' (MMDeploy, onnxruntime)', _patch_rtmdet))
+           (RTMDET + ' (MMDeploy, onnxruntime)', _patch_rtmdet),
+           (RPN + ' (MMDeploy, onnxruntime)', _patch_rpn))
 
 
 def apply_mmdeploy_compat() -> List[str]:
