@@ -186,6 +186,8 @@ def classify(cfg) -> tuple:
     text = str(cfg.model)
     if 'num_stuff_classes' in text and "'num_stuff_classes': 0" not in text:
         return None, f'model type {mtype} is configured for panoptic segmentation'
+    if mtype == 'FastRCNN':
+        return None, 'Fast R-CNN reads precomputed proposals from the data set'
     if 'Semi' in mtype or 'teacher' in text.lower():
         return None, f'model type {mtype} needs a trained teacher model'
     from mmdet.models.detectors.single_stage_instance_seg import \

@@ -1,0 +1,74 @@
+"""benchmarks/zoo.py: families and their configs, what is skipped and why, and the table."""
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+
+import zoo  # noqa: E402
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--index', '3-5'], '--index must be a slice a:b'),
+    (['--ratio', '1.0'], '--ratio must lie in [0, 1)'),
+    (['--stored-only', '--force'], 'contradict each other'),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        zoo.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_families_and_configs():
+    fams = dict(zoo.families())
+    assert len(fams) > 150
+    assert fams['mmdet::mask_rcnn'] == 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+    assert fams['mmpretrain::vgg'] == 'mmpretrain::vgg/vgg11bn_8xb32_in1k.py'
+    assert not any(f.split('::')[1] in zoo.NOT_FAMILIES for f in fams)
+    assert all(not osp.basename(c).startswith('_') for c in fams.values())
+    with pytest.raises(SystemExit, match='unknown --family'):
+        zoo.select(zoo.parse_args(['--family', 'mmdet::nope']))
+    assert [f for f, _ in zoo.select(zoo.parse_args(['--index', '1:3']))] == list(fams)[1:3]
+
+
+@pytest.mark.parametrize('config, task, why', [
+    ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'instance segmentation', None),
+    ('mmdet::tood/tood_r50_fpn_1x_coco.py', 'detection', None),
+    ('mmdet::panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py', None, 'panoptic'),
+    ('mmdet::fast_rcnn/fast-rcnn_r50_fpn_1x_coco.py', None, 'precomputed proposals'),
+    ('mmpretrain::mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py', None,
+     'not an image classifier'),
+    ('mmpretrain::resnet/resnet18_8xb32_in1k.py', 'classification', None),
+])
+def test_classify(config, task, why):
+    got_task, got_why = zoo.classify(zoo._load(config))
+    assert got_task == task
+    assert (got_why is None) if why is None else (why in got_why)
+
+
+def test_table_lists_every_family_with_its_reason(tmp_path):
+    groups = [{'key': 'head.fc', 'channels': 10, 'reasons': ["channels reach 'cross_entropy'"]}]
+    results = [
+        {'family': 'mmpretrain::a', 'config': 'mmpretrain::a/a.py', 'status': 'pass',
+         'task': 'classification', 'input_size': [32, 32], 'num_groups': 3,
+         'num_prunable_groups': 2, 'flops_before': 2e9, 'flops_after': 1e9,
+         'params_before': 4e6, 'params_after': 1e6, 'max_rel_diff': 3e-7,
+         'unprunable': groups},
+        {'family': 'mmdet::b', 'config': 'mmdet::b/b.py', 'status': 'error',
+         'error': 'RuntimeError: bad | thing\nnext line', 'where': ['mmgfp/x.py:1 f']},
+        {'family': 'mmdet::c', 'config': 'mmdet::c/c.py', 'status': 'skipped',
+         'reason': 'multi-object tracking'},
+    ]
+    text = zoo.write_doc(results, str(tmp_path / 'zoo.md'),
+                         zoo.parse_args(['--det-size', '64']))
+    rows = [line for line in text.splitlines() if line.startswith('| mm')]
+    assert len(rows) == 3 and all(r.count('|') == 11 for r in rows)
+    assert "| **pass** | 1x channels reach 'cross_entropy' |" in rows[2]  # sorted by family
+    assert '1.00G / 2.00G' in rows[2] and '3.0e-07' in rows[2]
+    assert 'RuntimeError: bad / thing next line' in rows[0]
+    assert 'multi-object tracking' in rows[1]
+    assert "`head.fc` (10)" in text
+    counts = text.split('Counts: ')[1].splitlines()[0]
+    assert sorted(counts.split(', ')) == ['1 error', '1 pass', '1 skipped']
