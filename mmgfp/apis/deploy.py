@@ -128,8 +128,10 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
         out['pruned'] = 'no'
         return out
     apply_spec(model, spec)
-    meta = {'dataset_meta': (ckpt.get('meta') or {}).get('dataset_meta'),
-            'mmgfp': {'source_checkpoint': osp.abspath(checkpoint)}}
+    meta = {'mmgfp': {'source_checkpoint': osp.abspath(checkpoint)}}
+    dataset_meta = (ckpt.get('meta') or {}).get('dataset_meta')
+    if dataset_meta is not None:  # a None entry breaks mmdet's init_detector (meta.items())
+        meta['dataset_meta'] = dataset_meta
     save_spec(spec, out['spec'])
     atomic_write(out['checkpoint'], lambda p: torch.save(
         {'state_dict': model.state_dict(), 'meta': meta}, p))

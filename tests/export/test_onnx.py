@@ -134,6 +134,18 @@ def test_onnx_matches_compact_and_masked_model(exported):
         assert rel_diff(torch.from_numpy(g), ref) < 1e-4, name
 
 
+def test_deployed_without_dataset_meta_loads_with_init_detector(exported):
+    # the pruning checkpoint had no dataset_meta: the compact one must still load in mmdet
+    if exported['name'] == 'resnet18_cls':
+        pytest.skip('a classifier: init_detector is for detectors')
+    from mmdet.apis import init_detector
+    meta = torch.load(exported['deployed']['checkpoint'], weights_only=False)['meta']
+    assert 'dataset_meta' not in meta
+    det = init_detector(exported['deployed']['config'], exported['deployed']['checkpoint'],
+                        device='cpu')
+    assert det.dataset_meta['classes']  # mmdet's fallback (COCO names), not a crash
+
+
 def test_onnx_graph_is_compact(exported):
     model = onnx.load(exported['onnx'])
     onnx.checker.check_model(model)
