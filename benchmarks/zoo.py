@@ -408,7 +408,10 @@ def _not_a_classifier(family: str, config: str):
     process would import mmgfp, mmdet and mmpretrain for nothing)."""
     if not family.startswith('mmpretrain::'):
         return None
-    return classify(_load(config))[1]  # imports mmengine and torch, not the packages
+    try:
+        return classify(_load(config))[1]  # imports mmengine and torch, not the packages
+    except Exception:  # noqa: BLE001  (the worker reports it with its traceback)
+        return None
 
 
 def select(args) -> list:

@@ -40,6 +40,16 @@ def fix_compact(model) -> None:
         if isinstance(m, BaseRoIExtractor) and not getattr(m, '_gfp_synced', False):
             m.register_forward_pre_hook(_sync_out_channels)
             m._gfp_synced = True
+        _sync_sabl(m)
+
+
+def _sync_sabl(m) -> None:
+    # SABL's box head views its side-aware features as (-1, reg_in_channels), a constructor
+    # value: follow the width of the (sliced) layer that reads them.
+    fcs = getattr(m, 'reg_offset_fcs', None)
+    first = fcs[0] if fcs else getattr(m, 'fc_reg_offset', None)
+    if hasattr(m, 'reg_in_channels') and hasattr(first, 'in_features'):
+        m.reg_in_channels = int(first.in_features)
 
 
 def _roi_rows(module, inputs):
