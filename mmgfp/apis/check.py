@@ -26,6 +26,8 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
     if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)  # SyncBN needs a process group; the check has none
     if init and hasattr(model, 'init_weights'):
         logger = MMLogger.get_current_instance()
         level = logger.level

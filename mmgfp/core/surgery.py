@@ -100,6 +100,14 @@ def _sizes(m: nn.Module):
     return m.num_features, m.num_features
 
 
+_BATCH_NORMS = {'BatchNorm1d', 'BatchNorm2d', 'BatchNorm3d', 'SyncBatchNorm', '_BatchNormXd'}
+
+
+def _kind(type_name: str) -> str:
+    # a config's SyncBN is a BatchNorm on one process (mmengine's revert_sync_batchnorm)
+    return 'BatchNorm' if type_name in _BATCH_NORMS else type_name
+
+
 def apply_spec(model: nn.Module, spec: Dict) -> nn.Module:
     """Slice ``model``'s layers in place to the channels the spec keeps; return ``model``.
 
@@ -118,7 +126,7 @@ def apply_spec(model: nn.Module, spec: Dict) -> nn.Module:
         if m is None:
             raise SpecError(f'the spec prunes layer {name!r}, which this model does not have: '
                             'the checkpoint or spec was made with another config')
-        if type(m).__name__ != e['type']:
+        if _kind(type(m).__name__) != _kind(e['type']):
             raise SpecError(f'layer {name!r} is a {type(m).__name__} here but a {e["type"]} in '
                             'the spec: the spec was made with another config')
         fn = _surgery_for(m)
