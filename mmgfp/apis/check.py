@@ -22,7 +22,7 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.get('default_scope') or 'mmdet')
-    model_cfg = strip_pretrained(cfg.model)
+    model_cfg = _one_process_norms(strip_pretrained(cfg.model))
     if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
@@ -37,6 +37,18 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
         finally:
             logger.setLevel(level)
     return model
+
+
+def _one_process_norms(node):
+    """mmcv's MMSyncBN needs a process group when it is built: make it (and SyncBN) BN."""
+    if isinstance(node, dict):
+        node = type(node)({k: _one_process_norms(v) for k, v in node.items()})
+        if node.get('type') in ('MMSyncBN', 'SyncBN'):
+            node['type'] = 'BN'
+        return node
+    if isinstance(node, (list, tuple)):
+        return type(node)(_one_process_norms(v) for v in node)
+    return node
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""check_model builds what a config asks for on one CPU process: SyncBN becomes BN."""
+"""check_model builds what a config asks for on one CPU process: (MM)SyncBN becomes BN."""
 import torch.nn as nn
 from mmengine.config import Config
 
@@ -8,7 +8,7 @@ from mmgfp.apis.check import check_model
 CFG = dict(
     default_scope='mmpretrain',
     model=dict(type='ImageClassifier',
-               backbone=dict(type='ResNet', depth=18, norm_cfg=dict(type='SyncBN')),
+               backbone=dict(type='ResNet', depth=18, norm_cfg=dict(type='MMSyncBN')),
                neck=dict(type='GlobalAveragePooling'),
                head=dict(type='LinearClsHead', num_classes=10, in_channels=512,
                          loss=dict(type='CrossEntropyLoss'))))
