@@ -379,7 +379,8 @@ def write_doc(results: list, path: str, args) -> str:
         f'{args.ratio:g} of every prunable channel group masked, the compact model exported, '
         'rebuilt from its config and compared with the masked one (`mmgfp.apis.check.'
         'check_model`, seed 0). Detectors at '
-        f'{args.det_size}x{args.det_size}, classifiers at the size of their test pipeline, '
+        f'{args.det_size}x{args.det_size} (128, 256 or 320 where a detector needs larger maps: '
+        'the Input column), classifiers at the size of their test pipeline, '
         'one thread. Written by', '',
         '    .venv/bin/python benchmarks/zoo.py --stored-only', '',
         f'from the results stored in `benchmarks/results/zoo/` (one JSON per family). '

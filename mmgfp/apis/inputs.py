@@ -40,6 +40,12 @@ def _num_classes(model: nn.Module) -> int:
     return 10
 
 
+def _with_mask(model: nn.Module) -> bool:
+    # a mask head, or a preprocessor that pads masks (Mask2Former reads them from the data)
+    return bool(getattr(model, 'with_mask', False) or
+                getattr(getattr(model, 'data_preprocessor', None), 'pad_mask', False))
+
+
 def _channels(model: nn.Module) -> int:
     # image channels the preprocessor normalises (1 for MNIST's LeNet), else RGB
     mean = getattr(getattr(model, 'data_preprocessor', None), 'mean', None)
@@ -69,7 +75,7 @@ def demo_batch(model: nn.Module, batch_size: int = 2, input_size: Sequence[int] 
         # demo_mm_inputs draws labels from [1, num_classes): give it room for one class
         packed = demo_mm_inputs(batch_size, [[3, h, w]] * batch_size, num_items=[3] *
                                 batch_size, num_classes=max(num_classes, 2),
-                                with_mask=bool(getattr(model, 'with_mask', False)))
+                                with_mask=_with_mask(model))
         for sample in packed['data_samples']:
             sample.gt_instances.labels = sample.gt_instances.labels % num_classes
         packed['inputs'] = inputs
