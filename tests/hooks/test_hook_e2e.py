@@ -17,25 +17,9 @@ from mmengine.runner import Runner
 import mmgfp  # noqa: F401
 from mmgfp.apis.check import rel_diff
 from mmgfp.apis.inputs import tensor_forward
-from runner_utils import CLS_GEN, DET_GEN, cls_config, det_config
+from runner_utils import cls_config, det_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope='module')
-def det_data(tmp_path_factory):
-    from mmgfp.datasets.digits import prepare_digits_det
-    root = str(tmp_path_factory.mktemp('digits_det'))
-    prepare_digits_det(root, **DET_GEN)
-    return root
-
-
-@pytest.fixture(scope='module')
-def cls_data(tmp_path_factory):
-    from mmgfp.datasets.digits import prepare_digits_cls
-    root = str(tmp_path_factory.mktemp('digits_cls'))
-    prepare_digits_cls(root, **CLS_GEN)
-    return root
 
 
 def _train(config, work_dir, **overrides):

@@ -9,17 +9,9 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmgfp  # noqa: F401
-from runner_utils import CLS_GEN, cls_config
+from runner_utils import cls_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope='module')
-def cls_data(tmp_path_factory):
-    from mmgfp.datasets.digits import prepare_digits_cls
-    root = str(tmp_path_factory.mktemp('digits_cls'))
-    prepare_digits_cls(root, **CLS_GEN)
-    return root
 
 
 def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):

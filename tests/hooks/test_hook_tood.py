@@ -7,18 +7,10 @@ trace and prune through that loss, and the pruned model must deploy.
 import pytest
 
 import mmgfp  # noqa: F401
-from runner_utils import DET_GEN, det_config
+from runner_utils import det_config
 from test_hook_e2e import _check_pruned_run, _deploy_and_compare, _train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope='module')
-def det_data(tmp_path_factory):
-    from mmgfp.datasets.digits import prepare_digits_det
-    root = str(tmp_path_factory.mktemp('digits_det'))
-    prepare_digits_det(root, **DET_GEN)
-    return root
 
 
 def test_tood_prune_and_deploy(tmp_path, det_data):
