@@ -9,46 +9,10 @@ from mmengine.config import Config
 
 from mmgfp.core import (FisherPruner, GroupSet, apply_spec, build_groups, make_spec,
                         save_spec)
-from .deploy import compact_config, load_strict, strip_pretrained
+from .deploy import build_model, compact_config, load_strict  # noqa: F401  (also public here)
 from .inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
                      prepare_like_training, tensor_forward)
 from .replay import Decisions
-
-
-def build_model(cfg: Config, init: bool = True) -> nn.Module:
-    """Build ``cfg.model`` in its default scope, without downloading pretrained weights."""
-    import logging
-
-    from mmengine.logging import MMLogger
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.get('default_scope') or 'mmdet')
-    model_cfg = _one_process_norms(strip_pretrained(cfg.model))
-    if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
-        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    from mmengine.model import revert_sync_batchnorm
-    model = revert_sync_batchnorm(model)  # SyncBN needs a process group; the check has none
-    if init and hasattr(model, 'init_weights'):
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel(logging.WARNING)  # init_weights logs every parameter
-        try:
-            model.init_weights()
-        finally:
-            logger.setLevel(level)
-    return model
-
-
-def _one_process_norms(node):
-    """mmcv's MMSyncBN needs a process group when it is built: make it (and SyncBN) BN."""
-    if isinstance(node, dict):
-        node = type(node)({k: _one_process_norms(v) for k, v in node.items()})
-        if node.get('type') in ('MMSyncBN', 'SyncBN'):
-            node['type'] = 'BN'
-        return node
-    if isinstance(node, (list, tuple)):
-        return type(node)(_one_process_norms(v) for v in node)
-    return node
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:

@@ -6,6 +6,7 @@ import shutil
 from typing import Dict, Optional
 
 import torch
+import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 from mmgfp.core import apply_spec, save_spec
@@ -94,6 +95,42 @@ def load_strict(model: torch.nn.Module, state_dict: Dict, what: str) -> None:
     model.load_state_dict(state_dict, strict=False)
 
 
+def build_model(cfg: Config, init: bool = True) -> nn.Module:
+    """Build ``cfg.model`` in its default scope, without downloading pretrained weights."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.get('default_scope') or 'mmdet')
+    model_cfg = _one_process_norms(strip_pretrained(cfg.model))
+    if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)  # SyncBN needs a process group; the check has none
+    if init and hasattr(model, 'init_weights'):
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+    return model
+
+
+def _one_process_norms(node):
+    """mmcv's MMSyncBN needs a process group when it is built: make it (and SyncBN) BN."""
+    if isinstance(node, dict):
+        node = type(node)({k: _one_process_norms(v) for k, v in node.items()})
+        if node.get('type') in ('MMSyncBN', 'SyncBN'):
+            node['type'] = 'BN'
+        return node
+    if isinstance(node, (list, tuple)):
+        return type(node)(_one_process_norms(v) for v in node)
+    return node
+
+
 def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str, str]:
     """Write ``compact.pth``, ``channels.json`` and ``<config>_compact.py`` into ``out_dir``.
 
@@ -105,7 +142,7 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
     Returns:
         dict: Paths of what was written, and ``'pruned'`` ('yes'/'no').
     """
-    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.registry import init_default_scope
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope') or 'mmdet')
     ckpt = read_checkpoint(checkpoint)
@@ -117,7 +154,6 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
            'spec': osp.join(out_dir, 'channels.json'),
            'config': osp.join(out_dir, f'{base}_compact.py')}
     state_dict = ckpt.get('state_dict', ckpt)
-    from .check import build_model
     model = build_model(cfg, init=False)
     load_strict(model, state_dict, f'checkpoint {checkpoint}')
     if spec is None or is_empty(validate(spec)):

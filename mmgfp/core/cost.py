@@ -10,29 +10,12 @@ from typing import Callable, Dict, Optional
 
 import torch.nn as nn
 
-from .grouping import GroupSet, LayerChannels
+from .grouping import GroupSet, layer_io as _io, layer_width as _width
 from .latency import LatencyTable, layers_by_group
 
 DELTAS = ('acts', 'flops', 'latency')
 
 KeptFn = Callable[[str], int]  # group key -> channels kept
-
-
-def _width(lc: Optional[LayerChannels], kept: KeptFn) -> Optional[int]:
-    if lc is None:
-        return None
-    return sum(kept(k) for k, _ in lc.segs) * lc.inner
-
-
-def _io(gs: GroupSet, name: str, kept: KeptFn):
-    """(in, out, in-per-group) channels of a layer with the current masks."""
-    info = gs.layers[name]
-    if name in gs.passthrough:  # depth-wise / group conv: whole groups go
-        width = _width(gs.passthrough[name], kept)
-        return width, width, info.in_channels // info.groups
-    cin = _width(gs.consumers.get(name), kept) or info.in_channels
-    cout = kept(gs.producers[name]) if name in gs.producers else info.out_channels
-    return cin, cout, cin // info.groups
 
 
 def count(gs: GroupSet, kept: KeptFn) -> Dict[str, float]:

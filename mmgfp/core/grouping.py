@@ -84,6 +84,25 @@ class GroupSet:
         return f'{len(self.groups)} channel groups, {n} prunable'
 
 
+def layer_width(lc: Optional[LayerChannels], kept: Callable[[str], int]) -> Optional[int]:
+    """Channels of a layer's channel axis when every group keeps ``kept(key)``."""
+    if lc is None:
+        return None
+    return sum(kept(k) for k, _ in lc.segs) * lc.inner
+
+
+def layer_io(gs: GroupSet, name: str, kept: Callable[[str], int]) -> Tuple[int, int, int]:
+    """(in, out, in-per-group) channels of conv/linear layer ``name`` with ``kept`` channels
+    per group (cost counts and latency lookups both read layer widths through this)."""
+    info = gs.layers[name]
+    if name in gs.passthrough:  # depth-wise / group conv: whole groups go
+        width = layer_width(gs.passthrough[name], kept)
+        return width, width, info.in_channels // info.groups
+    cin = layer_width(gs.consumers.get(name), kept) or info.in_channels
+    cout = kept(gs.producers[name]) if name in gs.producers else info.out_channels
+    return cin, cout, cin // info.groups
+
+
 def _layer_info(mod: nn.Module, kernel: int) -> Optional[LayerInfo]:
     if isinstance(mod, nn.modules.conv._ConvTransposeNd):  # the call's kernel is MACs-based
         return LayerInfo('conv_transpose', mod.in_channels, mod.out_channels, mod.groups,

@@ -24,7 +24,7 @@ import json
 import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .grouping import GroupSet
+from .grouping import GroupSet, layer_io as _io
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -216,7 +216,6 @@ class LatencyTable:
     def check_groups(self, gs: GroupSet) -> None:
         """Raise unless every layer of ``gs`` that pruning can narrow is in the table at its
         full width (the largest sampled point of each axis)."""
-        from .cost import _io
         full = _full(gs)
         for name in timed_layers(gs):
             lay = self._layer(name)
@@ -229,7 +228,6 @@ class LatencyTable:
                     f'the table is for another model or config; {PROFILE_HINT}')
 
     def layer_time(self, gs: GroupSet, name: str, kept: KeptFn) -> float:
-        from .cost import _io
         cin, cout, _ = _io(gs, name, kept)
         return self.time(name, cin, cout)
 

@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 
+@dataclass
+class LayerCall:
+    """Shapes seen for one call of a conv/linear layer (per sample)."""
+    module: str
+    out_elems: int  # output elements per channel per sample (spatial size, scaled for RoIs)
+    kernel: int  # weight elements per (in, out) channel pair
+    batch: int
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where channel spaces lie along one axis of a tensor.

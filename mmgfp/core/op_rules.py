@@ -5,14 +5,12 @@ A rule is ``fn(tracer, name, args, kwargs, out)``, registered under the op's pub
 An op with no rule that touches traced channels makes them unprunable; rules that are unsure do
 the same. Never guess: a wrong guess is a silently wrong compact model.
 """
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .layout import Layout
-from .tracing import LayerCall
+from .layout import LayerCall, Layout
 
 RULES: Dict[str, Callable] = {}
 

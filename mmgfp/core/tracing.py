@@ -18,16 +18,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .layout import Layout, SpaceSet
-
-
-@dataclass
-class LayerCall:
-    """Shapes seen for one call of a conv/linear layer (per sample)."""
-    module: str
-    out_elems: int  # output elements per channel per sample (spatial size, scaled for RoIs)
-    kernel: int  # weight elements per (in, out) channel pair
-    batch: int
+from .layout import LayerCall, Layout, SpaceSet  # noqa: F401  (LayerCall: public here too)
 
 
 @dataclass

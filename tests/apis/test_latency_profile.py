@@ -17,7 +17,7 @@ from mmgfp.apis.latency import (axis_points, build_block, capture_calls,  # noqa
                                 compare_latency, measure_latency, probe_align,
                                 profile_latency, refine)
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
-from mmgfp.core.cost import _io  # noqa: E402
+from mmgfp.core.grouping import layer_io as _io  # noqa: E402
 from mmgfp.core.latency import timed_layers  # noqa: E402
 
 FAST = dict(points=3, rounds=1, warmup=0, threads=1, progress=False)

@@ -25,7 +25,7 @@ def synthetic_table(gs):
     total a quarter more: the prediction is deterministic, whatever load the machine has
     (a real profile of this tiny net is timer noise on a busy CPU)."""
     from mmgfp.apis.timing import make_key
-    from mmgfp.core.cost import _io
+    from mmgfp.core.grouping import layer_io as _io
     from mmgfp.core.latency import FORMAT, timed_layers
     full = {k: g.channels for k, g in gs.groups.items()}.__getitem__
     layers, total = {}, 0.0
