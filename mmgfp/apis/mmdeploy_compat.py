@@ -165,35 +165,28 @@ def _patch_cast_long():
     return lambda: delattr(opset9, '_cast_Long')
 
 
-def _patch_rtmdet():
-    try:
-        from mmdeploy.core import FUNCTION_REWRITER
-    except ImportError:  # nothing to fix without MMDeploy
-        return None
-    records = FUNCTION_REWRITER._registry._rewrite_records.get(RTMDET, [])
-    if any(r['_object'] is rtmdet_predict_by_feat for r in records):
-        return None
-    # MMDeploy prefers a backend-specific rewriter to its default one
-    FUNCTION_REWRITER.register_rewriter(RTMDET, backend='onnxruntime')(rtmdet_predict_by_feat)
-    return lambda: FUNCTION_REWRITER._registry.remove_record(rtmdet_predict_by_feat)
+def _rewriter_patch(func_name: str, rewriter: Callable) -> Callable:
+    """A patch registering ``rewriter`` as MMDeploy's ONNX Runtime rewriter of ``func_name``
+    (MMDeploy prefers a backend-specific rewriter to its default one)."""
 
+    def patch():
+        try:
+            from mmdeploy.core import FUNCTION_REWRITER
+        except ImportError:  # nothing to fix without MMDeploy
+            return None
+        records = FUNCTION_REWRITER._registry._rewrite_records.get(func_name, [])
+        if any(r['_object'] is rewriter for r in records):
+            return None
+        FUNCTION_REWRITER.register_rewriter(func_name, backend='onnxruntime')(rewriter)
+        return lambda: FUNCTION_REWRITER._registry.remove_record(rewriter)
 
-def _patch_rpn():
-    try:
-        from mmdeploy.core import FUNCTION_REWRITER
-    except ImportError:
-        return None
-    records = FUNCTION_REWRITER._registry._rewrite_records.get(RPN, [])
-    if any(r['_object'] is rpn_predict_by_feat for r in records):
-        return None
-    FUNCTION_REWRITER.register_rewriter(RPN, backend='onnxruntime')(rpn_predict_by_feat)
-    return lambda: FUNCTION_REWRITER._registry.remove_record(rpn_predict_by_feat)
+    return patch
 
 
 PATCHES = (('torch.onnx.export', _patch_export),
            ('torch.onnx.symbolic_opset9._cast_Long', _patch_cast_long),
-           (RTMDET + ' (MMDeploy, onnxruntime)', _patch_rtmdet),
-           (RPN + ' (MMDeploy, onnxruntime)', _patch_rpn))
+           (RTMDET + ' (MMDeploy, onnxruntime)', _rewriter_patch(RTMDET, rtmdet_predict_by_feat)),
+           (RPN + ' (MMDeploy, onnxruntime)', _rewriter_patch(RPN, rpn_predict_by_feat)))
 
 
 def apply_mmdeploy_compat() -> List[str]:
