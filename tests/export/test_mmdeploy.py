@@ -72,13 +72,9 @@ def _head_layers(model: nn.Module):
 def _trained_like(model: nn.Module, seed: int, cls_scale: float) -> None:
     """Variance-keeping weights, then heads whose scores and boxes spread as trained ones do."""
     from mmgfp.apis.check import randomize_norms
-    gen = torch.Generator().manual_seed(seed)
+    from test_onnx import _spread_weights
+    _spread_weights(model, seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity='relu', generator=gen)
-                if m.bias is not None:
-                    m.bias.normal_(0, 0.1, generator=gen)
         for last, m in _head_layers(model):
             if last.endswith('cls'):  # logits around -3, spread by cls_scale
                 m.weight.mul_(cls_scale)
