@@ -226,8 +226,13 @@ def read_map(metrics: Dict) -> Dict[str, float]:
 
 # --------------------------------------------------------------------------- GFP
 def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
-        channels_per_step: int) -> Tuple[nn.Module, Dict]:
+        channels_per_step: int, target_metric: str = 'flops',
+        latency_table: Optional[str] = None, divisor=1) -> Tuple[nn.Module, Dict]:
     """Prune with FisherPruningHook while training ``cfg`` (from ``baseline``), then slice.
+
+    ``target_metric='latency'`` stops at ``target`` of the time ``latency_table`` predicts
+    (any ``delta``); ``divisor`` 1 is how the stored FLOPs-targeted runs were made (the hook's
+    default is 'auto').
 
     Returns:
         tuple: The compact model and what the hook reports (pruning iterations, remaining).
@@ -238,16 +243,16 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     cfg = copy.deepcopy(cfg)
     cfg.load_from = baseline
     cfg.custom_hooks = [dict(type='FisherPruningHook', interval=interval, delta=delta,
-                             target=target, target_metric='flops',
+                             target=target, target_metric=target_metric,
                              channels_per_step=channels_per_step, save_thresholds=(),
-                             divisor=1)  # as the stored runs were made (hook default is now 8)
+                             divisor=divisor, latency_table=latency_table)
                         ] + list(cfg.custom_hooks)  # and the progress lines
     run = runner(cfg)
     run.train()
     hook = next(h for h in run.hooks if isinstance(h, FisherPruningHook))
     pruner = hook.pruner
     info = {'pruning_iters': hook.steps * hook.interval,
-            'target_reached': bool(pruner.remaining()['flops'] <= target),
+            'target_reached': bool(pruner.remaining()[target_metric] <= target),
             'hook_remaining': pruner.remaining(),
             'channels_pruned': sum(len(r.units) * pruner.groups.groups[r.key].block
                                    for r in pruner.history)}
@@ -337,12 +342,19 @@ def search(prune_at: Callable[[float], Tuple[float, object]], target: float, tol
 
 
 def tp_prune_to(model: nn.Module, importance: str, target: float, full_flops: float,
-                tol: float, global_pruning: bool, max_trials: int = 8):
+                tol: float, global_pruning: bool, max_trials: int = 8,
+                remaining: Optional[Callable[[nn.Module], float]] = None):
     """Copies of ``model`` pruned by Torch-Pruning until the FLOPs are ``target`` of the full.
 
     ``model`` keeps its weights (and, for Taylor, the gradients set by
     :func:`taylor_gradients`, copied to every trial: ``deepcopy`` drops ``.grad``).
+    ``remaining(pruned)`` replaces the FLOPs fraction as what must reach ``target`` (e.g. the
+    predicted latency fraction).
     """
+    if remaining is None:
+        def remaining(m):
+            return measure(m)['flops'] / full_flops
+
 
     def prune_at(ratio):
         m = copy.deepcopy(model)
@@ -350,7 +362,7 @@ def tp_prune_to(model: nn.Module, importance: str, target: float, full_flops: fl
             if src.grad is not None:
                 dst.grad = src.grad.clone()
         tp_prune(m, importance, ratio, global_pruning)
-        return measure(m)['flops'] / full_flops, m
+        return remaining(m), m
 
     (ratio, flops, pruned), trials = search(prune_at, target, tol, 1 - math.sqrt(target),
                                             max_trials)

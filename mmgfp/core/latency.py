@@ -24,6 +24,8 @@ import json
 import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch.nn as nn
+
 from .grouping import GroupSet, layer_io as _io
 from .spec import atomic_write
 
@@ -243,6 +245,28 @@ class LatencyTable:
             t += self.layer_time(gs, name, kept) - self.layer_time(gs, name, full)
         return t
 
+    def predict_module(self, model: nn.Module) -> float:
+        """Predicted forward time (us) of ``model``, a model of the table's architecture with
+        any layer widths: e.g. a compact model pruned by another tool, whose widths no mmgfp
+        mask describes. Every layer of the table is read at the module's own widths.
+
+        Raises:
+            LatencyTableError: A layer of the table is missing from ``model``, is no conv or
+                linear layer, or is wider than profiled.
+        """
+        mods = dict(model.named_modules())
+        t = self.total_us
+        for name, lay in self.layers.items():
+            io = _module_io(mods.get(name))
+            if io is None:
+                raise LatencyTableError(
+                    f'the latency table times module {name!r}, but the model has '
+                    f'{"no such module" if name not in mods else type(mods[name]).__name__}: '
+                    f'the table is for another model or config; {PROFILE_HINT}')
+            full = lay.full if len(lay.full) == 2 else (lay.full[0], lay.full[0])
+            t += lay.time(*io) - lay.time(*full)
+        return t
+
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:
         """Time (us) saved by removing ``channels`` more channels of group ``key``.
@@ -266,6 +290,15 @@ class LatencyTable:
         names = [n for n in group_layers(gs, key)
                  if gs.producers.get(n) == key or n in gs.passthrough]
         return math.lcm(1, *(self.align(n) for n in names))
+
+
+def _module_io(mod: Optional[nn.Module]) -> Optional[Tuple[int, int]]:
+    """(in, out) channels of a conv or linear module (a 1-D entry reads ``out``), else None."""
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        return mod.in_channels, mod.out_channels
+    if isinstance(mod, nn.Linear):
+        return mod.in_features, mod.out_features
+    return None
 
 
 def _full(gs: GroupSet) -> KeptFn:

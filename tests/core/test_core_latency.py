@@ -150,6 +150,27 @@ def test_predict_and_unit_costs_by_hand():
     assert pruner.predicted_latency() == pytest.approx(100.0)
 
 
+def test_predict_module_reads_the_widths_of_a_compact_model():
+    """A model pruned by any tool: the table is read at its modules' own widths."""
+    model, gs, pruner = chain()
+    table = pruner.table
+    assert table.predict_module(model) == pytest.approx(100.0)
+    # slice a.0 8->6 and b.0 12->9 by hand, as another tool would
+    a, b, c = model.a[0], model.b[0], model.c
+    model.a[0] = torch.nn.Conv2d(a.in_channels, 6, a.kernel_size, padding=a.padding)
+    model.b[0] = torch.nn.Conv2d(6, 9, b.kernel_size, padding=b.padding)
+    model.c = torch.nn.Conv2d(9, c.out_channels, c.kernel_size, padding=c.padding)
+    assert table.predict_module(model) == pytest.approx(
+        table.predict(gs, widths(gs, a=6, b=9)))  # 100 - 7.7, as by hand above
+    model.c = torch.nn.Identity()
+    with pytest.raises(LatencyTableError, match=r"times module 'c', but the model has "
+                       r'Identity.*profile_latency'):
+        table.predict_module(model)
+    model.c = torch.nn.Conv2d(13, 5, 1)
+    with pytest.raises(LatencyTableError, match=r"'c' was profiled at in channels"):
+        table.predict_module(model)
+
+
 def test_latency_delta_picks_lowest_importance_per_time_saved():
     _, gs, pruner = chain(delta='latency')
     fake_stats(pruner, {'a.0': [1.0] * 8, 'b.0': [1.0] * 12})
