@@ -74,8 +74,7 @@ def format_report(rep: dict, show_groups: bool = False) -> str:
     if rep.get('replayed'):
         lines.append('decisions taken by the masked model and replayed in the compact one: ' +
                      ', '.join(f'{k} ({n}x)' for k, n in rep['replayed'].items()))
-    lines.append(f"max relative output difference: {rep['max_rel_diff']:.2e} -> "
-                 f"{'EQUIVALENT' if rep['equivalent'] else 'NOT EQUIVALENT'}")
+    lines.append(f"max relative output difference: {rep['verdict']}")
     return '\n'.join(lines)
 
 

@@ -20,3 +20,11 @@ def test_syncbn_config_checked_without_a_process_group():
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     rep = check_model(Config(CFG), ratio=0.5, input_size=(32, 32))
     assert rep['equivalent'] and rep['num_prunable_groups'] > 0
+
+
+def test_config_whose_base_imports_a_module_loads():
+    # mmpretrain 1.2's RepLKNet base config imports build_classifier at its top, which mmengine
+    # 0.10 reads as a lazy-import config that a plain child may not inherit
+    from mmgfp.apis.check import load_config
+    cfg = load_config('mmpretrain::replknet/replknet-31B_32xb64_in1k.py')
+    assert cfg.model.backbone.type == 'RepLKNet' and cfg.model.head.in_channels == 1024
