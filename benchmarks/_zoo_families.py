@@ -1,0 +1,102 @@
+"""The families of ``benchmarks/zoo.py``: one folder of ``<pkg>/.mim/configs`` each, the config
+that represents it, and the families skipped without building anything (with the reason)."""
+import os
+import os.path as osp
+
+PACKAGES = ('mmdet', 'mmpretrain')
+# Folders of .mim/configs that hold no model family of their own.
+NOT_FAMILIES = {'_base_', 'common', 'legacy_1.x', 'misc', 'strong_baselines', 'lvis',
+                'objects365', 'openimages', 'wider_face', 'cityscapes', 'pascal_voc',
+                'deepfashion', 'crowdhuman', 'Cityscapes', 'ld', 'ocsort'}
+# Families skipped without building anything: the task, and why mmgfp's check does not apply.
+SKIP = {
+    'mmdet::panoptic_fpn': 'panoptic segmentation (not det/seg/cls)',
+    'mmdet::maskformer': 'panoptic segmentation (not det/seg/cls)',
+    'mmdet::bytetrack': 'multi-object tracking', 'mmdet::qdtrack': 'multi-object tracking',
+    'mmdet::sort': 'multi-object tracking', 'mmdet::deepsort': 'multi-object tracking',
+    'mmdet::strongsort': 'multi-object tracking', 'mmdet::ocsort': 'multi-object tracking',
+    'mmdet::masktrack_rcnn': 'video instance segmentation (tracking)',
+    'mmdet::mask2former_vis': 'video instance segmentation (tracking)',
+    'mmdet::reid': 're-identification for tracking',
+    'mmdet::glip': 'multimodal: needs the BERT text encoder weights (download)',
+    'mmdet::grounding_dino': 'multimodal: needs the BERT text encoder weights (download)',
+    'mmdet::mm_grounding_dino': 'multimodal: needs the BERT text encoder weights (download)',
+    'mmdet::odinw': 'multimodal (GLIP/Grounding DINO on ODinW data sets)',
+    'mmdet::xdecoder': 'multimodal: needs the CLIP text encoder weights (download)',
+    'mmdet::soft_teacher': 'semi-supervised teacher/student wrapper (needs a trained teacher)',
+    'mmdet::recon_anything': 'not a detector config family',
+    'mmdet::dsdl': 'data set description configs (needs the DSDL data)',
+    'mmdet::selfsup_pretrain': 'detectors with self-supervised backbones (weights download)',
+    'mmdet::scnet': 'instance segmentation with a semantic head: needs stuff maps in the data',
+    'mmdet::htc': 'instance segmentation with a semantic head: needs stuff maps in the data',
+}
+# Families whose first metafile model is not a good representative.
+PICK = {
+    'mmdet::cascade_rcnn': 'cascade-rcnn_r50_fpn_1x_coco.py',
+    'mmdet::cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py',
+    'mmdet::mask_rcnn': 'mask-rcnn_r50_fpn_1x_coco.py',
+    'mmdet::mask2former': 'mask2former_r50_8xb2-lsj-50e_coco.py',
+    'mmdet::swin': 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    'mmdet::tood': 'tood_r50_fpn_1x_coco.py',
+    'mmdet::regnet': 'retinanet_regnetx-800MF_fpn_1x_coco.py',
+    'mmdet::yolox': 'yolox_tiny_8xb8-300e_coco.py',
+    'mmdet::res2net': 'faster-rcnn_res2net-101_fpn_2x_coco.py',
+    'mmpretrain::resnet': 'resnet18_8xb32_in1k.py',
+    'mmpretrain::resnest': 'resnest50_32xb64_in1k.py',
+    'mmpretrain::vgg': 'vgg11bn_8xb32_in1k.py',
+    'mmpretrain::vision_transformer': 'vit-base-p32_64xb64_in1k.py',
+    'mmpretrain::swin_transformer_v2': 'swinv2-tiny-w8_16xb64_in1k-256px.py',
+    # the first metafile models are self-supervised pretraining; these fine-tune a classifier
+    'mmpretrain::beit': 'benchmarks/beit-base-p16_8xb128-coslr-100e_in1k.py',
+    'mmpretrain::eva': 'benchmarks/vit-base-p16_8xb128-coslr-100e_in1k.py',
+}
+
+
+def config_root(pkg: str) -> str:
+    from importlib.util import find_spec
+    spec = find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f'error: {pkg} is not installed')
+    return osp.join(list(spec.submodule_search_locations)[0], '.mim', 'configs')
+
+
+def _metafile_configs(folder: str) -> list:
+    path = osp.join(folder, 'metafile.yml')
+    if not osp.isfile(path):
+        return []
+    import yaml
+    with open(path) as f:
+        meta = yaml.safe_load(f) or {}
+    out = []
+    for model in meta.get('Models', []) if isinstance(meta, dict) else []:
+        cfg = (model or {}).get('Config', '')
+        name = osp.basename(cfg)
+        if name.endswith('.py') and osp.isfile(osp.join(folder, name)):
+            out.append(name)
+    return out
+
+
+def pick_config(folder: str):
+    """The family's representative config file name, or None when it has none."""
+    names = _metafile_configs(folder)
+    if names:
+        return names[0]
+    names = sorted((n for n in os.listdir(folder) if n.endswith('.py') and
+                    not n.startswith('_')), key=lambda n: (len(n), n))
+    return names[0] if names else None
+
+
+def families() -> list:
+    """``[(family, config), ...]`` of both packages, ``family`` as ``pkg::folder``."""
+    out = []
+    for pkg in PACKAGES:
+        root = config_root(pkg)
+        for name in sorted(os.listdir(root)):
+            folder = osp.join(root, name)
+            if name in NOT_FAMILIES or not osp.isdir(folder):
+                continue
+            fam = f'{pkg}::{name}'
+            cfg = PICK.get(fam) or pick_config(folder)
+            if cfg is not None:
+                out.append((fam, f'{pkg}::{name}/{cfg}'))
+    return out
