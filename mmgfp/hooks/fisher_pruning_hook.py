@@ -9,9 +9,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from mmgfp.apis.inputs import loss_forward, tensor_forward
-from mmgfp.core import (FisherPruner, LatencyTable, build_groups, load_spec, make_spec,
-                        masks_from_spec)
+from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
 from mmgfp.core.spec import atomic_write, save_spec
+from .latency_source import check_source, profile_at_start
 
 VALID_DELTAS = ('acts', 'flops', 'latency')
 VALID_METRICS = ('flops', 'acts', 'params', 'latency')
@@ -56,9 +56,12 @@ class FisherPruningHook(Hook):
             where time is smooth); without one, 8. Widths that are not a multiple go down to
             one in their first removal; a group narrower than its multiple is not pruned.
             Defaults to 'auto'.
-        latency_table (str, optional): A table made by ``tools/profile_latency.py`` on the
-            deploy device; needed for ``delta='latency'`` and ``target_metric='latency'``.
-            Defaults to None.
+        latency_table (str | dict, optional): A table made by ``tools/profile_latency.py`` on
+            the deploy device, or a dict of profile settings (``device``, ``dtype``,
+            ``channels_last``, ``batch``, ``input_size``, ``threads``, ``out``, ...; see
+            :mod:`mmgfp.hooks.latency_source`) to profile the model when training starts, on
+            the main process, and share the table with every rank. Needed for
+            ``delta='latency'`` and ``target_metric='latency'``. Defaults to None.
         skip (Sequence[str]): ``fnmatch`` patterns of layer names whose groups are never pruned,
             e.g. ``['backbone.conv1', 'bbox_head.*']``. Defaults to ().
         save_thresholds (Sequence[float]): Save a checkpoint and the channel spec each time
@@ -81,7 +84,7 @@ class FisherPruningHook(Hook):
                  save_thresholds: Sequence[float] = (0.75, 0.5, 0.25),
                  init_spec: Optional[str] = None,
                  prune: bool = True,
-                 latency_table: Optional[str] = None):
+                 latency_table: Union[str, Dict, None] = None):
         if not isinstance(interval, int) or interval <= 0:
             raise ValueError(f'`interval` must be a positive integer, but got {interval!r}')
         if delta not in VALID_DELTAS:
@@ -102,7 +105,7 @@ class FisherPruningHook(Hook):
         if divisor != 'auto' and (not isinstance(divisor, int) or divisor < 1):
             raise ValueError(f"`divisor` must be a positive integer or 'auto', but got "
                              f'{divisor!r}')
-        self.table = _load_table(latency_table, delta, target_metric)
+        self.table, self._profile = check_source(latency_table, delta, target_metric)
         if isinstance(skip, str):
             skip = [skip]
         self.interval = interval
@@ -112,7 +115,7 @@ class FisherPruningHook(Hook):
         self.channels_per_step = channels_per_step
         self.min_channels = min_channels
         self.divisor = divisor
-        self.latency_table = latency_table
+        self.latency_table = latency_table if self._profile is None else None
         self.skip = list(skip)
         self.save_thresholds = sorted(set(save_thresholds), reverse=True)
         self.init_spec = init_spec
@@ -139,6 +142,9 @@ class FisherPruningHook(Hook):
                 'FisherPruningHook found nothing prunable in this model '
                 f'({groups.summary()}); reasons seen: {reasons}. Remove the hook, or lift '
                 '`skip` patterns / frozen stages that block every group.')
+        if self._profile is not None and self.table is None:
+            self.table, self.latency_table = profile_at_start(runner, model, groups,
+                                                              self._profile)
         self.pruner = self._pruner(model, groups)
         if get_world_size() > 1:
             self._check_ranks_agree()
@@ -185,8 +191,10 @@ class FisherPruningHook(Hook):
         divisor = self.divisor
         if divisor == 'auto' and self.table is None:
             divisor = DEFAULT_DIVISOR
+        # evaluating a checkpoint before any training: masks only, no table profiled yet
+        delta = 'acts' if self.delta == 'latency' and self.table is None else self.delta
         try:
-            return FisherPruner(model, groups, self.delta, self.min_channels, divisor,
+            return FisherPruner(model, groups, delta, self.min_channels, divisor,
                                 latency_table=self.table)
         except ValueError as e:  # a table of another model: say which file
             raise ValueError(f'FisherPruningHook: latency_table {self.latency_table!r}: '
@@ -349,23 +357,6 @@ class FisherPruningHook(Hook):
         self._loaded_resume = bool(getattr(runner, '_resume', False))
         if self.pruner is not None:
             self._restore(runner)
-
-
-def _load_table(path: Optional[str], delta: str, metric: str) -> Optional[LatencyTable]:
-    """The hook's latency table, checked at construction (a typo fails before training)."""
-    if path is None:
-        if 'latency' in (delta, metric):
-            arg = 'delta' if delta == 'latency' else 'target_metric'
-            raise ValueError(f"`{arg}='latency'` needs `latency_table`, a table of the deploy "
-                             'device made with tools/profile_latency.py')
-        return None
-    if not isinstance(path, str):
-        raise ValueError(f'`latency_table` must be the path of a JSON table made by '
-                         f'tools/profile_latency.py, but got {path!r}')
-    if not osp.isfile(path):
-        raise ValueError(f'`latency_table` {path!r} does not exist; make it with '
-                         'tools/profile_latency.py CONFIG --out ' + path)
-    return LatencyTable.load(path)
 
 
 def _key_text(key: Dict) -> str:

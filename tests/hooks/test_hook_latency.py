@@ -55,3 +55,50 @@ def test_divisor_auto_without_a_table_is_8():
     from mmgfp.hooks.fisher_pruning_hook import DEFAULT_DIVISOR
     hook = FisherPruningHook()
     assert hook.divisor == 'auto' and hook.table is None and DEFAULT_DIVISOR == 8
+
+
+def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
+    """latency_table=dict(...): profiled on the training device at the deploy input size, written
+    to the work dir, used for pruning; a second run with the same settings reuses the file."""
+    import json
+    from mmgfp.hooks import FisherPruningHook
+    config = cls_config(tmp_path, cls_data, max_iters=6)
+    work = tmp_path / 'work'
+    settings = dict(input_size=(64, 64), threads=1, points=3, rounds=3, warmup=1, align=False)
+
+    def train():
+        cfg = Config.fromfile(config)
+        cfg.work_dir = str(work)
+        cfg.experiment_name = f'profiled_{uuid.uuid4().hex[:8]}'
+        cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
+                                 target=0.9, target_metric='latency', channels_per_step=256,
+                                 latency_table=settings, save_thresholds=())]
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        return runner, next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+
+    runner, hook = train()
+    path = str(work / 'latency_table.json')
+    assert hook.latency_table == path and osp.isfile(path)
+    key = json.loads(open(path).read())['key']
+    assert key['input_size'] == [64, 64] and key['batch'] == 1 and key['threads'] == 1
+    assert key['device'].startswith('cpu') and hook.table.key == key
+    assert hook.finished and hook.pruner.remaining()['latency'] <= 0.9
+    logs = ''.join(open(p).read() for p in glob.glob(osp.join(str(work), '*', '*.log')))
+    assert 'profiling the latency table on cpu (batch 1, input 64x64, fp32)' in logs
+    stamp = osp.getmtime(path)
+    _, again = train()
+    assert osp.getmtime(path) == stamp, 'the second run must reuse the profiled table'
+    assert again.table.to_dict() == hook.table.to_dict()
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(input_sze=(64, 64)), r"unknown keys \['input_sze'\]"),
+    (dict(input_size=64), r'input_size must be \(H, W\)'),
+    (dict(batch=0), 'batch must be a positive integer'),
+    (dict(dtype='bf16'), "dtype must be 'fp32' or 'fp16'"),
+])
+def test_bad_profile_settings_fail_when_the_hook_is_built(settings, message):
+    from mmgfp.hooks import FisherPruningHook
+    with pytest.raises(ValueError, match=message):
+        FisherPruningHook(delta='latency', target_metric='latency', latency_table=settings)

@@ -1,0 +1,57 @@
+"""latency_table=dict(...) under 2 gloo ranks: only the main process profiles; every rank prunes
+with the table it made (and the file it wrote)."""
+import socket
+import traceback
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mmgfp.core.latency import FORMAT
+
+pytestmark = pytest.mark.slow
+
+TABLE = {'format': FORMAT, 'key': {'device': 'cpu: rank 0', 'batch': 1},
+         'total_us': 123.0, 'layers': {'conv': {'in': [3], 'out': [4, 8], 'us': [[1.0, 2.0]]}}}
+
+
+class _Runner:
+    work_dir = '/nonexistent'
+
+
+def _rank(rank: int, port: int, result) -> None:
+    from mmgfp.hooks import latency_source
+    try:
+        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                                world_size=2)
+
+        def fake_profile(runner, model, groups, settings):
+            if rank != 0:
+                raise AssertionError(f'rank {rank} profiled')
+            return latency_source.LatencyTable.from_dict(TABLE), '/work/latency_table.json'
+
+        latency_source._profile = fake_profile
+        table, path = latency_source.profile_at_start(_Runner(), None, None, {})
+        result[rank] = (table.to_dict(), path)
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001  (reported by the test)
+        result[rank] = traceback.format_exc()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_only_rank_0_profiles_and_every_rank_gets_its_table():
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_rank, args=(_free_port(), result), nprocs=2, join=True)
+        result = dict(result)
+    for rank in (0, 1):
+        assert not isinstance(result[rank], str), result[rank]
+        table, path = result[rank]
+        assert path == '/work/latency_table.json'
+        assert table['key'] == TABLE['key'] and table['total_us'] == 123.0
+        assert table['layers']['conv']['us'] == [[1.0, 2.0]]
