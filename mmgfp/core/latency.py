@@ -129,6 +129,9 @@ class LatencyTable:
         self.key = dict(key)
         self.total_us = float(total_us)
         self.layers = {name: _Layer(name, e) for name, e in layers.items()}
+        # (name, in, out) -> us: a pruning step changes few widths, so selection and
+        # remaining() mostly ask for times already interpolated
+        self._memo: Dict[Tuple[str, float, float], float] = {}
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -208,7 +211,11 @@ class LatencyTable:
 
         A 1-D (depth-wise) entry reads ``c_out``.
         """
-        return self._layer(name).time(c_in, c_out)
+        key = (name, c_in, c_out)
+        t = self._memo.get(key)
+        if t is None:
+            t = self._memo[key] = self._layer(name).time(c_in, c_out)
+        return t
 
     def align(self, name: str) -> int:
         """Output-width granularity that pays on this device for module ``name`` (1: smooth)."""

@@ -82,20 +82,27 @@ class FisherPruner:
     def kept(self, key: str) -> int:
         return self.masker.num_kept(key)
 
+    def _kept_now(self) -> Callable[[str], int]:
+        """``kept`` read once per group: cost counts ask for the same widths thousands of
+        times in one selection, and each read of a mask is a tensor reduction."""
+        counts = {k: self.masker.num_kept(k) for k in self.groups.groups}
+        return counts.__getitem__
+
     def predicted_latency(self) -> float:
         """Predicted forward time (us) of the model with the current masks (needs a table)."""
         if self.table is None:
             raise ValueError('predicted_latency() needs `latency_table`; make one with '
                              'tools/profile_latency.py')
-        return self.table.predict(self.groups, self.kept)
+        return self.table.predict(self.groups, self._kept_now())
 
     def remaining(self) -> Dict[str, float]:
         """FLOPs, activations and parameters remaining, as fractions of the unpruned model;
         with a latency table also ``'latency'``, the predicted time over the unpruned one."""
-        now = count(self.groups, self.kept)
-        now['params'] = count_params(self.model, self.groups, self.kept)
+        kept = self._kept_now()
+        now = count(self.groups, kept)
+        now['params'] = count_params(self.model, self.groups, kept)
         if self.table is not None:
-            now['latency'] = self.predicted_latency()
+            now['latency'] = self.table.predict(self.groups, kept)
         return {k: now[k] / self.full[k] if self.full[k] else 1.0 for k in now}
 
     def _step_units(self, block: int, divisor: Optional[int] = None) -> int:
@@ -115,7 +122,8 @@ class FisherPruner:
             return None
         return alive, k, step, floor
 
-    def _lookahead(self, key: str, plan, cost: float) -> Tuple[int, float]:
+    def _lookahead(self, key: str, plan, cost: float, kept: Callable[[str], int]
+                   ) -> Tuple[int, float]:
         """On a flat stretch of a latency staircase, the shortest removal (up to
         ``LOOKAHEAD`` steps) that saves time: (units, time saved per unit)."""
         alive, k, step, floor = plan
@@ -124,7 +132,7 @@ class FisherPruner:
             if cost > 0 or len(alive) - (k + step) < floor:
                 break
             k += step
-            cost = self.table.saved(self.groups, self.kept, key, k * block) / k
+            cost = self.table.saved(self.groups, kept, key, k * block) / k
         return k, cost
 
     def _candidate(self, key: str, alive: torch.Tensor, k: int, cost: float):
@@ -144,20 +152,21 @@ class FisherPruner:
             plan = self._plan(g.key)
             if plan is not None:
                 plans[g.key] = plan
-        costs = unit_costs(self.groups, self.kept, self.delta, self.table,
+        kept = self._kept_now()
+        costs = unit_costs(self.groups, kept, self.delta, self.table,
                            {key: plan[1] for key, plan in plans.items()})
         best = None
         for key, plan in plans.items():
             k, cost = plan[1], costs[key]
             if self.delta == 'latency' and cost <= 0:
-                k, cost = self._lookahead(key, plan, cost)
+                k, cost = self._lookahead(key, plan, cost, kept)
             cand = self._candidate(key, plan[0], k, cost)
             if cand is not None and (best is None or cand[0] < best[1]):
                 best = (key, cand[0], cand[1])
         if best is None:
             return None
         key, score, units = best
-        return PruneRecord(key, units, score, self.kept(key) - len(units) *
+        return PruneRecord(key, units, score, kept(key) - len(units) *
                            self.groups.groups[key].block)
 
     def step(self, num: int = 1,
