@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import compact_pair, compare, load_config, pair_report
+from mmgfp.apis.check import compact_pair, compare, load_config, pair_report, verdict
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +144,29 @@ def test_wrong_channel_in_compact_model_is_caught(reports, layer):
             weight.copy_(saved)
     assert wrong > 1e-3
     assert compare(pair['rebuilt'], pair['data'], pair['reference']) < 1e-4
+
+
+def test_float64_rerun_of_a_two_stage_detector(reports):
+    """The float64 rerun runs Cascade R-CNN (its NMS on float32 copies, the masked copy's
+    decisions replayed in the compact copy): the right compact model agrees to far below
+    float32 rounding, one with a zeroed kept channel differs in float32 and in float64."""
+    _report(reports, CASCADE, 0.5)
+    pair = reports['pair', CASCADE, 0.5]
+    diff = compare(pair['rebuilt'], pair['data'], pair['reference'])
+    right = verdict(pair, diff, tol=1e-12)  # below float32 rounding: forces the rerun
+    assert right['equivalent'] and right['max_rel_diff_float64'] < 1e-12 < diff
+    assert 'NMSop' in right['float64_note']
+    weight = pair['rebuilt'].roi_head.bbox_head[1].shared_fcs[1].weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[:, 0] = 0
+        wrong = verdict(pair, compare(pair['rebuilt'], pair['data'], pair['reference']), 1e-4)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert not wrong['equivalent'] and wrong['max_rel_diff_float64'] > 1e-3
+    assert wrong['max_rel_diff'] > 1e-3
 
 
 def test_tood_groups_outside_a_runner():
