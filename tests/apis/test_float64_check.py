@@ -2,7 +2,8 @@
 
 A toy whose output is ``sin(GAIN * conv(...))`` turns the ~1e-7 float32 rounding difference
 between a masked model and its compact copy into ~1e-2; in float64 the same rounding is ~1e-11.
-A compact model with a kept channel's weight zeroed differs by O(1) in both precisions.
+A compact model with a kept channel's weight zeroed differs by O(1) in both precisions. The
+same both ways on a real family that amplifies rounding (ViG-tiny: k-NN graphs from features).
 """
 import copy
 
@@ -129,3 +130,18 @@ def test_check_model_reruns_a_real_model_in_float64():
     assert 1e-12 < rep['max_rel_diff'] < 1e-4
     assert rep['max_rel_diff_float64'] < 1e-12 and rep['equivalent']
     assert 'rounding amplified' in rep['verdict']
+
+
+def test_vig_passes_via_float64_and_a_wrong_channel_in_it_does_not():
+    # ViG builds k-NN graphs from features: float32 rounding of the compact model flips
+    # neighbours (~1e-4 at 224x224); in float64 masked and compact agree to ~1e-15
+    from mmgfp.apis.check import compact_pair, compare, load_config
+    pair = compact_pair(load_config('mmpretrain::vig/vig-tiny_8xb128_in1k.py'), 0.5, 0)
+    diff = compare(pair['rebuilt'], pair['data'], pair['reference'])
+    right = verdict(pair, diff, 1e-6)
+    assert diff > 1e-6 and right['equivalent'] and right['max_rel_diff_float64'] < 1e-12
+    layer = pair['rebuilt'].backbone.blocks[1][1].fc2[0]  # an FFN's second conv
+    with torch.no_grad():
+        layer.weight[:, 0] = 0
+    wrong = verdict(pair, compare(pair['rebuilt'], pair['data'], pair['reference']), 1e-6)
+    assert not wrong['equivalent'] and wrong['max_rel_diff_float64'] > 1e-4
