@@ -75,13 +75,27 @@ def profile_at_start(runner, model, groups, settings: Dict) -> Tuple[LatencyTabl
 
     Returns:
         tuple: The table and the file it was written to (or reused from).
+
+    Raises:
+        RuntimeError: On the other ranks, when the main process failed to profile (it raises
+            its own error): every rank stops instead of waiting for a table that never comes.
     """
-    payload = [None, None]
+    payload, error = [None, None], None
     if is_main_process():
-        table, out = _profile(runner, model, groups, settings)
-        payload = [table.to_dict(), out]
+        try:
+            table, out = _profile(runner, model, groups, settings)
+            payload = [table.to_dict(), out]
+        except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks hear)
+            if get_world_size() == 1:
+                raise
+            error, payload = e, [None, f'{type(e).__name__}: {e}'[:300]]
     if get_world_size() > 1:
-        broadcast_object_list(payload, src=0)
+        broadcast_object_list(payload, src=0)  # every rank waits here: always send something
+    if error is not None:
+        raise error
+    if payload[0] is None:
+        raise RuntimeError(f'FisherPruningHook: the main process could not profile the latency '
+                           f'table ({payload[1]}); its log has the details')
     return LatencyTable.from_dict(payload[0]), payload[1]
 
 

@@ -2,6 +2,7 @@
 with the table it made (and the file it wrote)."""
 import socket
 import traceback
+from datetime import timedelta
 
 import pytest
 import torch.distributed as dist
@@ -38,6 +39,27 @@ def _rank(rank: int, port: int, result) -> None:
         result[rank] = traceback.format_exc()
 
 
+def _rank_failing(rank: int, port: int, result) -> None:
+    from mmgfp.hooks import latency_source
+    try:
+        # a short timeout: without the fix rank 1 would wait for the table forever
+        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                                world_size=2, timeout=timedelta(seconds=30))
+
+        def failing_profile(runner, model, groups, settings):
+            raise ValueError('no such device: cuda:7')
+
+        latency_source._profile = failing_profile
+        try:
+            latency_source.profile_at_start(_Runner(), None, None, {})
+            result[rank] = 'returned'
+        except Exception as e:  # noqa: BLE001  (what each rank raised is the result)
+            result[rank] = f'{type(e).__name__}: {e}'
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001  (reported by the test)
+        result[rank] = 'setup: ' + traceback.format_exc()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -55,3 +77,13 @@ def test_only_rank_0_profiles_and_every_rank_gets_its_table():
         assert path == '/work/latency_table.json'
         assert table['key'] == TABLE['key'] and table['total_us'] == 123.0
         assert table['layers']['conv']['us'] == [[1.0, 2.0]]
+
+
+def test_a_failed_profile_stops_every_rank_with_its_reason():
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_rank_failing, args=(_free_port(), result), nprocs=2, join=True)
+        result = dict(result)
+    assert result[0] == 'ValueError: no such device: cuda:7'  # the main process: its own error
+    assert result[1].startswith('RuntimeError: FisherPruningHook: the main process could not '
+                                'profile the latency table (ValueError: no such device: cuda:7)')
