@@ -502,24 +502,33 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
 
 
 # ------------------------------------------------------------------------------ main
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def start(args):
+    """What every accuracy benchmark does first: mmgfp imported (hook, data sets, safe
+    checkpoint loading), Torch-Pruning present if a ``tp_*`` method runs, threads, quiet logs
+    and progress lines set. Returns the methods module."""
     import torch
 
-    import mmgfp  # noqa: F401  (hook, datasets, safe checkpoint loading)
-    if any(m.startswith('tp_') for m in args.methods):
+    import mmgfp  # noqa: F401
+    tp = [m for m in args.methods if m.startswith('tp_')]
+    if tp:
         try:
             import torch_pruning  # noqa: F401
         except ImportError:
-            raise SystemExit('error: the tp_* methods need Torch-Pruning: PIP_CONSTRAINT='
+            raise SystemExit(f'error: {"/".join(tp)} need(s) Torch-Pruning: PIP_CONSTRAINT='
                              '.venv/mmgfp-constraints.txt .venv/bin/pip install '
-                             'torch-pruning==1.6.1 (or leave tp_l1/tp_taylor out of '
+                             f'torch-pruning==1.6.1 (or leave {"/".join(tp)} out of '
                              '--methods)') from None
     import _accuracy_methods as M
     torch.set_num_threads(args.threads)
     if not args.verbose:
         C.quiet_logs()
     M.Progress.every = args.progress
+    return M
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    M = start(args)
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)

@@ -277,21 +277,7 @@ def _run_all(args, ctx: dict, sig: dict) -> list:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import torch
-
-    import mmgfp  # noqa: F401  (hook, datasets, safe checkpoint loading)
-    if 'tp_l1' in args.methods:
-        try:
-            import torch_pruning  # noqa: F401
-        except ImportError:
-            raise SystemExit('error: tp_l1 needs Torch-Pruning: PIP_CONSTRAINT=.venv/mmgfp-'
-                             'constraints.txt .venv/bin/pip install torch-pruning==1.6.1 (or '
-                             'leave tp_l1 out of --methods)') from None
-    import _accuracy_methods as M
-    torch.set_num_threads(args.threads)
-    if not args.verbose:
-        C.quiet_logs()
-    M.Progress.every = args.progress
+    M = A.start(args)
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     args.stored_only = False  # what accuracy.train_baseline reads
