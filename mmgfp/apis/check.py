@@ -53,13 +53,25 @@ def random_masks(pruner: FisherPruner, ratio: float, seed: int) -> None:
         pruner.masker.set_keep(key, new)
 
 
+def _tensor_diff(out, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` over the finite values; infinities must match exactly and
+    a NaN in either is a difference (inf): ``max`` over a structure would drop a NaN."""
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+        return float('inf')
+    ref, out = ref.double(), out.double()
+    finite = torch.isfinite(ref) & torch.isfinite(out)
+    if not bool(finite.all()):
+        if bool(ref.isnan().any() or out.isnan().any()) or not torch.equal(out[~finite],
+                                                                            ref[~finite]):
+            return float('inf')
+        ref, out = ref[finite], out[finite]
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
 def rel_diff(out, ref) -> float:
     """Largest ``||out - ref|| / ||ref||`` over matching tensors of two output structures."""
     if isinstance(ref, torch.Tensor):
-        if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
-            return float('inf')
-        ref, out = ref.double(), out.double()
-        return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+        return _tensor_diff(out, ref)
     if isinstance(ref, (list, tuple)):
         if not isinstance(out, (list, tuple)) or len(out) != len(ref):
             return float('inf')

@@ -1,4 +1,6 @@
 """check_model builds what a config asks for on one CPU process: (MM)SyncBN becomes BN."""
+import pytest
+import torch
 import torch.nn as nn
 from mmengine.config import Config
 
@@ -28,3 +30,21 @@ def test_config_whose_base_imports_a_module_loads():
     from mmgfp.apis.check import load_config
     cfg = load_config('mmpretrain::replknet/replknet-31B_32xb64_in1k.py')
     assert cfg.model.backbone.type == 'RepLKNet' and cfg.model.head.in_channels == 1024
+
+
+def test_rel_diff_does_not_drop_nan_or_infinities():
+    # max() over a structure keeps its first value when a later one is NaN: a compact model
+    # that puts NaN or inf in its second output used to count as equal
+    from mmgfp.apis.check import rel_diff
+    one, nan, inf = torch.ones(3), torch.tensor([1., float('nan'), 1.]), torch.tensor(
+        [1., float('inf'), 1.])
+    assert rel_diff([one, one], [one, one]) == 0.0
+    assert rel_diff([one, nan], [one, one]) == float('inf')
+    assert rel_diff([one, one], [one, nan]) == float('inf')
+    assert rel_diff({'a': one, 'b': inf}, {'a': one, 'b': one}) == float('inf')
+    assert rel_diff({'a': one, 'b': one}, {'a': one, 'b': inf}) == float('inf')
+    assert rel_diff([one, -inf], [one, inf]) == float('inf')
+    # the same infinities in both (DETR-style invalid proposals): the finite rest is compared
+    assert rel_diff([one, inf], [one, inf]) == 0.0
+    out, ref = torch.tensor([2., float('inf'), 2.]), torch.tensor([1., float('inf'), 2.])
+    assert rel_diff([one, out], [one, ref]) == pytest.approx(1 / 5 ** 0.5)  # |(1, 0)| / |(1, 2)|
