@@ -30,15 +30,27 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
 
 
+def _tiny_constant(p: torch.Tensor) -> bool:
+    """Whether ``p`` holds one nonzero value of magnitude <= 1e-3 everywhere (a layer scale)."""
+    v = p.flatten()[0]
+    return bool(v != 0 and v.abs() <= 1e-3 and (p == v).all())
+
+
 def randomize_zero_params(model: nn.Module, seed: int = 0) -> None:
     """Give parameters initialised to zero (a ViT's classifier, ConvNeXt-V2's GRN, zero-init
-    branches) small random values: an output that ignores the pruned channels would make
-    equivalence vacuous."""
+    branches) small random values, and layer scales initialised to a tiny constant (1e-6 in
+    ConvNeXt, EdgeNeXt, HorNet) random values of 0.5 to 1.5 with their sign: an output that
+    ignores the pruned channels, or reads them scaled by 1e-6 next to an identity path, would
+    make equivalence vacuous (a kept channel zeroed in ConvNeXt's compact model changed its
+    output by 3e-7)."""
     gen = torch.Generator().manual_seed(seed + 1)
+    scales = torch.Generator().manual_seed(seed + 2)  # its own stream: zero-init draws stay
     with torch.no_grad():
         for p in model.parameters():
             if p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif p.numel() > 1 and _tiny_constant(p):
+                p.copy_(p.flatten()[0].sign() * (0.5 + torch.rand(p.shape, generator=scales)))
 
 
 def random_masks(pruner: FisherPruner, ratio: float, seed: int) -> None:

@@ -48,3 +48,23 @@ def test_rel_diff_does_not_drop_nan_or_infinities():
     assert rel_diff([one, inf], [one, inf]) == 0.0
     out, ref = torch.tensor([2., float('inf'), 2.]), torch.tensor([1., float('inf'), 2.])
     assert rel_diff([one, out], [one, ref]) == pytest.approx(1 / 5 ** 0.5)  # |(1, 0)| / |(1, 2)|
+
+
+CONVNEXT = dict(
+    default_scope='mmpretrain',
+    model=dict(type='ImageClassifier', backbone=dict(type='ConvNeXt', arch='atto'),
+               head=dict(type='LinearClsHead', num_classes=10, in_channels=320,
+                         loss=dict(type='CrossEntropyLoss'))))
+
+
+def test_layer_scales_of_1e_6_do_not_hide_a_wrong_compact_model():
+    # ConvNeXt scales every block by gamma = 1e-6 at init: next to the identity path a block's
+    # output vanished in float32, so a compact model with a kept channel zeroed passed (3e-7)
+    from mmgfp.apis.check import compact_pair, compare
+    pair = compact_pair(Config(CONVNEXT), 0.5, 0, (32, 32))
+    assert compare(pair['rebuilt'], pair['data'], pair['reference']) < 1e-5
+    block = pair['rebuilt'].backbone.stages[1][0]
+    with torch.no_grad():
+        block.pointwise_conv2.weight[:, 0] = 0  # a kept hidden channel lost
+    assert compare(pair['rebuilt'], pair['data'], pair['reference']) > 1e-4
+    assert 0.5 <= float(block.gamma.abs().min()) and float(block.gamma.abs().max()) <= 1.5
