@@ -355,7 +355,6 @@ def tp_prune_to(model: nn.Module, importance: str, target: float, full_flops: fl
         def remaining(m):
             return measure(m)['flops'] / full_flops
 
-
     def prune_at(ratio):
         m = copy.deepcopy(model)
         for src, dst in zip(model.parameters(), m.parameters()):

@@ -15,6 +15,8 @@ canvas, ``--threads`` threads; cached in ``--table``). Every method then brings 
 
 ===========  ================================================================================
 gfp_latency  FisherPruningHook(delta='latency', target_metric='latency', divisor='auto')
+gfp_latency_d1  the same with divisor=1: the latency criterion without the table's alignment
+             (the table asks for multiples of 16 in the stem, layer1 and the first FPN conv)
 gfp_acts     FisherPruningHook(delta='acts', target_metric='latency', divisor=1)
 gfp_flops    FisherPruningHook(delta='flops', target_metric='latency', divisor=1)
 tp_l1        Torch-Pruning group L1 (global), one shot, its ratio searched until the table
@@ -42,8 +44,9 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _common as C  # noqa: E402
 import accuracy as A  # noqa: E402
 
-METHODS = ['gfp_latency', 'gfp_acts', 'gfp_flops', 'tp_l1']
+METHODS = ['gfp_latency', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_latency': 'GFP (latency)',
+          'gfp_latency_d1': 'GFP (latency, divisor 1)',
           'gfp_acts': 'GFP (acts)', 'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1'}
 TABLE = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
                  'digits_retinanet_r18_cpu_b1_t1_128x128.json')
@@ -149,11 +152,12 @@ def run_one(method: str, seed: int, ctx: dict) -> dict:
         model, info = M.gfp(ft, ckpt, delta, args.target, args.gfp_interval,
                             args.gfp_channels_per_step, target_metric='latency',
                             latency_table=osp.abspath(args.table),
-                            divisor='auto' if delta == 'latency' else 1)
+                            divisor='auto' if method == 'gfp_latency' else 1)
     else:
         model = M.build(base, ckpt)
         model, info = M.tp_prune_to(model, 'l1', args.target, full['flops'], args.tol,
                                     True, remaining=lambda m: predicted(table, m))
+        info['target_reached'] = bool(abs(predicted(table, model) - args.target) <= args.tol)
         info['pruned_eval'] = M.evaluate(model, base, wd, A._stamp(name + '_pruned'), level)
         M.runner(ft, model).train()
     cost = M.measure(model)
@@ -185,7 +189,13 @@ def time_all(runs: list, base_model, args) -> dict:
     models = {'baseline': prepare(base_model)}
     for r in runs:
         path = osp.join(r['dir'], 'compact.pth')
-        models[r['name']] = prepare(torch.load(path, map_location='cpu', weights_only=False))
+        try:
+            models[r['name']] = prepare(torch.load(path, map_location='cpu',
+                                                   weights_only=False))
+        except Exception as e:  # noqa: BLE001  (one unreadable model must not lose the table)
+            r['error'] = f'cannot load {path} for timing: {type(e).__name__}: {e}'[:300]
+            print(f'[accuracy_latency] {r["error"]}', flush=True)
+    runs = [r for r in runs if r['name'] in models]
     print(f'[accuracy_latency] timing {len(models)} models, {args.rounds} interleaved rounds, '
           f'{args.threads} thread(s)', flush=True)
     ms = compare_latency(models, forward_fn(base_model), rounds=args.rounds, warmup=3,

@@ -45,6 +45,8 @@ AMPLIFIED_BY = {
                    '463k class scores)',
     'mmpretrain::vig': '12 blocks of k-NN graphs built from features (spread over all logits)',
 }
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--family', nargs='+', help='families to run, e.g. mmdet::yolox '

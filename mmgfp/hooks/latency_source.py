@@ -6,7 +6,9 @@ model when training starts, on the main process only, with the settings given (d
 channels_last, batch, input_size, threads and the profiler's sampling options); the table is
 written to ``out`` (default ``WORK_DIR/latency_table.json``; a later run with the same device
 and settings reuses it, e.g. on resume) and sent to every other rank, so all ranks prune with
-the same times.
+the same times. The other ranks wait in that broadcast while the main process profiles; a
+profile longer than the process group's timeout (``env_cfg.dist_cfg.timeout`` in seconds, else
+torch's default) fails there, so for large models profile with the tool first and give the file.
 """
 import copy
 import os.path as osp
@@ -67,6 +69,18 @@ def check_profile(settings: Dict) -> Dict:
     if settings.get('dtype', 'fp32') not in ('fp32', 'fp16'):
         raise ValueError(f"`latency_table` dtype must be 'fp32' or 'fp16', but got "
                          f"{settings['dtype']!r}")
+    device = settings.get('device')
+    if device is not None and (not isinstance(device, str) or
+                               not device.split(':')[0] in ('cpu', 'cuda')):
+        raise ValueError(f"`latency_table` device must be 'cpu' or 'cuda[:N]', but got "
+                         f'{device!r}')
+    threads = settings.get('threads')
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f'`latency_table` threads must be a positive integer, but got '
+                         f'{threads!r}')
+    if not isinstance(settings.get('channels_last', False), bool):
+        raise ValueError(f'`latency_table` channels_last must be True or False, but got '
+                         f"{settings['channels_last']!r}")
     return dict(settings)
 
 

@@ -97,6 +97,9 @@ def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
     (dict(input_size=64), r'input_size must be \(H, W\)'),
     (dict(batch=0), 'batch must be a positive integer'),
     (dict(dtype='bf16'), "dtype must be 'fp32' or 'fp16'"),
+    (dict(device='gpu'), "device must be 'cpu' or 'cuda\\[:N\\]', but got 'gpu'"),
+    (dict(threads=0), 'threads must be a positive integer'),
+    (dict(channels_last='yes'), "channels_last must be True or False, but got 'yes'"),
 ])
 def test_bad_profile_settings_fail_when_the_hook_is_built(settings, message):
     from mmgfp.hooks import FisherPruningHook
