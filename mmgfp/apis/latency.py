@@ -15,6 +15,7 @@ not in the table: prune with ``divisor='auto'`` (or a multiple of the alignment)
 them. The result is a :class:`mmgfp.core.LatencyTable` keyed by device, torch, dtype, memory
 format, batch, threads and input size, cached as JSON.
 """
+import copy
 import math
 import os.path as osp
 import sys
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
-from mmgfp.core.latency import timed_layers
+from mmgfp.core.latency import module_io, timed_layers
 from .timing import (DTYPES, Timer, check_settings, compare_latency, device_name, make_key,
                      measure_latency, prepare, threads_set)
 
@@ -47,6 +48,7 @@ class LayerCalls:
     def __init__(self, name: str, module: nn.Module):
         self.name, self.module = name, module
         self.shapes: Counter = Counter()
+        self.out_elems = 0  # output elements per channel, summed over the calls
         self.norm: Optional[nn.Module] = None
         self.act: Optional[nn.Module] = None
 
@@ -78,6 +80,9 @@ def capture_calls(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
             continue
         lc = calls[name]
         lc.shapes[tuple(x.shape)] += 1
+        if out.dim():
+            lc.out_elems += out.numel() // out.shape[-1 if isinstance(mod, nn.Linear) else
+                                                     min(1, out.dim() - 1)]
         nxt = reader.get(id(out))
         if lc.norm is None and nxt is not None and isinstance(nxt[1], NORMS):
             lc.norm, nxt = nxt[1], reader.get(id(nxt[3]))
@@ -328,16 +333,73 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
                             channels_last)
             layers[name] = profile_layer(groups, name, lt, points, tol, max_points, align)
             layers[name]['points_timed'] = len(lt.cache)
+            layers[name]['out_elems'] = calls[name].out_elems
             if progress:
                 done = time.perf_counter() - t0
                 left = done / (i + 1) * (len(names) - i - 1)
                 print(f'\r[profile_latency] {i + 1}/{len(names)} layers, {done:.0f} s, about '
                       f'{left:.0f} s left ', end='', file=sys.stderr, flush=True)
         log('')
-    table = LatencyTable(key, total_us, layers)
+        table = LatencyTable(key, total_us, layers)
+        share = calibrate_remainder(model, forward_fn, groups, table, device, rounds, warmup, log)
+    table = LatencyTable(key, total_us, layers, share)
     if out:
         table.save(out)
     return table
+
+
+def half_width_copy(model: nn.Module, groups: GroupSet) -> nn.Module:
+    """A compact copy of ``model`` with every prunable group at half its units (at least one)."""
+    from mmgfp.core import ChannelMasker, apply_spec, make_spec
+    thin = copy.deepcopy(model)
+    masker = ChannelMasker(thin, groups)
+    for g in groups.prunable:
+        n = len(masker.keep[g.key])
+        for unit in range(max(1, (n + 1) // 2), n):
+            masker.prune(g.key, unit)
+    apply_spec(thin, make_spec(masker))
+    try:
+        from mmgfp.models.mmdet_rules import fix_compact
+        fix_compact(thin)
+    except ImportError:  # plain PyTorch models need no mmdet fixes
+        pass
+    return thin
+
+
+def calibrate_remainder(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
+                        groups: GroupSet, table: LatencyTable, device: str, rounds: int,
+                        warmup: int, log=print) -> float:
+    """The share (0 to 1) of the time the layer entries do not explain that shrinks with the
+    layers' output elements (element-wise ops between layers, pooling, upsampling).
+
+    A half-width compact copy is timed against ``model``, interleaved; its remainder (its time
+    minus the table's layer times at its widths) over the full model's, against its share of
+    output elements, gives the scaled share: 0 when the remainder stays, 1 when it shrinks in
+    proportion. 0 when the copy cannot be made or timed (said in the log).
+    """
+    try:
+        thin = half_width_copy(model, groups)
+        ms = compare_latency({'full': model, 'thin': thin}, forward_fn, device,
+                             rounds=max(2 * rounds, 10), warmup=warmup + 1)
+    except Exception as e:  # noqa: BLE001  (an approximation, never a failed profile)
+        log(f'[profile_latency] no half-width copy to calibrate the remainder ({type(e).__name__}'
+            f': {e}); it is kept fixed')
+        return 0.0
+    calib = LatencyTable(table.key, ms['full'] * 1e3, table.to_dict()['layers'])
+    full_rem = calib.remainder_us
+    layers_thin = calib.predict_module(thin) - full_rem
+    thin_rem = ms['thin'] * 1e3 - layers_thin
+    outs = [(lay.out_elems, module_io(thin.get_submodule(n))[1], lay.full_io[1])
+            for n, lay in calib.layers.items()]
+    full_out = sum(e * f for e, _, f in outs)
+    frac = sum(e * w for e, w, _ in outs) / full_out if full_out else 1.0
+    if full_rem <= 0 or frac >= 1:
+        return 0.0
+    share = min(max((1 - thin_rem / full_rem) / (1 - frac), 0.0), 1.0)
+    log(f'[profile_latency] remainder {full_rem / 1e3:.2f} ms of {ms["full"]:.2f} ms; at half '
+        f'width {thin_rem / 1e3:.2f} ms with {frac:.0%} of the output elements: {share:.0%} of '
+        'it scales with them')
+    return share
 
 
 def explained(table: LatencyTable, gs: GroupSet) -> float:

@@ -16,8 +16,12 @@ input (``in``) and output (``out``) channel counts, summed over all its calls (a
 five FPN levels has one entry); a 1-D entry (``width``) times a depth-wise or group conv whose
 channels pass through. Between sampled points the time is interpolated linearly (bilinearly in
 2-D); below the smallest point it is extrapolated with the first segment's slope, never below 0.
-``total_us`` is the measured whole-model forward: :meth:`LatencyTable.predict` keeps what the
-layers do not explain (unprunable ops, data movement) as a fixed remainder.
+``total_us`` is the measured whole-model forward. What the layers do not explain (the
+remainder: unprunable ops, element-wise ops between layers, data movement) is partly fixed and
+partly shrinks with the channels: ``scaled_remainder`` (optional, 0 to 1) is the share of it that
+scales with the layers' output elements (each entry's optional ``out_elems``: output elements
+per channel over all its calls, times its output width), measured by the profiler on a
+half-width copy of the model; the rest stays fixed.
 """
 import bisect
 import json
@@ -66,6 +70,10 @@ class _Layer:
     def __init__(self, name: str, entry: Mapping):
         self.name, self.entry = name, dict(entry)
         self.align = int(entry.get('align', 1))
+        self.out_elems = entry.get('out_elems', 0)
+        if not isinstance(self.out_elems, (int, float)) or self.out_elems < 0:
+            raise LatencyTableError(f'latency table layer {name!r}: `out_elems` must be a '
+                                    f'number >= 0, but got {self.out_elems!r}')
         if self.align < 1:
             raise LatencyTableError(f'latency table layer {name!r}: `align` must be >= 1, '
                                     f'but got {entry.get("align")!r}')
@@ -91,6 +99,11 @@ class _Layer:
     @property
     def full(self) -> Tuple[float, ...]:
         return tuple(a[-1] for a in self.axes)
+
+    @property
+    def full_io(self) -> Tuple[float, float]:
+        """(in, out) at full width (a 1-D entry's width on both)."""
+        return (self.full[0], self.full[-1])
 
     def _check_point(self, axis: int, x: float) -> None:
         pts = self.axes[axis]
@@ -120,7 +133,8 @@ class LatencyTable:
         layers (dict): Module name -> entry (see the module docstring).
     """
 
-    def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping]):
+    def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
+                 scaled_remainder: float = 0.0):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -129,6 +143,12 @@ class LatencyTable:
         self.key = dict(key)
         self.total_us = float(total_us)
         self.layers = {name: _Layer(name, e) for name, e in layers.items()}
+        if not isinstance(scaled_remainder, (int, float)) or not 0 <= scaled_remainder <= 1:
+            raise LatencyTableError(f'latency table `scaled_remainder` must lie in [0, 1], '
+                                    f'but got {scaled_remainder!r}')
+        self.scaled_remainder = float(scaled_remainder)
+        self._remainder: Optional[float] = None
+        self._out_full = sum(lay.out_elems * lay.full_io[1] for lay in self.layers.values())
         # (name, in, out) -> us: a pruning step changes few widths, so selection and
         # remaining() mostly ask for times already interpolated
         self._memo: Dict[Tuple[str, float, float], float] = {}
@@ -143,11 +163,32 @@ class LatencyTable:
         for k in ('key', 'total_us', 'layers'):
             if k not in d:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
-        return cls(d['key'], d['total_us'], d['layers'])
+        return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder', 0.0))
 
     def to_dict(self) -> Dict:
-        return {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
-                'layers': {n: dict(l.entry) for n, l in self.layers.items()}}
+        d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
+             'layers': {n: dict(l.entry) for n, l in self.layers.items()}}
+        if self.scaled_remainder:
+            d['scaled_remainder'] = self.scaled_remainder
+        return d
+
+    # -- the remainder -----------------------------------------------------------------------
+    @property
+    def remainder_us(self) -> float:
+        """What the layer entries do not explain at full width (us, at least 0)."""
+        if self._remainder is None:
+            self._remainder = max(self.total_us - sum(self.time(n, *lay.full_io)
+                                                      for n, lay in self.layers.items()), 0.0)
+        return self._remainder
+
+    def remainder_change(self, out_delta: float) -> float:
+        """Change of the remainder (us) when the layers' outputs hold ``out_delta`` elements
+        more than at full width (negative when pruned): its ``scaled_remainder`` share
+        scales with the output elements."""
+        if not self.scaled_remainder or not out_delta:
+            return 0.0
+        full = self._out_full
+        return self.scaled_remainder * self.remainder_us * out_delta / full if full else 0.0
 
     @classmethod
     def load(cls, path: str) -> 'LatencyTable':
@@ -244,13 +285,20 @@ class LatencyTable:
         """Predicted forward time (us) of the model with ``kept`` channels per group.
 
         ``total_us`` minus the table's layer times at full width plus those at the widths
-        given by ``kept``; layers no prunable group touches keep their time in the remainder.
+        given by ``kept``, and the scaled share of the remainder (:meth:`remainder_change`);
+        layers no prunable group touches keep their time in the remainder.
         """
         full = _full(gs)
-        t = self.total_us
+        t, out_delta = self.total_us, 0.0
         for name in timed_layers(gs):
             t += self.layer_time(gs, name, kept) - self.layer_time(gs, name, full)
-        return t
+            out_delta += self._out_change(gs, name, kept, full)
+        return t + self.remainder_change(out_delta)
+
+    def _out_change(self, gs: GroupSet, name: str, kept: KeptFn, ref: KeptFn) -> float:
+        """Output elements of layer ``name`` with ``kept`` channels minus those with ``ref``."""
+        elems = self._layer(name).out_elems
+        return elems * (_io(gs, name, kept)[1] - _io(gs, name, ref)[1]) if elems else 0.0
 
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
@@ -262,17 +310,17 @@ class LatencyTable:
                 linear layer, or is wider than profiled.
         """
         mods = dict(model.named_modules())
-        t = self.total_us
+        t, out_delta = self.total_us, 0.0
         for name, lay in self.layers.items():
-            io = _module_io(mods.get(name))
+            io = module_io(mods.get(name))
             if io is None:
                 raise LatencyTableError(
                     f'the latency table times module {name!r}, but the model has '
                     f'{"no such module" if name not in mods else type(mods[name]).__name__}: '
                     f'the table is for another model or config; {PROFILE_HINT}')
-            full = lay.full if len(lay.full) == 2 else (lay.full[0], lay.full[0])
-            t += lay.time(*io) - lay.time(*full)
-        return t
+            t += lay.time(*io) - lay.time(*lay.full_io)
+            out_delta += lay.out_elems * (io[1] - lay.full_io[1])
+        return t + self.remainder_change(out_delta)
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:
@@ -288,8 +336,10 @@ class LatencyTable:
             return after if k == key else kept(k)
 
         names = group_layers(gs, key) if layers is None else layers
-        return sum(self.layer_time(gs, n, kept) - self.layer_time(gs, n, kept_after)
-                   for n in names)
+        layer_us = sum(self.layer_time(gs, n, kept) - self.layer_time(gs, n, kept_after)
+                       for n in names)
+        out = sum(self._out_change(gs, n, kept_after, kept) for n in names)
+        return layer_us - self.remainder_change(out)
 
     def group_align(self, gs: GroupSet, key: str) -> int:
         """The lcm of the ``align`` of the layers that make or carry group ``key``'s
@@ -299,7 +349,7 @@ class LatencyTable:
         return math.lcm(1, *(self.align(n) for n in names))
 
 
-def _module_io(mod: Optional[nn.Module]) -> Optional[Tuple[int, int]]:
+def module_io(mod: Optional[nn.Module]) -> Optional[Tuple[int, int]]:
     """(in, out) channels of a conv or linear module (a 1-D entry reads ``out``), else None."""
     if isinstance(mod, nn.modules.conv._ConvNd):
         return mod.in_channels, mod.out_channels

@@ -51,6 +51,8 @@ def test_profile_covers_every_prunable_layer_at_full_width(name):
             assert len(layer.entry['us']) == len(layer.entry['in'])
         flat = [t for row in layer.entry['us'] for t in (row if isinstance(row, list) else [row])]
         assert all(t > 0 for t in flat) and json.loads(json.dumps(layer.entry))
+        assert layer.out_elems > 0  # output elements per channel (batch 1, 8x8 or less)
+    assert 0 <= table.scaled_remainder <= 1  # calibrated on a half-width copy
     table.check_groups(gs)  # what FisherPruner checks
     # the prediction is exact at full width (the remainder is what layers do not explain)
     assert table.predict(gs, full) == pytest.approx(table.total_us)
@@ -94,6 +96,7 @@ def test_capture_finds_calls_norm_and_activation():
     assert isinstance(calls['head.0'].norm, nn.GroupNorm) and isinstance(
         calls['head.0'].act, nn.ReLU)
     assert calls['lat2'].norm is None and calls['lat2'].act is None
+    assert calls['head.0'].out_elems == 2 * 8 * 8 + 2 * 4 * 4  # both calls, per channel
     block = build_block(calls['head.0'], 4, 5, depthwise=False)
     conv, gn, act = block
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (4, 5, (3, 3))
@@ -103,6 +106,36 @@ def test_capture_finds_calls_norm_and_activation():
     dw = build_block(calls['dw.0'], 6, 6, depthwise=True)[0]
     assert (dw.groups, dw.stride) == (6, (2, 2))
     assert build_block(calls['g.0'], 8, 8, depthwise=True)[0].groups == 2  # 4 per group
+
+
+def test_remainder_calibration_arithmetic(monkeypatch):
+    """The scaled share of the remainder from a half-width copy, with the times given."""
+    import mmgfp.apis.latency as L
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
+    from test_core_latency import chain_table
+    model, x = make('chain'), inputs(1)
+    gs = groups_of(model, x)
+    d = chain_table()  # layers 23.6 us of 100 at full width
+    for name, elems in (('a.0', 10), ('b.0', 5), ('c', 2)):
+        d['layers'][name]['out_elems'] = elems
+    table = LatencyTable.from_dict(d)
+    seen = {}
+
+    def fake_compare(models, fwd, device, rounds, warmup):
+        thin = models['thin']
+        seen['widths'] = (thin.a[0].out_channels, thin.b[0].out_channels)
+        return {'full': 0.1, 'thin': 0.0694}  # ms
+
+    monkeypatch.setattr(L, 'compare_latency', fake_compare)
+    share = L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0, log=print)
+    assert seen['widths'] == (4, 6)  # every prunable group at half width
+    # thin layers: a 4 + b 0.1*4*6 + c 0.5*6 = 9.4 -> remainder 69.4 - 9.4 = 60 of 76.4,
+    # with (10*4 + 5*6 + 2*5) / 150 of the output elements
+    assert share == pytest.approx((1 - 60 / 76.4) / (1 - 80 / 150))
+    monkeypatch.setattr(L, 'compare_latency', lambda *a, **k: {'full': 0.1, 'thin': 0.2})
+    assert L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0) == 0.0
+    monkeypatch.setattr(L, 'half_width_copy', lambda m, g: 1 / 0)
+    assert L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0) == 0.0
 
 
 def test_axis_points_and_refinement():

@@ -171,6 +171,39 @@ def test_predict_module_reads_the_widths_of_a_compact_model():
         table.predict_module(model)
 
 
+def test_scaled_remainder_shrinks_with_the_output_elements():
+    """A table whose remainder is half fixed, half scaling with the layers' outputs."""
+    d = chain_table()
+    for name, elems in (('a.0', 10), ('b.0', 5), ('c', 2)):
+        d['layers'][name]['out_elems'] = elems
+    d['scaled_remainder'] = 0.5
+    model, gs, pruner = chain(d)
+    table = pruner.table
+    # layers at full width: a 8, b 0.1*8*12 = 9.6, c 0.5*12 = 6 -> remainder 100 - 23.6
+    assert table.remainder_us == pytest.approx(76.4)
+    assert table.predict(gs, widths(gs)) == pytest.approx(100.0)
+    # a 8->6, b 12->9: layers save 7.7 (above); outputs 10*8+5*12+2*5 = 150 elements lose
+    # 10*2 + 5*3 = 35, so the scaled half of the remainder (38.2) loses 35/150 of itself
+    expected = 100 - 7.7 - 38.2 * 35 / 150
+    assert table.predict(gs, widths(gs, a=6, b=9)) == pytest.approx(expected)
+    # one channel of a.0: 2.2 in the layers, 38.2 * 10/150 in the remainder
+    assert table.saved(gs, widths(gs), 'a.0', 1) == pytest.approx(2.2 + 38.2 * 10 / 150)
+    assert unit_costs(gs, widths(gs), 'latency', table)['a.0'] == pytest.approx(
+        2.2 + 38.2 * 10 / 150)
+    a, b, c = model.a[0], model.b[0], model.c  # the same widths as a compact module
+    model.a[0] = torch.nn.Conv2d(a.in_channels, 6, a.kernel_size, padding=a.padding)
+    model.b[0] = torch.nn.Conv2d(6, 9, b.kernel_size, padding=b.padding)
+    model.c = torch.nn.Conv2d(9, c.out_channels, c.kernel_size, padding=c.padding)
+    assert table.predict_module(model) == pytest.approx(expected)
+    assert LatencyTable.from_dict(table.to_dict()).to_dict() == d
+    for bad in (1.5, -0.1, 'half'):
+        with pytest.raises(LatencyTableError, match='scaled_remainder` must lie in'):
+            LatencyTable.from_dict(dict(d, scaled_remainder=bad))
+    d['layers']['c']['out_elems'] = -1
+    with pytest.raises(LatencyTableError, match="'c': `out_elems` must be a number >= 0"):
+        LatencyTable.from_dict(d)
+
+
 def test_latency_delta_picks_lowest_importance_per_time_saved():
     _, gs, pruner = chain(delta='latency')
     fake_stats(pruner, {'a.0': [1.0] * 8, 'b.0': [1.0] * 12})
