@@ -24,28 +24,34 @@ def test_bad_arguments_are_named(argv, message, capsys):
 
 @pytest.mark.slow
 def test_quick_brings_every_method_to_the_same_predicted_latency(tmp_path):
-    pytest.importorskip('torch_pruning', reason='Torch-Pruning is a benchmark-only dependency')
+    try:  # Torch-Pruning is a benchmark-only dependency: without it, the GFP methods only
+        import torch_pruning  # noqa: F401
+        methods = AL.METHODS
+    except ImportError:
+        methods = [m for m in AL.METHODS if not m.startswith('tp_')]
     wd, out_json = tmp_path / 'wd', tmp_path / 'out.json'
-    argv = ['--quick', '--target', '0.7', '--work-dir', str(wd), '--json', str(out_json)]
+    argv = ['--quick', '--target', '0.7', '--work-dir', str(wd), '--json', str(out_json),
+            '--methods', *methods]
     out = AL.main(argv)
     runs = {r['method']: r for r in out['runs']}
-    assert sorted(runs) == sorted(AL.METHODS)
+    assert sorted(runs) == sorted(methods)
     for method, r in runs.items():
         assert 'error' not in r, f'{method}: {r.get("error")}'
         assert r['measured'] > 0 and r['measured_ms'] > 0 and 0.0 <= r['mAP'] <= 1.0
         assert osp.isfile(osp.join(r['dir'], 'compact.pth'))
-    for method in ('gfp_latency', 'gfp_acts', 'gfp_flops'):
+    for method in ('gfp_latency', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops'):
         info = runs[method]['info']
         assert info['target_reached']
         # the hook's prediction on its masks = the table read at the compact module's widths
         assert runs[method]['predicted'] == pytest.approx(info['hook_remaining']['latency'],
                                                           abs=1e-9)
         assert runs[method]['predicted'] <= 0.7
-    assert abs(runs['tp_l1']['predicted'] - 0.7) <= AL.QUICK['tol']
+    if 'tp_l1' in runs:
+        assert abs(runs['tp_l1']['predicted'] - 0.7) <= AL.QUICK['tol']
     table = json.loads((wd / 'table.json').read_text())
     assert table['key']['batch'] == 1 and table['key']['input_size'] == [128, 128]
     saved = json.loads(out_json.read_text())
-    assert [r['method'] for r in saved['rows']] == ['baseline'] + AL.METHODS
+    assert [r['method'] for r in saved['rows']] == ['baseline'] + methods
     # a second call reuses the table and every stored run, and times them again
     again = AL.main(argv)
     assert [r['seconds'] for r in again['runs']] == [r['seconds'] for r in out['runs']]
