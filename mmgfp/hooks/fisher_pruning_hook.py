@@ -85,26 +85,8 @@ class FisherPruningHook(Hook):
                  init_spec: Optional[str] = None,
                  prune: bool = True,
                  latency_table: Union[str, Dict, None] = None):
-        if not isinstance(interval, int) or interval <= 0:
-            raise ValueError(f'`interval` must be a positive integer, but got {interval!r}')
-        if delta not in VALID_DELTAS:
-            raise ValueError(f'`delta` must be one of {VALID_DELTAS}, but got {delta!r}')
-        if target_metric not in VALID_METRICS:
-            raise ValueError(f'`target_metric` must be one of {VALID_METRICS}, but got '
-                             f'{target_metric!r}')
-        if not isinstance(target, (int, float)) or not 0 < target < 1:
-            raise ValueError(f'`target` is the fraction of {target_metric} to keep and must lie '
-                             f'in (0, 1), but got {target!r}')
-        for t in save_thresholds:
-            if not 0 < t < 1:
-                raise ValueError(f'`save_thresholds` must lie in (0, 1), but got {t!r}')
-        for name, v in (('channels_per_step', channels_per_step),
-                        ('min_channels', min_channels)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f'`{name}` must be a positive integer, but got {v!r}')
-        if divisor != 'auto' and (not isinstance(divisor, int) or divisor < 1):
-            raise ValueError(f"`divisor` must be a positive integer or 'auto', but got "
-                             f'{divisor!r}')
+        _check_args(interval, delta, target, target_metric, channels_per_step, min_channels,
+                    divisor, save_thresholds)
         self.table, self._profile = check_source(latency_table, delta, target_metric)
         if isinstance(skip, str):
             skip = [skip]
@@ -357,6 +339,31 @@ class FisherPruningHook(Hook):
         self._loaded_resume = bool(getattr(runner, '_resume', False))
         if self.pruner is not None:
             self._restore(runner)
+
+
+def _check_args(interval, delta, target, target_metric, channels_per_step, min_channels,
+                divisor, save_thresholds) -> None:
+    """Raise ValueError naming the first hook argument that cannot work."""
+    if not isinstance(interval, int) or interval <= 0:
+        raise ValueError(f'`interval` must be a positive integer, but got {interval!r}')
+    if delta not in VALID_DELTAS:
+        raise ValueError(f'`delta` must be one of {VALID_DELTAS}, but got {delta!r}')
+    if target_metric not in VALID_METRICS:
+        raise ValueError(f'`target_metric` must be one of {VALID_METRICS}, but got '
+                         f'{target_metric!r}')
+    if not isinstance(target, (int, float)) or not 0 < target < 1:
+        raise ValueError(f'`target` is the fraction of {target_metric} to keep and must lie '
+                         f'in (0, 1), but got {target!r}')
+    for t in save_thresholds:
+        if not 0 < t < 1:
+            raise ValueError(f'`save_thresholds` must lie in (0, 1), but got {t!r}')
+    for name, v in (('channels_per_step', channels_per_step),
+                    ('min_channels', min_channels)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f'`{name}` must be a positive integer, but got {v!r}')
+    if divisor != 'auto' and (not isinstance(divisor, int) or divisor < 1):
+        raise ValueError(f"`divisor` must be a positive integer or 'auto', but got "
+                         f'{divisor!r}')
 
 
 def _key_text(key: Dict) -> str:
