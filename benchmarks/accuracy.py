@@ -143,7 +143,7 @@ def base_config(args):
         SystemExit: naming what cannot work (model, data files, evaluator, schedule, thin)
             and how to fix it, before the baseline trains for minutes and fails later.
     """
-    import _accuracy_methods as methods
+    import _accuracy_thin as thin
     from mmgfp.apis.check import load_config
     try:
         cfg = load_config(args.config)
@@ -158,7 +158,7 @@ def base_config(args):
               'benchmark counts iterations: give --baseline-iters N (the iterations the '
               'baseline trains, or trained for with --baseline), or use an '
               'IterBasedTrainLoop with max_iters')
-    if 'thin' in args.methods and (why := methods.thin_problem(cfg)):
+    if 'thin' in args.methods and (why := thin.thin_problem(cfg)):
         _fail(f'the thin method cannot scale its widths: {why}. Leave thin out of --methods')
     cfg.custom_hooks = []
     check_data(cfg, _fail)
@@ -304,6 +304,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     import torch
 
     import _accuracy_methods as M
+    import _accuracy_thin as T
     args, base, ckpt, full = ctx['args'], ctx['base'], ctx['baseline'], ctx['full']
     name = f'{method}_t{round(target * 100)}_s{seed}'
     wd = osp.join(ctx['work_dir'], 'runs', name)
@@ -325,8 +326,8 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     elif method == 'thin':
         base_iters = ctx['baseline_iters']
         total = base_iters + args.iters
-        width, flops, trials = M.thin_search(base, target, full['flops'], args.tol)
-        cfg = M.train_cfg(M.thin_cfg(base, width), wd, total, seed, _stamp(name), level,
+        width, flops, trials = T.thin_search(base, target, full['flops'], args.tol)
+        cfg = M.train_cfg(T.thin_cfg(base, width), wd, total, seed, _stamp(name), level,
                           M.scale_schedule(base.param_scheduler,
                                            base.train_cfg.get('max_iters', base_iters), total))
         run = M.runner(cfg)
