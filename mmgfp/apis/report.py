@@ -8,17 +8,17 @@ started) and ``vis_data/scalars.json`` the logged ``gfp_*`` scalars (full precis
 ``LoggerHook`` interval) and the validation metrics. Runs are merged by iteration: a later run
 replaces what an earlier one logged after the iteration it started from. The channel spec
 (``channels_final.json`` or ``pruned_<metric>_<thr>.json``) gives the channels kept per group
-and layer. Plots use matplotlib's Agg canvas directly, so no global backend is switched.
+and layer. The plots and the page (and :func:`make_report`, which writes them) live in
+:mod:`mmgfp.apis.report_render`, which imports this module and not the other way round.
 """
 import glob
 import json
-import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from mmgfp.core.spec import SpecError, from_ranges, load_spec
+from mmgfp.core.spec import from_ranges, load_spec
 
 METRICS = ('flops', 'acts', 'params')
 PREFERRED_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1', 'pascal_voc/mAP')
@@ -328,44 +328,3 @@ def primary_metric(metrics: Dict[str, Series], metric: Optional[str] = None) -> 
         if m in metrics:
             return m
     return sorted(metrics)[0] if metrics else None
-
-
-def make_report(work_dir: str, out_dir: Optional[str] = None, spec: Optional[str] = None,
-                metric: Optional[str] = None) -> Dict:
-    """Write ``report.md`` and its PNGs for the pruning run in ``work_dir``.
-
-    Args:
-        work_dir (str): The run's work dir (or one ``<timestamp>`` folder of it).
-        out_dir (str, optional): Where to write. Defaults to ``WORK_DIR/report``.
-        spec (str, optional): Channel spec for the per-group chart. Defaults to the work dir's
-            ``channels_final.json``, else its most pruned ``pruned_*.json``.
-        metric (str, optional): Validation metric to plot. Defaults to the first of
-            ``coco/bbox_mAP``, ``coco/segm_mAP``, ``accuracy/top1``, ``pascal_voc/mAP`` logged.
-
-    Returns:
-        dict: ``report`` (markdown path), ``images`` (name -> PNG path), ``log``
-        (:class:`PruningLog`), ``spec`` (path or None), ``groups``/``layers`` (rows).
-    """
-    from .report_render import plot_channels, plot_metric_vs_flops, plot_progress, render
-    log = load_log(work_dir)
-    spec_path = find_spec(work_dir, spec)
-    try:
-        groups, layers = channel_rows(spec_path) if spec_path else ([], [])
-    except SpecError as e:
-        raise ReportError(f'channel spec {spec_path}: {e}') from None
-    name = primary_metric(log.metrics, metric)
-    out_dir = out_dir or osp.join(work_dir, 'report')
-    os.makedirs(out_dir, exist_ok=True)
-    images = {'progress': plot_progress(log, osp.join(out_dir, 'progress.png'), name)}
-    if name is not None:
-        images['metric_vs_flops'] = plot_metric_vs_flops(
-            log, osp.join(out_dir, 'metric_vs_flops.png'), name)
-    if groups:
-        images['channels'] = plot_channels(groups, osp.join(out_dir, 'channels.png'))
-    path = osp.join(out_dir, 'report.md')
-    text = render(log, work_dir, spec_path, groups, layers, name,
-                  {k: osp.relpath(v, out_dir) for k, v in images.items()})
-    with open(path, 'w') as f:
-        f.write(text)
-    return dict(report=path, images=images, log=log, spec=spec_path, groups=groups,
-                layers=layers, metric=name)

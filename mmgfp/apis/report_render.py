@@ -1,13 +1,17 @@
-"""PNG plots and the markdown page of a pruning report (data from :mod:`mmgfp.apis.report`).
+"""PNG plots and the markdown page of a pruning report (data from :mod:`mmgfp.apis.report`),
+and :func:`make_report`, which writes them for a work dir.
 
 Figures are drawn on matplotlib's Agg canvas without pyplot: nothing global changes in the
 calling process (no backend switch, no open-figure registry).
 """
+import os
 import os.path as osp
 import re
 from typing import Dict, List, Optional
 
-from .report import METRICS, PruningLog
+from mmgfp.core.spec import SpecError
+from .report import (METRICS, PruningLog, ReportError, channel_rows, find_spec, load_log,
+                     primary_metric)
 
 LABELS = {'flops': 'FLOPs', 'acts': 'activations', 'params': 'parameters'}
 COLORS = {'flops': 'tab:blue', 'acts': 'tab:orange', 'params': 'tab:green'}
@@ -187,3 +191,43 @@ def render(log: PruningLog, work_dir: str, spec_path: Optional[str], groups: Lis
         lines += [f"![channels kept per group]({images['channels']})", '']
         lines += _channel_tables(groups, layers) + ['']
     return '\n'.join(lines)
+
+
+def make_report(work_dir: str, out_dir: Optional[str] = None, spec: Optional[str] = None,
+                metric: Optional[str] = None) -> Dict:
+    """Write ``report.md`` and its PNGs for the pruning run in ``work_dir``.
+
+    Args:
+        work_dir (str): The run's work dir (or one ``<timestamp>`` folder of it).
+        out_dir (str, optional): Where to write. Defaults to ``WORK_DIR/report``.
+        spec (str, optional): Channel spec for the per-group chart. Defaults to the work dir's
+            ``channels_final.json``, else its most pruned ``pruned_*.json``.
+        metric (str, optional): Validation metric to plot. Defaults to the first of
+            ``coco/bbox_mAP``, ``coco/segm_mAP``, ``accuracy/top1``, ``pascal_voc/mAP`` logged.
+
+    Returns:
+        dict: ``report`` (markdown path), ``images`` (name -> PNG path), ``log``
+        (:class:`PruningLog`), ``spec`` (path or None), ``groups``/``layers`` (rows).
+    """
+    log = load_log(work_dir)
+    spec_path = find_spec(work_dir, spec)
+    try:
+        groups, layers = channel_rows(spec_path) if spec_path else ([], [])
+    except SpecError as e:
+        raise ReportError(f'channel spec {spec_path}: {e}') from None
+    name = primary_metric(log.metrics, metric)
+    out_dir = out_dir or osp.join(work_dir, 'report')
+    os.makedirs(out_dir, exist_ok=True)
+    images = {'progress': plot_progress(log, osp.join(out_dir, 'progress.png'), name)}
+    if name is not None:
+        images['metric_vs_flops'] = plot_metric_vs_flops(
+            log, osp.join(out_dir, 'metric_vs_flops.png'), name)
+    if groups:
+        images['channels'] = plot_channels(groups, osp.join(out_dir, 'channels.png'))
+    path = osp.join(out_dir, 'report.md')
+    text = render(log, work_dir, spec_path, groups, layers, name,
+                  {k: osp.relpath(v, out_dir) for k, v in images.items()})
+    with open(path, 'w') as f:
+        f.write(text)
+    return dict(report=path, images=images, log=log, spec=spec_path, groups=groups,
+                layers=layers, metric=name)
