@@ -48,6 +48,7 @@ def test_profile_then_reuse(tmp_path, capsys):
     assert tool.main(argv) == 0
     printed = capsys.readouterr()
     assert f'wrote {out}' in printed.out and 'alignment found: 1:' in printed.out
+    assert "of the rest shrinks with the layers' outputs" in printed.out
     table = json.load(open(out))
     assert table['key']['input_size'] == [32, 32] and table['key']['threads'] == 1
     assert table['key']['config'] == str(cfg)
