@@ -27,7 +27,11 @@ def device_name(device: str) -> str:
 
 def make_key(device: str, dtype: str, channels_last: bool, batch: int, threads: int,
              input_size: Sequence[int], model: str, config: str) -> Dict:
-    return {'device': device_name(device), 'torch': torch.__version__, 'dtype': dtype,
+    """The settings a table was measured with, as plain JSON types (``torch.__version__`` is
+    a ``TorchVersion``, which a checkpoint holding the key could not load with
+    ``weights_only=True``)."""
+    return {'device': str(device_name(device)), 'torch': str(torch.__version__),
+            'dtype': str(dtype),
             'channels_last': bool(channels_last), 'batch': int(batch), 'threads': int(threads),
             'input_size': [int(s) for s in input_size], 'model': model, 'config': config}
 

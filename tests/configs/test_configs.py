@@ -107,6 +107,11 @@ def test_prune_config_loads_its_baseline(path):
     else:
         expected = f'work_dirs/{stem}/epoch_{base.train_cfg.max_epochs}.pth'
     assert cfg.load_from == expected
-    assert hook['delta'] in ('acts', 'flops') and name.endswith(f'_gfp_{hook["delta"]}.py')
+    assert hook['delta'] in ('acts', 'flops', 'latency') and name.endswith(
+        f'_gfp_{hook["delta"]}.py')
+    if hook['delta'] == 'latency':  # a latency target needs the table it is measured with
+        assert hook['target_metric'] == 'latency' and hook.get('latency_table')
+        from mmgfp.hooks import FisherPruningHook
+        FisherPruningHook(**{k: v for k, v in hook.items() if k != 'type'})  # settings check
     assert hook.get('prune', True) is True
     assert round(hook['target'], 2) in [round(t, 2) for t in hook['save_thresholds']]

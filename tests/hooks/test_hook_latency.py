@@ -72,7 +72,7 @@ def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
         cfg.experiment_name = f'profiled_{uuid.uuid4().hex[:8]}'
         cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
                                  target=0.9, target_metric='latency', channels_per_step=256,
-                                 latency_table=settings, save_thresholds=())]
+                                 latency_table=settings, save_thresholds=(0.95, ))]
         runner = Runner.from_cfg(cfg)
         runner.train()
         return runner, next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
@@ -86,6 +86,9 @@ def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
     assert hook.finished and hook.pruner.remaining()['latency'] <= 0.9
     logs = ''.join(open(p).read() for p in glob.glob(osp.join(str(work), '*', '*.log')))
     assert 'profiling the latency table on cpu (batch 1, input 64x64, fp32)' in logs
+    # the checkpoint records the table's key in plain types: it loads with weights_only
+    ckpt = torch.load(str(work / 'pruned_latency_0.95.pth'), weights_only=True)
+    assert ckpt['mmgfp']['latency_key'] == key and type(key['torch']) is str
     stamp = osp.getmtime(path)
     _, again = train()
     assert osp.getmtime(path) == stamp, 'the second run must reuse the profiled table'
