@@ -47,7 +47,7 @@ def parse_args(argv=None):
     return args
 
 
-def summary(table, groups, seconds: float) -> str:
+def summary(table, seconds: float) -> str:
     from collections import Counter
 
     from mmgfp.apis.latency import explained
@@ -58,7 +58,7 @@ def summary(table, groups, seconds: float) -> str:
         f'{len(table.layers)} layers ({points} widths timed when profiled), this run '
         f'{seconds:.0f} s; whole model '
         f'{table.total_us / 1e3:.2f} ms, of which the layers explain '
-        f'{explained(table, groups):.0%} at full width; {table.scaled_remainder:.0%} of the '
+        f'{explained(table):.0%} at full width; {table.scaled_remainder:.0%} of the '
         'rest shrinks with the layers\' outputs (measured on a half-width copy)',
         'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])
 
@@ -76,14 +76,14 @@ def main(argv=None) -> int:
         raise SystemExit(f'error: {e}')
     t0 = time.perf_counter()
     try:
-        table, groups = profile_config(
+        table, _ = profile_config(
             cfg, args.config, args.device, args.dtype, args.channels_last, args.batch,
             args.input_size, args.checkpoint, threads=args.threads, points=args.points,
             rounds=args.rounds, tol=args.tol, align=not args.no_align, out=args.out,
             force=args.force)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
-    print(summary(table, groups, time.perf_counter() - t0))
+    print(summary(table, time.perf_counter() - t0))
     print(f'wrote {args.out}')
     return 0
 

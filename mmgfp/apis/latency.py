@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
-from mmgfp.core.latency import module_io, timed_layers
+from mmgfp.core.latency import timed_layers
 from .timing import (DTYPES, Timer, check_settings, compare_latency, device_name, make_key,
                      measure_latency, prepare, threads_set)
 
@@ -385,14 +385,10 @@ def calibrate_remainder(model: nn.Module, forward_fn: Callable[[nn.Module], Any]
         log(f'[profile_latency] no half-width copy to calibrate the remainder ({type(e).__name__}'
             f': {e}); it is kept fixed')
         return 0.0
-    calib = LatencyTable(table.key, ms['full'] * 1e3, table.to_dict()['layers'])
-    full_rem = calib.remainder_us
-    layers_thin = calib.predict_module(thin) - full_rem
-    thin_rem = ms['thin'] * 1e3 - layers_thin
-    outs = [(lay.out_elems, module_io(thin.get_submodule(n))[1], lay.full_io[1])
-            for n, lay in calib.layers.items()]
-    full_out = sum(e * f for e, _, f in outs)
-    frac = sum(e * w for e, w, _ in outs) / full_out if full_out else 1.0
+    full_rem = ms['full'] * 1e3 - table.layers_us
+    thin_us, thin_out = table.module_sums(thin)
+    thin_rem = ms['thin'] * 1e3 - thin_us
+    frac = thin_out / table.out_full if table.out_full else 1.0
     if full_rem <= 0 or frac >= 1:
         return 0.0
     share = min(max((1 - thin_rem / full_rem) / (1 - frac), 0.0), 1.0)
@@ -402,10 +398,9 @@ def calibrate_remainder(model: nn.Module, forward_fn: Callable[[nn.Module], Any]
     return share
 
 
-def explained(table: LatencyTable, gs: GroupSet) -> float:
+def explained(table: LatencyTable) -> float:
     """Fraction of the measured total that the table's layers account for at full width."""
-    full = sum(table.layer_time(gs, n, lambda k: gs.groups[k].channels) for n in table.layers)
-    return full / table.total_us
+    return table.layers_us / table.total_us
 
 
 def hook_skip(cfg) -> List[str]:

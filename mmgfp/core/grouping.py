@@ -103,7 +103,8 @@ def layer_io(gs: GroupSet, name: str, kept: Callable[[str], int]) -> Tuple[int, 
     return cin, cout, cin // info.groups
 
 
-def _layer_info(mod: nn.Module, kernel: int) -> Optional[LayerInfo]:
+def layer_info(mod: nn.Module, kernel: int = 1) -> Optional[LayerInfo]:
+    """Kind, widths, groups and kernel of a conv/linear module; None for any other module."""
     if isinstance(mod, nn.modules.conv._ConvTransposeNd):  # the call's kernel is MACs-based
         return LayerInfo('conv_transpose', mod.in_channels, mod.out_channels, mod.groups,
                          mod.weight[0, 0].numel())
@@ -185,7 +186,7 @@ def build_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
     layers, types = {}, {}
     for call in res.calls:
         if call.module not in layers:
-            info = _layer_info(res.modules[call.module], call.kernel)
+            info = layer_info(res.modules[call.module], call.kernel)
             if info is not None:
                 layers[call.module] = info
     for name in list(res.producers) + list(res.consumers) + list(res.passthrough):

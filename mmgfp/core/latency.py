@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from .grouping import GroupSet, layer_io as _io
+from .grouping import GroupSet, layer_info, layer_io as _io
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -147,11 +147,13 @@ class LatencyTable:
             raise LatencyTableError(f'latency table `scaled_remainder` must lie in [0, 1], '
                                     f'but got {scaled_remainder!r}')
         self.scaled_remainder = float(scaled_remainder)
-        self._remainder: Optional[float] = None
-        self._out_full = sum(lay.out_elems * lay.full_io[1] for lay in self.layers.values())
         # (name, in, out) -> us: a pruning step changes few widths, so selection and
         # remaining() mostly ask for times already interpolated
         self._memo: Dict[Tuple[str, float, float], float] = {}
+        # the layer entries at full width: their time and output elements; the remainder
+        self.layers_us = sum(self.time(n, *lay.full_io) for n, lay in self.layers.items())
+        self.out_full = sum(lay.out_elems * lay.full_io[1] for lay in self.layers.values())
+        self.remainder_us = max(self.total_us - self.layers_us, 0.0)
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -173,22 +175,13 @@ class LatencyTable:
         return d
 
     # -- the remainder -----------------------------------------------------------------------
-    @property
-    def remainder_us(self) -> float:
-        """What the layer entries do not explain at full width (us, at least 0)."""
-        if self._remainder is None:
-            self._remainder = max(self.total_us - sum(self.time(n, *lay.full_io)
-                                                      for n, lay in self.layers.items()), 0.0)
-        return self._remainder
-
     def remainder_change(self, out_delta: float) -> float:
         """Change of the remainder (us) when the layers' outputs hold ``out_delta`` elements
         more than at full width (negative when pruned): its ``scaled_remainder`` share
         scales with the output elements."""
-        if not self.scaled_remainder or not out_delta:
+        if not self.scaled_remainder or not out_delta or not self.out_full:
             return 0.0
-        full = self._out_full
-        return self.scaled_remainder * self.remainder_us * out_delta / full if full else 0.0
+        return self.scaled_remainder * self.remainder_us * out_delta / self.out_full
 
     @classmethod
     def load(cls, path: str) -> 'LatencyTable':
@@ -288,17 +281,40 @@ class LatencyTable:
         given by ``kept``, and the scaled share of the remainder (:meth:`remainder_change`);
         layers no prunable group touches keep their time in the remainder.
         """
-        full = _full(gs)
-        t, out_delta = self.total_us, 0.0
-        for name in timed_layers(gs):
-            t += self.layer_time(gs, name, kept) - self.layer_time(gs, name, full)
-            out_delta += self._out_change(gs, name, kept, full)
-        return t + self.remainder_change(out_delta)
+        return self._change(gs, timed_layers(gs), kept, _full(gs), self.total_us)
 
-    def _out_change(self, gs: GroupSet, name: str, kept: KeptFn, ref: KeptFn) -> float:
-        """Output elements of layer ``name`` with ``kept`` channels minus those with ``ref``."""
-        elems = self._layer(name).out_elems
-        return elems * (_io(gs, name, kept)[1] - _io(gs, name, ref)[1]) if elems else 0.0
+    def _change(self, gs: GroupSet, names: Sequence[str], kept: KeptFn, ref: KeptFn,
+                start: float) -> float:
+        """``start`` plus the time layers ``names`` take with ``kept`` channels instead of
+        ``ref``, with the remainder's share of their output elements."""
+        t, out = start, 0.0
+        for name in names:
+            cin, cout, _ = _io(gs, name, kept)
+            rin, rout, _ = _io(gs, name, ref)
+            t += self.time(name, cin, cout) - self.time(name, rin, rout)
+            out += self._layer(name).out_elems * (cout - rout)
+        return t + self.remainder_change(out)
+
+    def module_sums(self, model: nn.Module) -> Tuple[float, float]:
+        """(time in us, output elements) of the table's layers at the widths of ``model``'s
+        modules (compare ``layers_us`` and ``out_full``, the same at full width).
+
+        Raises:
+            LatencyTableError: A layer of the table is missing from ``model``, is no conv or
+                linear layer, or is wider than profiled.
+        """
+        mods = dict(model.named_modules())
+        us = out = 0.0
+        for name, lay in self.layers.items():
+            info = layer_info(mods[name]) if name in mods else None
+            if info is None:
+                raise LatencyTableError(
+                    f'the latency table times module {name!r}, but the model has '
+                    f'{"no such module" if name not in mods else type(mods[name]).__name__}: '
+                    f'the table is for another model or config; {PROFILE_HINT}')
+            us += self.time(name, info.in_channels, info.out_channels)
+            out += lay.out_elems * info.out_channels
+        return us, out
 
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
@@ -309,18 +325,8 @@ class LatencyTable:
             LatencyTableError: A layer of the table is missing from ``model``, is no conv or
                 linear layer, or is wider than profiled.
         """
-        mods = dict(model.named_modules())
-        t, out_delta = self.total_us, 0.0
-        for name, lay in self.layers.items():
-            io = module_io(mods.get(name))
-            if io is None:
-                raise LatencyTableError(
-                    f'the latency table times module {name!r}, but the model has '
-                    f'{"no such module" if name not in mods else type(mods[name]).__name__}: '
-                    f'the table is for another model or config; {PROFILE_HINT}')
-            t += lay.time(*io) - lay.time(*lay.full_io)
-            out_delta += lay.out_elems * (io[1] - lay.full_io[1])
-        return t + self.remainder_change(out_delta)
+        us, out = self.module_sums(model)
+        return self.total_us + us - self.layers_us + self.remainder_change(out - self.out_full)
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:
@@ -336,10 +342,7 @@ class LatencyTable:
             return after if k == key else kept(k)
 
         names = group_layers(gs, key) if layers is None else layers
-        layer_us = sum(self.layer_time(gs, n, kept) - self.layer_time(gs, n, kept_after)
-                       for n in names)
-        out = sum(self._out_change(gs, n, kept_after, kept) for n in names)
-        return layer_us - self.remainder_change(out)
+        return self._change(gs, names, kept, kept_after, 0.0)
 
     def group_align(self, gs: GroupSet, key: str) -> int:
         """The lcm of the ``align`` of the layers that make or carry group ``key``'s
@@ -347,15 +350,6 @@ class LatencyTable:
         names = [n for n in group_layers(gs, key)
                  if gs.producers.get(n) == key or n in gs.passthrough]
         return math.lcm(1, *(self.align(n) for n in names))
-
-
-def module_io(mod: Optional[nn.Module]) -> Optional[Tuple[int, int]]:
-    """(in, out) channels of a conv or linear module (a 1-D entry reads ``out``), else None."""
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        return mod.in_channels, mod.out_channels
-    if isinstance(mod, nn.Linear):
-        return mod.in_features, mod.out_features
-    return None
 
 
 def _full(gs: GroupSet) -> KeptFn:
