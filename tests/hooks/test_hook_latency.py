@@ -14,9 +14,23 @@ from runner_utils import cls_config
 pytestmark = pytest.mark.slow
 
 
+def train_to_latency(config, work_dir, latency_table):
+    """Train ``config`` with a hook pruning to a predicted latency of 0.9 (steps of 256 units
+    every 2 iterations, a checkpoint at 0.95); the runner and its hook."""
+    from mmgfp.hooks import FisherPruningHook
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = f'latency_{uuid.uuid4().hex[:8]}'
+    cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
+                             target=0.9, target_metric='latency', channels_per_step=256,
+                             latency_table=latency_table, save_thresholds=(0.95, ))]
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner, next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+
+
 def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
     from mmgfp.apis.latency import profile_config
-    from mmgfp.hooks import FisherPruningHook
     config = cls_config(tmp_path, cls_data, max_iters=10)
     table_path = str(tmp_path / 'cpu_table.json')
     # deployed at 64x64 (trained at 32x32): convolutions, not per-op overhead, dominate
@@ -25,16 +39,8 @@ def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
                               progress=False)
     assert table.key['input_size'] == [64, 64] and table.key['batch'] == 1
 
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(tmp_path / 'work')
-    cfg.experiment_name = f'latency_{uuid.uuid4().hex[:8]}'
-    cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
-                             target=0.9, target_metric='latency', channels_per_step=256,
-                             latency_table=table_path, save_thresholds=(0.95, ))]
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-
-    hook = next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+    work_dir = tmp_path / 'work'
+    runner, hook = train_to_latency(config, work_dir, table_path)
     assert hook.finished, 'a predicted latency of 0.9 must be reached within the run'
     rem = hook.pruner.remaining()
     assert rem['latency'] <= 0.9 and rem['flops'] < 1
@@ -43,9 +49,9 @@ def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
     assert hook.pruner.predicted_latency() == pytest.approx(table.total_us * rem['latency'])
     scalars = runner.message_hub.log_scalars
     assert scalars['train/gfp_latency'].current() == pytest.approx(rem['latency'])
-    ckpt = torch.load(osp.join(cfg.work_dir, 'pruned_latency_0.95.pth'), weights_only=True)
+    ckpt = torch.load(osp.join(str(work_dir), 'pruned_latency_0.95.pth'), weights_only=True)
     assert ckpt['mmgfp']['latency_key'] == table.key  # which device the pruning was for
-    logs = ''.join(open(p).read() for p in glob.glob(osp.join(cfg.work_dir, '*', '*.log')))
+    logs = ''.join(open(p).read() for p in glob.glob(osp.join(str(work_dir), '*', '*.log')))
     assert f'latency table {table_path} measured on cpu: ' in logs
     assert 'divisor=auto, from the latency table' in logs
 
@@ -61,23 +67,10 @@ def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
     """latency_table=dict(...): profiled on the training device at the deploy input size, written
     to the work dir, used for pruning; a second run with the same settings reuses the file."""
     import json
-    from mmgfp.hooks import FisherPruningHook
     config = cls_config(tmp_path, cls_data, max_iters=6)
     work = tmp_path / 'work'
     settings = dict(input_size=(64, 64), threads=1, points=3, rounds=3, warmup=1, align=False)
-
-    def train():
-        cfg = Config.fromfile(config)
-        cfg.work_dir = str(work)
-        cfg.experiment_name = f'profiled_{uuid.uuid4().hex[:8]}'
-        cfg.custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='latency',
-                                 target=0.9, target_metric='latency', channels_per_step=256,
-                                 latency_table=settings, save_thresholds=(0.95, ))]
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        return runner, next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
-
-    runner, hook = train()
+    runner, hook = train_to_latency(config, work, settings)
     path = str(work / 'latency_table.json')
     assert hook.latency_table == path and osp.isfile(path)
     key = json.loads(open(path).read())['key']
@@ -90,7 +83,7 @@ def test_the_table_is_profiled_when_training_starts(tmp_path, cls_data):
     ckpt = torch.load(str(work / 'pruned_latency_0.95.pth'), weights_only=True)
     assert ckpt['mmgfp']['latency_key'] == key and type(key['torch']) is str
     stamp = osp.getmtime(path)
-    _, again = train()
+    _, again = train_to_latency(config, work, settings)
     assert osp.getmtime(path) == stamp, 'the second run must reuse the profiled table'
     assert again.table.to_dict() == hook.table.to_dict()
 
