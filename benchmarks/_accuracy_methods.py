@@ -252,9 +252,9 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     run.train()
     hook = next(h for h in run.hooks if isinstance(h, FisherPruningHook))
     pruner = hook.pruner
+    rem = pruner.remaining()
     info = {'pruning_iters': hook.steps * hook.interval,
-            'target_reached': bool(pruner.remaining()[target_metric] <= target),
-            'hook_remaining': pruner.remaining(),
+            'target_reached': bool(rem[target_metric] <= target), 'hook_remaining': rem,
             'channels_pruned': sum(len(r.units) * pruner.groups.groups[r.key].block
                                    for r in pruner.history)}
     model = unwrap(run.model)
