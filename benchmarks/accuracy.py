@@ -73,6 +73,13 @@ QUICK = dict(iters=4, baseline_iters=2, seeds=[0], gfp_interval=1, gfp_channels_
              taylor_batches=1, tol=0.02)
 
 
+def fill_defaults(args, defaults: dict, quick: dict) -> None:
+    """Options left at None take their default, or their ``quick`` value with --quick."""
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, quick[k] if args.quick else v)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--config', default=DEFAULT_CONFIG, help='baseline config')
@@ -109,11 +116,8 @@ def parse_args(argv=None):
                         '(0: every iteration)')
     p.add_argument('--verbose', action='store_true', help="keep MMEngine's INFO logs")
     args = p.parse_args(argv)
-    defaults = dict(iters=300, seeds=[0, 1, 2], gfp_interval=2, gfp_channels_per_step=32,
-                    taylor_batches=4, tol=0.01)
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, QUICK[k] if args.quick else v)
+    fill_defaults(args, dict(iters=300, seeds=[0, 1, 2], gfp_interval=2,
+                             gfp_channels_per_step=32, taylor_batches=4, tol=0.01), QUICK)
     if args.quick and args.baseline_iters is None:
         args.baseline_iters = QUICK['baseline_iters']
     for name in ('iters', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches'):

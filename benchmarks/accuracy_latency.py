@@ -81,11 +81,8 @@ def parse_args(argv=None):
     p.add_argument('--progress', type=float, default=30.0, metavar='SECONDS')
     p.add_argument('--verbose', action='store_true')
     args = p.parse_args(argv)
-    defaults = dict(iters=300, seeds=[0, 1, 2], gfp_interval=2, gfp_channels_per_step=32,
-                    tol=0.01, rounds=50)
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, QUICK[k] if args.quick else v)
+    A.fill_defaults(args, dict(iters=300, seeds=[0, 1, 2], gfp_interval=2,
+                               gfp_channels_per_step=32, tol=0.01, rounds=50), QUICK)
     if not 0 < args.target < 1:
         p.error(f'--target is the fraction of the latency to keep, in (0, 1); got {args.target}')
     for name in ('iters', 'gfp_interval', 'gfp_channels_per_step', 'rounds', 'threads'):
