@@ -33,8 +33,8 @@ def build(cfg, checkpoint: Optional[str] = None) -> nn.Module:
     ``init_weights`` runs here, before loading, so that a Runner later given this module does
     not initialise it again (MMEngine's BaseModule initialises only once).
     """
-    from mmgfp.apis.check import build_model
-    from mmgfp.apis.deploy import load_strict, read_checkpoint
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.deploying.deploy import load_strict, read_checkpoint
     model = build_model(cfg, init=True)
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint)
@@ -240,7 +240,7 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     """
     from mmgfp.core import apply_spec, make_spec
     from mmgfp.hooks.fisher_pruning_hook import FisherPruningHook
-    from mmgfp.models.mmdet_rules import fix_compact
+    from mmgfp.codebases import fix_compact
     cfg = copy.deepcopy(cfg)
     cfg.load_from = baseline
     cfg.custom_hooks = [dict(type='FisherPruningHook', interval=interval, delta=delta,
@@ -379,7 +379,7 @@ def random_prune(model: nn.Module, target: float, seed: int,
     """
     from mmgfp.apis.inputs import demo_batch, tensor_forward
     from mmgfp.core import FisherPruner, apply_spec, build_groups, count, make_spec
-    from mmgfp.models.mmdet_rules import fix_compact
+    from mmgfp.codebases import fix_compact
     model.eval()
     gs = build_groups(model, tensor_forward(demo_batch(model, 1, input_size)))
     pruner = FisherPruner(model, gs, 'flops')

@@ -47,7 +47,7 @@ def thin_cfg(base, width: float):
 
 def thin_search(base, target: float, full_flops: float, tol: float, max_trials: int = 8):
     """The width factor whose thin detector has FLOPs closest to ``target`` of the full one."""
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
 
     def flops_at(shrink):  # search() works on a ratio removed: width = 1 - shrink
         m = build_model(thin_cfg(base, 1 - shrink), init=False)

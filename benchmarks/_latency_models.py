@@ -98,7 +98,7 @@ def prune(orig, groups, variant, name, args, seed, table=None):
     the original's time; the others until ``--target`` of the FLOPs remain.
     """
     from mmgfp.apis.inputs import demo_batch, tensor_forward
-    from mmgfp.apis.check import rel_diff
+    from mmgfp.apis.checking.check import rel_diff
     from mmgfp.core import apply_spec, make_spec
     model = copy.deepcopy(orig)
     model.train()

@@ -81,7 +81,7 @@ def _head(status: Counter, ratio: float, det_size: int, tol: float) -> list:
         'One config per model family of mmdet 3.3.0 and mmpretrain 1.2.0 '
         '(`<pkg>/.mim/configs/<family>`), built without weights; a random '
         f'{ratio:g} of every prunable channel group masked, the compact model exported, '
-        'rebuilt from its config and compared with the masked one (`mmgfp.apis.check.'
+        'rebuilt from its config and compared with the masked one (`mmgfp.apis.checking.check.'
         'check_model`, seed 0). Detectors at '
         f'{det_size}x{det_size} (128, 256 or 320 where a detector needs larger maps: '
         'the Input column), classifiers at the size of their test pipeline, '

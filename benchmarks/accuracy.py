@@ -148,7 +148,7 @@ def base_config(args):
             and how to fix it, before the baseline trains for minutes and fails later.
     """
     import _accuracy_thin as thin
-    from mmgfp.apis.check import load_config
+    from mmgfp.apis.checking.check import load_config
     try:
         cfg = load_config(args.config)
     except FileNotFoundError as e:

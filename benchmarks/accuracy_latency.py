@@ -110,7 +110,7 @@ def forward_fn(model):
 
 def get_table(cfg, args, baseline: str):
     """The config's CPU latency table: reused from ``--table`` when it fits, else profiled."""
-    from mmgfp.apis.latency import profile_config
+    from mmgfp.apis.latency.profile import profile_config
     import _accuracy_methods as M
     os.makedirs(osp.dirname(osp.abspath(args.table)), exist_ok=True)
     quick = dict(points=2, rounds=1, align=False) if args.quick else {}
@@ -182,7 +182,7 @@ def time_all(runs: list, base_model, args) -> dict:
     in one process; each run gets ``measured`` (its time over the baseline's)."""
     import torch
 
-    from mmgfp.apis.timing import compare_latency, prepare
+    from mmgfp.apis.latency.timing import compare_latency, prepare
     models = {'baseline': prepare(base_model)}
     for r in runs:
         path = osp.join(r['dir'], 'compact.pth')

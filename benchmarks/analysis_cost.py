@@ -102,7 +102,7 @@ LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     C.quiet_logs()
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
     from mmgfp.apis.inputs import demo_batch
     out = {'model': args.model, 'method': args.method}
     torch.manual_seed(0)

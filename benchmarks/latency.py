@@ -12,7 +12,7 @@ For each model (random initialisation, no pretrained weights):
 
 1. trace the groups once (``build_groups`` on the loss path of a random demo batch at the
    *pruning* input size);
-2. profile a CPU latency table of the original (``mmgfp.apis.latency.profile_latency``: every
+2. profile a CPU latency table of the original (``mmgfp.apis.latency.profile.profile_latency``: every
    prunable layer timed over its channel counts at its real input size) at the *latency* input
    size, for every batch size measured, with the threads used for timing; tables are stored in
    ``--tables-dir`` and reused when device, settings and layers match (``--no-table`` skips
@@ -101,7 +101,7 @@ def get_table(orig, groups, name, bs, lsize, args):
     """The model's CPU latency table at batch ``bs``: from ``--tables-dir`` when a table with the
     same device, settings and layers is there, else profiled (on ``--time-core``) and stored."""
     from mmgfp.apis.inputs import demo_batch, tensor_forward
-    from mmgfp.apis.latency import profile_latency
+    from mmgfp.apis.latency.profile import profile_latency
     os.makedirs(args.tables_dir, exist_ok=True)
     path = os.path.join(args.tables_dir, f'{name}_cpu_b{bs}_t{args.threads}_'
                         f'{lsize[0]}x{lsize[1]}.json')
@@ -183,7 +183,7 @@ def parse_args(argv=None):
 
 def build(name, args):
     """The original model (random init, random norms) and its groups."""
-    from mmgfp.apis.check import build_model, randomize_norms
+    from mmgfp.apis.checking.check import build_model, randomize_norms
     from mmgfp.apis.inputs import demo_batch, loss_forward
     from mmgfp.core import build_groups
     torch.manual_seed(args.seed)

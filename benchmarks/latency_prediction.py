@@ -59,9 +59,9 @@ def main(argv=None):
     p.add_argument('--json')
     args = p.parse_args(argv)
     C.quiet_logs()
-    from mmgfp.apis.check import build_model, randomize_norms
+    from mmgfp.apis.checking.check import build_model, randomize_norms
     from mmgfp.apis.inputs import demo_batch, loss_forward, prepare_like_training, tensor_forward
-    from mmgfp.apis.latency import compare_latency, prepare
+    from mmgfp.apis.latency.profile import compare_latency, prepare
     from mmgfp.core import LatencyTable, build_groups
     table = LatencyTable.load(args.table)
     torch.set_num_threads(table.key['threads'])

@@ -58,7 +58,7 @@ def premask(pruner, fraction: float, seed: int = 0) -> None:
 def setup(name, input_size, batch_size, lr, mask_on='auto', seed=0):
     from mmengine.optim import OptimWrapper
 
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
     from mmgfp.apis.inputs import demo_batch, loss_forward
     from mmgfp.core import FisherPruner, build_groups
     torch.manual_seed(seed)

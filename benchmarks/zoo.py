@@ -11,7 +11,7 @@ Run from the repository root, in parts if the machine is small (results are kept
 A family is a folder of ``<pkg>/.mim/configs``; its representative config is the first model of
 its ``metafile.yml`` whose config exists (else the shortest config name), unless ``PICK`` names
 one. Each family runs in its own process (one thread, ``--timeout`` seconds) through
-``mmgfp.apis.check.check_model`` at ``--ratio`` 0.5: detectors at ``--det-size`` (64x64),
+``mmgfp.apis.checking.check.check_model`` at ``--ratio`` 0.5: detectors at ``--det-size`` (64x64),
 classifiers at the size of their own test pipeline. The result is stored as
 ``RESULTS/<pkg>__<family>.json`` and reused unless ``--force``; ``docs/zoo.md`` is written from
 every stored result. Families that are not detection, instance segmentation or classification
@@ -77,7 +77,7 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------ one family
 def _load(config: str):
-    from mmgfp.apis.check import load_config
+    from mmgfp.apis.checking.check import load_config
     cfg = load_config(config)
     if not cfg.get('default_scope'):  # some configs leave the scope to the tool that runs them
         cfg.default_scope = config.split('::')[0]
@@ -133,7 +133,7 @@ def _in_mmcv_ops(e: Exception):
 def _check(cfg, res: dict, args):
     """check_model at growing input sizes (detectors) and, where an mmcv op asserts on its
     input (MaskedConv2d takes one image per batch), one image per batch."""
-    from mmgfp.apis.check import check_model
+    from mmgfp.apis.checking.check import check_model
     size, batch = tuple(res['input_size']), 2
     while True:
         try:

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
     from mmengine.config import Config
-    from mmgfp.apis.check import analyze, group_table, load_config
+    from mmgfp.apis.checking.check import analyze, group_table, load_config
     try:
         found = analyze(load_config(args.config), args.input_size)
     except (ValueError, FileNotFoundError) as e:  # a wrong input size or config: say which

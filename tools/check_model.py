@@ -37,7 +37,7 @@ def parse_args(argv=None):
 
 def latency_report(args, cfg) -> dict:
     """Predicted and measured latency of the model pruned at random (``--latency``)."""
-    from mmgfp.apis.latency_check import random_compact_latency
+    from mmgfp.apis.latency.check import random_compact_latency
     from mmgfp.core import LatencyTableError
     try:
         rep = random_compact_latency(cfg, args.ratio, args.seed, args.latency_table)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
     from mmengine.config import Config
-    from mmgfp.apis.check import check_model, load_config
+    from mmgfp.apis.checking.check import check_model, load_config
     cfg = load_config(args.config)
     try:
         rep = check_model(cfg, args.ratio, args.seed, args.input_size)

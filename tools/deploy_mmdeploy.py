@@ -8,10 +8,10 @@ CONFIG is usually the compact config ``tools/deploy_pruned.py`` wrote and CHECKP
 ``input``: the normalised image batch; outputs ``dets`` [N, K, 5] = boxes + score and
 ``labels`` [N, K]) and ``deploy_cfg.py``, MMDeploy's deploy config for it (MMDeploy's own
 configs are not in its wheel; this one is written in code, see
-``mmgfp/apis/mmdeploy_export.py``). With ``deploy_cfg.py`` MMDeploy's own API runs the model,
+``mmgfp/apis/deploying/mmdeploy_export.py``). With ``deploy_cfg.py`` MMDeploy's own API runs the model,
 e.g. ``mmdeploy.apis.inference_model(CONFIG, DIR/deploy_cfg.py, [DIR/end2end.onnx], IMG,
 'cpu')``. The export runs inside mmgfp's compatibility layer for current PyTorch
-(``mmgfp/apis/mmdeploy_compat.py``). ``--check`` runs MMDetection (PyTorch) and MMDeploy's ONNX
+(``mmgfp/apis/deploying/mmdeploy_compat.py``). ``--check`` runs MMDetection (PyTorch) and MMDeploy's ONNX
 Runtime model on IMG and exits 1 unless they give the same detections (boxes within 0.01 px,
 scores within 1e-4, same labels) at or above the config's score threshold, and at least one.
 """
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def _check(args, cfg, deploy_cfg, onnx_file) -> bool:
-    from mmgfp.apis import mmdeploy_export as md
+    from mmgfp.apis.deploying import mmdeploy_export as md
     ref = md.pytorch_detections(args.config, args.checkpoint, args.image)
     got = md.onnxruntime_detections(args.config, deploy_cfg, onnx_file, args.image)
     cut = md.comparable_score(cfg, ref, got)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     import mmgfp  # noqa: F401
     from mmengine.config import Config
 
-    from mmgfp.apis import mmdeploy_export as md
+    from mmgfp.apis.deploying import mmdeploy_export as md
     from mmgfp.core.spec import SpecError
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint'),
                        (args.image, 'image')):

@@ -54,7 +54,7 @@ def parse_args(argv=None):
 
 def measure(args, written):
     """Print (and return) the latency report of the deployed compact model."""
-    from mmgfp.apis.latency_check import deployed_latency
+    from mmgfp.apis.latency.check import deployed_latency
     if written.get('pruned') != 'yes':
         print('--measure: nothing was pruned, the compact model is the original')
         return None
@@ -68,7 +68,7 @@ def measure(args, written):
 def main(argv=None):
     args = parse_args(argv)
     import mmgfp  # noqa: F401
-    from mmgfp.apis.deploy import deploy
+    from mmgfp.apis.deploying.deploy import deploy
     from mmgfp.core.spec import SpecError
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):

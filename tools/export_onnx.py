@@ -62,7 +62,7 @@ def _describe(info: dict, model) -> str:
 
 
 def _check(model, info, args) -> bool:
-    from mmgfp.apis.export import check_onnx
+    from mmgfp.apis.deploying.onnx_export import check_onnx
     batches = [args.batch, args.batch + 1] if info['dynamic_batch'] else [args.batch]
     worst = {}
     for b in batches:
@@ -79,7 +79,7 @@ def _check(model, info, args) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
-    from mmgfp.apis.export import ExportError, export_onnx, load_model, require
+    from mmgfp.apis.deploying.onnx_export import ExportError, export_onnx, load_model, require
     from mmgfp.core.spec import SpecError
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'error: checkpoint {args.checkpoint} does not exist')

@@ -72,7 +72,7 @@ def measure(config: str, checkpoint: str, compact_config: str, compact_checkpoin
     """FLOPs/acts (per image, traced), params and CPU latency of both models."""
     import torch
     from mmengine.config import Config
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
     from mmgfp.apis.inputs import demo_batch, loss_forward
     from mmgfp.core import FisherPruner, build_groups, load_spec, masks_from_spec
     torch.set_num_threads(2)

@@ -50,7 +50,7 @@ def parse_args(argv=None):
 def summary(table, seconds: float) -> str:
     from collections import Counter
 
-    from mmgfp.apis.latency import explained
+    from mmgfp.apis.latency.profile import explained
     aligns = Counter(layer.align for layer in table.layers.values())
     points = sum(layer.entry.get('points_timed', 0) for layer in table.layers.values())
     return '\n'.join([
@@ -66,8 +66,8 @@ def summary(table, seconds: float) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
-    from mmgfp.apis.check import load_config
-    from mmgfp.apis.latency import profile_config
+    from mmgfp.apis.checking.check import load_config
+    from mmgfp.apis.latency.profile import profile_config
     if args.checkpoint and not osp.isfile(args.checkpoint):
         raise SystemExit(f'error: checkpoint {args.checkpoint} does not exist')
     try:

@@ -30,8 +30,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from mmgfp.apis.report import ReportError
-    from mmgfp.apis.report_render import make_report
+    from mmgfp.apis.report.data import ReportError
+    from mmgfp.apis.report.render import make_report
     try:
         out = make_report(args.work_dir, args.out, args.spec, args.metric)
     except ReportError as e:

@@ -14,7 +14,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmgfp  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from mmgfp.apis.check import load_config  # noqa: E402
+from mmgfp.apis.checking.check import load_config  # noqa: E402
 
 
 def parse_args(argv=None):

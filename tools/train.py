@@ -20,7 +20,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmgfp  # noqa: E402,F401  (registration, safe checkpoint loading)
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from mmgfp.apis.check import load_config  # noqa: E402
+from mmgfp.apis.checking.check import load_config  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -131,7 +131,7 @@ def pack_model(name: str, args, largs) -> List[Dict]:
     """Every variant of one model, traced, stripped and saved; their manifest entries."""
     import _latency_models as LM
     import latency
-    from mmgfp.apis.export import TensorPath
+    from mmgfp.apis.deploying.onnx_export import TensorPath
     from mmgfp.core.latency import LatencyTable
     orig, groups, _ = latency.build(name, largs)
     side = args.det_size if LM.is_detector(name) else args.cls_size

@@ -2,8 +2,9 @@
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Sequence, Tuple
 
-import torch
 import torch.nn as nn
+
+from mmgfp.codebases import codebase_of, config_scope
 
 
 def loss_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
@@ -30,66 +31,18 @@ def tensor_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
     return fn
 
 
-def _num_classes(model: nn.Module) -> int:
-    for path in ('bbox_head', 'roi_head.bbox_head', 'head'):
-        obj = model
-        for part in path.split('.'):
-            obj = getattr(obj, part, None)
-        if obj is not None and hasattr(obj, 'num_classes'):
-            return int(obj.num_classes)
-    return 10
-
-
-def _with_mask(model: nn.Module) -> bool:
-    # a mask head, or a preprocessor that pads masks (Mask2Former reads them from the data)
-    return bool(getattr(model, 'with_mask', False) or
-                getattr(getattr(model, 'data_preprocessor', None), 'pad_mask', False))
-
-
-def _channels(model: nn.Module) -> int:
-    # image channels the preprocessor normalises (1 for MNIST's LeNet), else RGB
-    mean = getattr(getattr(model, 'data_preprocessor', None), 'mean', None)
-    return mean.numel() if isinstance(mean, torch.Tensor) and mean.numel() in (1, 3) else 3
-
-
 def demo_batch(model: nn.Module, batch_size: int = 2, input_size: Sequence[int] = (128, 128),
                seed: int = 0, num_classes: Optional[int] = None) -> dict:
     """A packed batch (as a dataloader gives it) of random images and labels for ``model``.
 
-    Works for MMDetection detectors (random boxes, masks when the model has a mask head) and
-    MMPretrain classifiers (random labels).
+    The model's codebase (:mod:`mmgfp.codebases`) makes it: random boxes (and masks where the
+    model has a mask head) for MMDetection detectors, random labels for MMPretrain classifiers.
     """
     prepare_like_training()
-    gen = torch.Generator().manual_seed(seed)
-    num_classes = num_classes or _num_classes(model)
-    h, w = input_size
-    c = _channels(model)
-    inputs = [torch.randint(0, 256, (c, h, w), generator=gen, dtype=torch.uint8)
-              for _ in range(batch_size)]
-    family = type(model).__module__.split('.')[0]
-    if family == 'mmdet':
-        from mmdet.testing import demo_mm_inputs
-        torch.manual_seed(seed)
-        import numpy as np
-        np.random.seed(seed)
-        # demo_mm_inputs draws labels from [1, num_classes): give it room for one class
-        packed = demo_mm_inputs(batch_size, [[3, h, w]] * batch_size, num_items=[3] *
-                                batch_size, num_classes=max(num_classes, 2),
-                                with_mask=_with_mask(model))
-        for sample in packed['data_samples']:
-            sample.gt_instances.labels = sample.gt_instances.labels % num_classes
-        packed['inputs'] = inputs
-        return packed
-    if family == 'mmpretrain':
-        from mmpretrain.structures import DataSample
-        samples = [DataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
-        return {'inputs': inputs, 'data_samples': samples}
-    raise TypeError(f'demo_batch supports MMDetection and MMPretrain models, not '
-                    f'{type(model).__name__} from {type(model).__module__}')
+    return codebase_of(model).demo_batch(model, batch_size, tuple(input_size), seed,
+                                         num_classes)
 
 
-DETECTOR_INPUT_SIZE = (128, 128)
-CLASSIFIER_INPUT_SIZE = (224, 224)  # when the config's pipelines name no size
 # transforms that fix the image size, with the argument that holds it (mmcv/mmpretrain)
 _SIZE_ARGS = {'CenterCrop': 'crop_size', 'RandomResizedCrop': 'scale', 'Resize': 'scale',
               'RandomCrop': 'crop_size', 'ResizeEdge': 'scale'}
@@ -124,15 +77,14 @@ def pipeline_input_size(cfg) -> Optional[Tuple[int, int]]:
 
 
 def is_classifier_config(cfg) -> bool:
-    return cfg.get('default_scope') == 'mmpretrain'
+    return config_scope(cfg) == 'mmpretrain'
 
 
 def default_input_size(cfg) -> Tuple[int, int]:
-    """The demo input size of a config: a classifier's test-pipeline size (224x224 if it names
-    none), 128x128 for detectors (any size a multiple of the largest stride works)."""
-    if is_classifier_config(cfg):
-        return pipeline_input_size(cfg) or CLASSIFIER_INPUT_SIZE
-    return DETECTOR_INPUT_SIZE
+    """The demo input size of a config, as its codebase sets it: a classifier's test-pipeline
+    size (224x224 if it names none), 128x128 for detectors (any size a multiple of the largest
+    stride works)."""
+    return tuple(codebase_of(cfg).default_input_size(cfg))
 
 
 _SHAPE_WORDS = ('shape', 'size', 'dimension')

@@ -116,7 +116,7 @@ def profile_at_start(runner, model, groups, settings: Dict) -> Tuple[LatencyTabl
 def _profile(runner, model, groups, settings: Dict) -> Tuple[LatencyTable, str]:
     from mmgfp.apis.inputs import (default_input_size, demo_batch, pipeline_input_size,
                                    tensor_forward)
-    from mmgfp.apis.latency import profile_latency
+    from mmgfp.apis.latency.profile import profile_latency
     s = dict(settings)
     out = s.pop('out', None) or osp.join(runner.work_dir, TABLE_NAME)
     size = tuple(s.pop('input_size', None) or pipeline_input_size(runner.cfg) or

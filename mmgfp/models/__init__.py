@@ -1,6 +1,7 @@
-from . import mmdet_rules
+from mmgfp.codebases import register_rules
+
 from .compact import build_compact_model
 
-mmdet_rules.register()
+register_rules()
 
 __all__ = ['build_compact_model']

@@ -18,7 +18,7 @@ from mmengine.registry import MODELS
 
 from mmgfp.core import apply_spec, load_spec
 from mmgfp.core.spec import SpecError
-from .mmdet_rules import fix_compact
+from mmgfp.codebases import fix_compact
 
 
 def _guard_loading(model: nn.Module, spec: Dict) -> None:

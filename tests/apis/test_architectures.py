@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import compact_pair, compare, load_config, pair_report, verdict
+from mmgfp.apis.checking.check import compact_pair, compare, load_config, pair_report, verdict
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,7 @@ def test_tood_groups_outside_a_runner():
     check_model and tools/analyze_groups.py) set what the training loop would."""
     from mmengine.logging import MessageHub
 
-    from mmgfp.apis.check import analyze
+    from mmgfp.apis.checking.check import analyze
     hub = MessageHub.get_instance('mmgfp_test_tood_no_runner')  # fresh: no epoch, no iter
     assert MessageHub.get_current_instance() is hub and hub.get_info('epoch') is None
     found = analyze(load_config('mmdet::tood/tood_r50_fpn_1x_coco.py'), (64, 64))

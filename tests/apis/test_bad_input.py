@@ -53,7 +53,7 @@ def _cfg(tmp_path, name, depth=18, width=512):
 
 def _plain_checkpoint(config, path):
     from mmengine.config import Config
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
     model = build_model(Config.fromfile(config))
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return model
@@ -107,8 +107,8 @@ def test_compact_model_rejects_other_checkpoint(tmp_path):
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
-    from mmgfp.apis.check import build_model, random_masks
-    from mmgfp.apis.deploy import compact_config
+    from mmgfp.apis.checking.check import build_model, random_masks
+    from mmgfp.apis.deploying.deploy import compact_config
     from mmgfp.apis.inputs import demo_batch, loss_forward
     from mmgfp.core import FisherPruner, build_groups, make_spec, save_spec
     config = _cfg(tmp_path, 'r18.py')

@@ -13,10 +13,10 @@ import torch.nn as nn
 from mmengine.config import Config
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import (check_model, random_masks, randomize_norms, replayed_diff,
-                              verdict)
-from mmgfp.apis.precision import equivalence, float64_mode
-from mmgfp.apis.replay import Decisions
+from mmgfp.apis.checking.check import (check_model, random_masks, randomize_norms, replayed_diff,
+                                       verdict)
+from mmgfp.apis.checking.precision import equivalence, float64_mode
+from mmgfp.apis.checking.replay import Decisions
 from mmgfp.core import FisherPruner, apply_spec, build_groups, make_spec
 
 GAIN = 1e5
@@ -135,7 +135,7 @@ def test_check_model_reruns_a_real_model_in_float64():
 def test_vig_passes_via_float64_and_a_wrong_channel_in_it_does_not():
     # ViG builds k-NN graphs from features: float32 rounding of the compact model flips
     # neighbours (~1e-4 at 224x224); in float64 masked and compact agree to ~1e-15
-    from mmgfp.apis.check import compact_pair, compare, load_config
+    from mmgfp.apis.checking.check import compact_pair, compare, load_config
     pair = compact_pair(load_config('mmpretrain::vig/vig-tiny_8xb128_in1k.py'), 0.5, 0)
     diff = compare(pair['rebuilt'], pair['data'], pair['reference'])
     right = verdict(pair, diff, 1e-6)

@@ -4,7 +4,7 @@ import pytest
 from mmengine.config import Config
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import check_model, load_config
+from mmgfp.apis.checking.check import check_model, load_config
 from mmgfp.apis.inputs import default_input_size, pipeline_input_size
 
 LENET = 'mmpretrain::lenet/lenet5_mnist.py'  # fixed 32x32 input (Linear after the convs)

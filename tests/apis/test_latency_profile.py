@@ -13,9 +13,9 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
 from core_toys import groups_of, inputs, make  # noqa: E402
-from mmgfp.apis.latency import (axis_points, build_block, capture_calls,  # noqa: E402
-                                compare_latency, measure_latency, probe_align,
-                                profile_latency, refine)
+from mmgfp.apis.latency.profile import (axis_points, build_block, capture_calls,  # noqa: E402
+                                        compare_latency, measure_latency, probe_align,
+                                        profile_latency, refine)
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
 from mmgfp.core.grouping import layer_io as _io  # noqa: E402
 from mmgfp.core.latency import timed_layers  # noqa: E402
@@ -110,7 +110,7 @@ def test_capture_finds_calls_norm_and_activation():
 
 def test_remainder_calibration_arithmetic(monkeypatch):
     """The scaled share of the remainder from a half-width copy, with the times given."""
-    import mmgfp.apis.latency as L
+    import mmgfp.apis.latency.profile as L
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
     from test_core_latency import chain_table
     model, x = make('chain'), inputs(1)

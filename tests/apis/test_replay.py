@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmgfp.apis.check import rel_diff
-from mmgfp.apis.replay import Decisions, find_points
+from mmgfp.apis.checking.check import rel_diff
+from mmgfp.apis.checking.replay import Decisions, find_points
 
 
 class RPN(nn.Module):

@@ -27,8 +27,8 @@ from mmengine.registry import HOOKS  # noqa: E402
 from mmengine.utils import get_installed_path  # noqa: E402
 
 import mmgfp  # noqa: E402,F401
-from mmgfp.apis.check import build_model, random_masks, rel_diff  # noqa: E402
-from mmgfp.apis.deploy import deploy, load_strict  # noqa: E402
+from mmgfp.apis.checking.check import build_model, random_masks, rel_diff  # noqa: E402
+from mmgfp.apis.deploying.deploy import deploy, load_strict  # noqa: E402
 from mmgfp.apis.inputs import demo_batch, loss_forward, tensor_forward  # noqa: E402
 from mmgfp.core import FisherPruner, build_groups, make_spec  # noqa: E402
 from mmgfp.hooks.fisher_pruning_hook import FisherPruningHook  # noqa: E402

@@ -104,7 +104,7 @@ def _starting_point(config, out):
     from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
 
-    from mmgfp.apis.check import build_model
+    from mmgfp.apis.checking.check import build_model
     cfg = Config.fromfile(config)
     init_default_scope('mmdet')
     torch.manual_seed(0)
@@ -257,7 +257,7 @@ def _vouch_cut(tracer, module, inputs, output):
 
 @pytest.fixture
 def roi_source():
-    """_Cut tells the image of each row (as mmdet's RoI extractors do, mmdet_rules.py)."""
+    """_Cut tells the image of each row (as mmdet's RoI extractors do, codebases/mmdet.py)."""
     from mmgfp.core import VouchedModule
     from mmgfp.core.fisher import RowSource
     VouchedModule.register(_Cut, _vouch_cut)

@@ -20,9 +20,9 @@ mmdeploy = pytest.importorskip(
     'installs it for the tests)')
 
 import mmgfp  # noqa: E402,F401
-from mmgfp.apis import mmdeploy_export as md  # noqa: E402
-from mmgfp.apis.mmdeploy_compat import (apply_mmdeploy_compat, mmdeploy_compat,  # noqa: E402
-                                        restore_mmdeploy_compat)
+from mmgfp.apis.deploying import mmdeploy_export as md  # noqa: E402
+from mmgfp.apis.deploying.mmdeploy_compat import (  # noqa: E402
+    apply_mmdeploy_compat, mmdeploy_compat, restore_mmdeploy_compat)
 
 HEAD = ("bbox_head=dict(num_classes=10, in_channels=32, feat_channels=32, stacked_convs=2{norm}), "
         "test_cfg=dict(score_thr={thr}, max_per_img=100)")
@@ -71,7 +71,7 @@ def _head_layers(model: nn.Module):
 
 def _trained_like(model: nn.Module, seed: int, cls_scale: float) -> None:
     """Variance-keeping weights, then heads whose scores and boxes spread as trained ones do."""
-    from mmgfp.apis.check import randomize_norms
+    from mmgfp.apis.checking.check import randomize_norms
     from test_onnx import _spread_weights
     _spread_weights(model, seed)
     with torch.no_grad():
@@ -88,8 +88,8 @@ def _trained_like(model: nn.Module, seed: int, cls_scale: float) -> None:
 def _compact(name: str, tmp) -> dict:
     from mmengine.config import Config
 
-    from mmgfp.apis.check import analyze, random_masks
-    from mmgfp.apis.deploy import deploy
+    from mmgfp.apis.checking.check import analyze, random_masks
+    from mmgfp.apis.deploying.deploy import deploy
     from mmgfp.core import FisherPruner, make_spec
     base, model_cfg, cls_scale, thr = MODELS[name]
     config = str(tmp / f'{name}.py')
@@ -159,7 +159,7 @@ def _detections(out, image):
 
 
 def _check_compact_onnx(out):
-    from mmgfp.apis.export import load_model
+    from mmgfp.apis.deploying.onnx_export import load_model
     facts = _onnx_facts(out['onnx'])
     assert facts['outputs'] == ['dets', 'labels']
     assert 'NonMaxSuppression' in facts['ops']  # NMS inside the graph
@@ -215,7 +215,7 @@ def test_compat_patches_only_inside():
     restore_mmdeploy_compat()
     assert torch.onnx.export is export and hasattr(opset9, '_cast_Long') == had_cast
     # the patched export only changes the default: an explicit choice passes through
-    from mmgfp.apis.mmdeploy_compat import _legacy_export
+    from mmgfp.apis.deploying.mmdeploy_compat import _legacy_export
     calls = []
     legacy = _legacy_export(lambda *args, **kwargs: calls.append(kwargs))
     legacy(1)
@@ -292,7 +292,7 @@ def test_tool_errors_are_clear(tmp_path, tmp_path_factory, image, monkeypatch):
     cls_config = tmp_path / 'resnet.py'
     cls_config.write_text("_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'\n"
                           "model = dict(backbone=dict(init_cfg=None))\n")
-    from mmgfp.apis.export import load_model
+    from mmgfp.apis.deploying.onnx_export import load_model
     torch.save({'state_dict': load_model(str(cls_config), None).state_dict()},
                str(tmp_path / 'resnet.pth'))
     with pytest.raises(SystemExit, match='builds a ImageClassifier, not an MMDetection detector'):

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import analyze, randomize_norms, random_masks, rel_diff
-from mmgfp.apis.deploy import deploy
-from mmgfp.apis.export import (ExportError, check_onnx, export_onnx, flatten_outputs,
-                               load_model)
+from mmgfp.apis.checking.check import analyze, randomize_norms, random_masks, rel_diff
+from mmgfp.apis.deploying.deploy import deploy
+from mmgfp.apis.deploying.onnx_export import (ExportError, check_onnx, export_onnx, flatten_outputs,
+                                              load_model)
 from mmgfp.core import FisherPruner, make_spec
 
 DET = '''

@@ -15,7 +15,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.check import rel_diff
+from mmgfp.apis.checking.check import rel_diff
 from mmgfp.apis.inputs import tensor_forward
 from runner_utils import cls_config, det_config
 

@@ -30,7 +30,7 @@ def train_to_latency(config, work_dir, latency_table):
 
 
 def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
-    from mmgfp.apis.latency import profile_config
+    from mmgfp.apis.latency.profile import profile_config
     config = cls_config(tmp_path, cls_data, max_iters=10)
     table_path = str(tmp_path / 'cpu_table.json')
     # deployed at 64x64 (trained at 32x32): convolutions, not per-op overhead, dominate

@@ -24,7 +24,7 @@ def synthetic_table(gs):
     """A table whose layer times are c_in * c_out ns (exact under bilinear interpolation), the
     total a quarter more: the prediction is deterministic, whatever load the machine has
     (a real profile of this tiny net is timer noise on a busy CPU)."""
-    from mmgfp.apis.timing import make_key
+    from mmgfp.apis.latency.timing import make_key
     from mmgfp.core.grouping import layer_io as _io
     from mmgfp.core.latency import FORMAT, timed_layers
     full = {k: g.channels for k, g in gs.groups.items()}.__getitem__
@@ -47,7 +47,7 @@ def pruned(tmp_path_factory):
     latency table for this CPU at batch 1, 32x32, 1 thread (synthetic, see below)."""
     from mmengine.config import Config
 
-    from mmgfp.apis.check import analyze, random_masks, randomize_norms
+    from mmgfp.apis.checking.check import analyze, random_masks, randomize_norms
     from mmgfp.core import FisherPruner, make_spec
     tmp = tmp_path_factory.mktemp('latency_tools')
     config = str(tmp / 'r18_small.py')

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mmgfp.apis.report import (PruningLog, ReportError, Step, channel_rows, load_log, merge,
-                               parse_run)
+from mmgfp.apis.report.data import (PruningLog, ReportError, Step, channel_rows, load_log, merge,
+                                    parse_run)
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'hooks'))
 from runner_utils import CLS_GEN, cls_config  # noqa: E402

@@ -10,11 +10,12 @@ from mmengine.config import Config
 
 from mmgfp.core import (FisherPruner, GroupSet, apply_spec, build_groups, make_spec,
                         save_spec)
-from .deploy import build_model, compact_config, load_strict  # noqa: F401  (also public here)
-from .inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
-                     prepare_like_training, tensor_forward)
-from .precision import equivalence, float64_diff
-from .replay import Decisions
+from mmgfp.apis.deploying.deploy import (  # noqa: F401  (also public here)
+    build_model, compact_config, load_strict)
+from mmgfp.apis.inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
+                               prepare_like_training, tensor_forward)
+from mmgfp.apis.checking.precision import equivalence, float64_diff
+from mmgfp.apis.checking.replay import Decisions
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:
@@ -125,7 +126,7 @@ def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
                  input_size: Optional[Sequence[int]] = None,
                  work_dir: Optional[str] = None, batch_size: int = 2) -> Dict:
     """Mask a random ``ratio`` of every prunable group, run the masked model once (recording its
-    decisions, see :mod:`mmgfp.apis.replay`), export it and rebuild the compact model from the
+    decisions, see :mod:`mmgfp.apis.checking.replay`), export it and rebuild the compact model from the
     written config.
 
     Returns:
@@ -195,7 +196,7 @@ def replayed_diff(rebuilt: nn.Module, run, reference: Decisions) -> float:
 
 
 def verdict(pair: Dict, diff: float, tol: float, run=None) -> Dict:
-    """:func:`mmgfp.apis.precision.equivalence` of a :func:`compact_pair` whose float32
+    """:func:`mmgfp.apis.checking.precision.equivalence` of a :func:`compact_pair` whose float32
     difference is ``diff``: above ``tol``, both models are compared again in float64.
     ``run(model)`` is the forward pass (default: ``tensor_forward`` of the pair's data)."""
     run = run or tensor_forward(pair['data'])
@@ -215,7 +216,7 @@ def check_model(cfg: Config, ratio: float = 0.5, seed: int = 0,
     Discrete decisions (proposals, RoI levels, cascade refinements) are taken by the masked
     model and replayed in the compact one; the values they are taken on are compared too.
     Where the float32 difference exceeds ``tol``, both models are compared again in float64
-    (:mod:`mmgfp.apis.precision`): rounding that the model amplifies (deformable sampling,
+    (:mod:`mmgfp.apis.checking.precision`): rounding that the model amplifies (deformable sampling,
     local-maximum tests, feature-built graphs) vanishes there, a wrong compact model does not.
 
     Args:

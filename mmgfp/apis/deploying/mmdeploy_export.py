@@ -4,7 +4,7 @@ MMDeploy's own deploy configs (``configs/mmdet/detection/*.py``) are not in its 
 :func:`detection_deploy_config` writes the equivalent of its
 ``detection_onnxruntime_{dynamic,static}.py`` (end2end ONNX with ``dets``/``labels`` outputs)
 in code, with the NMS limits taken from the model's ``test_cfg``. :func:`export` runs
-``mmdeploy.apis.torch2onnx`` inside :func:`~mmgfp.apis.mmdeploy_compat.mmdeploy_compat`;
+``mmdeploy.apis.torch2onnx`` inside :func:`~mmgfp.apis.deploying.mmdeploy_compat.mmdeploy_compat`;
 :func:`pytorch_detections` and :func:`onnxruntime_detections` run both on one image and
 :func:`compare_detections` matches them box by box.
 
@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from mmengine.config import Config
 
-from .mmdeploy_compat import mmdeploy_compat
+from mmgfp.apis.deploying.mmdeploy_compat import mmdeploy_compat
 
 ONNX_FILE = 'end2end.onnx'
 DEPLOY_CFG_FILE = 'deploy_cfg.py'
@@ -75,7 +75,7 @@ def check_model(model_config: str, checkpoint: str) -> None:
     """
     from mmdet.models.detectors import BaseDetector
 
-    from .export import ExportError, load_model
+    from mmgfp.apis.deploying.onnx_export import ExportError, load_model
     try:
         model = load_model(model_config, checkpoint)
     except ExportError as e:

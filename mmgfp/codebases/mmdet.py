@@ -1,4 +1,10 @@
-"""Tracer rules for MMDetection modules built on ops the tracer cannot see."""
+"""MMDetection: demo batches, and tracer rules for modules built on ops the tracer cannot see."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .base import Codebase, register_codebase
 from mmgfp.core.fisher import RowSource
 from mmgfp.core.layout import Layout
 from mmgfp.core.tracing import VouchedModule
@@ -58,7 +64,7 @@ def _roi_rows(module, inputs):
     return rois[:, 0] if rois is not None and rois.dim() == 2 and rois.shape[1] == 5 else None
 
 
-def register() -> None:
+def _register_rules() -> None:
     try:
         from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
         from mmdet.models.roi_heads.roi_extractors.base_roi_extractor import \
@@ -68,3 +74,53 @@ def register() -> None:
     VouchedModule.register(SingleRoIExtractor, _roi_extractor)
     # Fisher terms of RoI features are folded onto the image each RoI was cut from
     RowSource.register(BaseRoIExtractor, _roi_rows)
+
+
+def _with_mask(model: nn.Module) -> bool:
+    # a mask head, or a preprocessor that pads masks (Mask2Former reads them from the data)
+    return bool(getattr(model, 'with_mask', False) or
+                getattr(getattr(model, 'data_preprocessor', None), 'pad_mask', False))
+
+
+@register_codebase
+class MMDetection(Codebase):
+    """Detectors: random boxes (and masks where the model has a mask head); 128x128 demo
+    images (any size that is a multiple of the largest stride works)."""
+    scope = 'mmdet'
+    title = 'MMDetection'
+    input_size = (128, 128)
+
+    def num_classes(self, model: nn.Module) -> Optional[int]:
+        for path in ('bbox_head', 'roi_head.bbox_head'):
+            obj = model
+            for part in path.split('.'):
+                obj = getattr(obj, part, None)
+            if obj is not None and hasattr(obj, 'num_classes'):
+                return int(obj.num_classes)
+        return None
+
+    def demo_batch(self, model: nn.Module, batch_size: int, input_size: Sequence[int],
+                   seed: int, num_classes: Optional[int]) -> dict:
+        import numpy as np
+        from mmdet.testing import demo_mm_inputs
+
+        from mmgfp.codebases.inputs import random_images
+        num_classes = num_classes or self.num_classes(model) or 10
+        h, w = input_size
+        inputs = random_images(model, batch_size, input_size, seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        # demo_mm_inputs draws labels from [1, num_classes): give it room for one class
+        packed = demo_mm_inputs(batch_size, [[3, h, w]] * batch_size, num_items=[3] *
+                                batch_size, num_classes=max(num_classes, 2),
+                                with_mask=_with_mask(model))
+        for sample in packed['data_samples']:
+            sample.gt_instances.labels = sample.gt_instances.labels % num_classes
+        packed['inputs'] = inputs
+        return packed
+
+    def register_rules(self) -> None:
+        _register_rules()
+
+    def fix_compact(self, model: nn.Module) -> None:
+        fix_compact(model)

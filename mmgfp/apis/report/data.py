@@ -9,7 +9,7 @@ started) and ``vis_data/scalars.json`` the logged ``gfp_*`` scalars (full precis
 replaces what an earlier one logged after the iteration it started from. The channel spec
 (``channels_final.json`` or ``pruned_<metric>_<thr>.json``) gives the channels kept per group
 and layer. The plots and the page (and :func:`make_report`, which writes them) live in
-:mod:`mmgfp.apis.report_render`, which imports this module and not the other way round.
+:mod:`mmgfp.apis.report.render`, which imports this module and not the other way round.
 """
 import glob
 import json

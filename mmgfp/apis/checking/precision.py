@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from mmgfp.core import ChannelMasker, GroupSet
-from .replay import Decisions
+from mmgfp.apis.checking.replay import Decisions
 
 # Messages of a kernel that has no float64 version (mmcv's CPU NMS, ATen's dispatch).
 _NO_DOUBLE_KERNEL = ('expected scalar type Float but found Double', "not implemented for 'Double'")

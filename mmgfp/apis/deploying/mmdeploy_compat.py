@@ -32,7 +32,7 @@ Nothing is patched on ``import mmgfp``: use :func:`mmdeploy_compat` around MMDep
 ``tools/deploy_mmdeploy.py`` does), or :func:`apply_mmdeploy_compat` once in a script that calls
 MMDeploy's own tools::
 
-    from mmgfp.apis.mmdeploy_compat import mmdeploy_compat
+    from mmgfp.apis.deploying.mmdeploy_compat import mmdeploy_compat
     with mmdeploy_compat():
         torch2onnx(img, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint, 'cpu')
 

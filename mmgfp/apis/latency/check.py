@@ -3,7 +3,7 @@
 Used by ``tools/deploy_pruned.py --measure`` (the deployed compact model against the model the
 checkpoint was trained from) and ``tools/check_model.py --latency`` (a model pruned at random).
 The original and the compact model are timed interleaved in one process
-(:func:`mmgfp.apis.timing.compare_latency`); with a latency table (``tools/profile_latency.py``)
+(:func:`mmgfp.apis.latency.timing.compare_latency`); with a latency table (``tools/profile_latency.py``)
 the table's prediction for both is shown beside the measurement, and the settings (dtype, memory
 format, batch, input size, threads) default to the table's so that the two are comparable.
 """
@@ -15,7 +15,7 @@ import torch.nn as nn
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import load_table
 from mmgfp.core.spec import from_ranges, validate
-from .timing import compare_latency, device_name, prepare
+from mmgfp.apis.latency.timing import compare_latency, device_name, prepare
 
 DET_SIZE, CLS_SIZE = (320, 320), (224, 224)
 
@@ -100,8 +100,8 @@ def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
 def _groups(model: nn.Module, cfg, seed: int) -> GroupSet:
     """The model's groups as the pruning hook finds them (loss path, train mode, its skip)."""
     from mmgfp.core import build_groups
-    from .inputs import demo_batch, loss_forward
-    from .latency import hook_skip
+    from mmgfp.apis.inputs import demo_batch, loss_forward
+    from mmgfp.apis.latency.profile import hook_skip
     model.train()
     gs = build_groups(model, loss_forward(demo_batch(model, 2, (128, 128), seed=seed)),
                       skip=hook_skip(cfg))
@@ -119,7 +119,7 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
         dict: ``rows`` (see :func:`latency_rows`), ``settings``, ``text`` (printable) and
         ``table_key`` (None without a table).
     """
-    from .inputs import demo_batch, tensor_forward
+    from mmgfp.apis.inputs import demo_batch, tensor_forward
     table = load_table(table)
     opts = settings(original, table, device, batch, input_size, threads)
     gs = _groups(copy.deepcopy(original), cfg, seed)
@@ -136,14 +136,14 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
 
 def deployed_latency(config: str, checkpoint: str, written: Dict[str, str], table=None,
                      **kwargs) -> Dict:
-    """:func:`measure_pair` for what :func:`mmgfp.apis.deploy.deploy` wrote: the compact
+    """:func:`measure_pair` for what :func:`mmgfp.apis.deploying.deploy.deploy` wrote: the compact
     model its config builds (with ``compact.pth``) against the model of ``config`` with the
     checkpoint's weights. ``kwargs`` go to :func:`measure_pair`."""
     from mmengine.config import Config
 
     from mmgfp.core import load_spec
-    from .check import build_model
-    from .deploy import load_strict, read_checkpoint
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.deploying.deploy import load_strict, read_checkpoint
     cfg = Config.fromfile(config)
     original = build_model(cfg, init=False)
     ckpt = read_checkpoint(checkpoint)
@@ -160,7 +160,7 @@ def random_compact_latency(cfg, ratio: float = 0.5, seed: int = 0, table=None,
     """:func:`measure_pair` for the model of ``cfg`` with a random ``ratio`` of every prunable
     group removed (as ``check_model`` prunes it), against the unpruned model."""
     from mmgfp.core import FisherPruner, apply_spec, make_spec
-    from .check import analyze, random_masks, randomize_norms
+    from mmgfp.apis.checking.check import analyze, random_masks, randomize_norms
     found = analyze(cfg, batch_size=2, seed=seed)
     model = found['model']
     randomize_norms(model, seed)

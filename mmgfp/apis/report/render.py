@@ -1,4 +1,4 @@
-"""PNG plots and the markdown page of a pruning report (data from :mod:`mmgfp.apis.report`),
+"""PNG plots and the markdown page of a pruning report (data from :mod:`mmgfp.apis.report.data`),
 and :func:`make_report`, which writes them for a work dir.
 
 Figures are drawn on matplotlib's Agg canvas without pyplot: nothing global changes in the
@@ -10,8 +10,8 @@ import re
 from typing import Dict, List, Optional
 
 from mmgfp.core.spec import SpecError
-from .report import (METRICS, PruningLog, ReportError, channel_rows, find_spec, load_log,
-                     primary_metric)
+from mmgfp.apis.report.data import (METRICS, PruningLog, ReportError, channel_rows, find_spec,
+                                    load_log, primary_metric)
 
 LABELS = {'flops': 'FLOPs', 'acts': 'activations', 'params': 'parameters'}
 COLORS = {'flops': 'tab:blue', 'acts': 'tab:orange', 'params': 'tab:green'}

@@ -26,8 +26,8 @@ import torch.nn as nn
 
 from mmgfp.core.spec import is_empty
 from mmgfp.core.tracing import flatten
-from .check import build_model, load_config, rel_diff
-from .deploy import COMPACT_TYPE, load_strict, read_checkpoint
+from mmgfp.apis.checking.check import build_model, load_config, rel_diff
+from mmgfp.apis.deploying.deploy import COMPACT_TYPE, load_strict, read_checkpoint
 
 EXPORTERS = ('dynamo', 'torchscript')
 INSTALL_HINT = 'pip install "mmgfp[export]" (or: pip install {names})'

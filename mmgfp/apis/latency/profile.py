@@ -28,8 +28,9 @@ import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
 from mmgfp.core.latency import timed_layers
-from .timing import (DTYPES, Timer, check_settings, compare_latency, device_name, make_key,
-                     measure_latency, prepare, threads_set)
+from mmgfp.apis.latency.timing import (DTYPES, Timer, check_settings, compare_latency,
+                                       device_name, make_key, measure_latency, prepare,
+                                       threads_set)
 
 __all__ = ['profile_latency', 'profile_config', 'measure_latency', 'compare_latency',
            'prepare', 'device_name', 'make_key', 'explained']
@@ -358,11 +359,8 @@ def half_width_copy(model: nn.Module, groups: GroupSet) -> nn.Module:
         for unit in range(max(1, (n + 1) // 2), n):
             masker.prune(g.key, unit)
     apply_spec(thin, make_spec(masker))
-    try:
-        from mmgfp.models.mmdet_rules import fix_compact
-        fix_compact(thin)
-    except ImportError:  # plain PyTorch models need no mmdet fixes
-        pass
+    from mmgfp.codebases import fix_compact
+    fix_compact(thin)  # each codebase's fixes look for its own modules: none in plain PyTorch
     return thin
 
 
@@ -425,8 +423,8 @@ def profile_config(cfg, config: str, device: str = 'cpu', dtype: str = 'fp32',
     from mmengine.runner import load_checkpoint
 
     from mmgfp.core import build_groups
-    from .check import build_model
-    from .inputs import demo_batch, loss_forward, prepare_like_training, tensor_forward
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.inputs import demo_batch, loss_forward, prepare_like_training, tensor_forward
     check_settings(device, dtype)
     torch.manual_seed(seed)
     model = build_model(cfg, init=checkpoint is None)
