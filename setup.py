@@ -34,6 +34,9 @@ setup(
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
                   'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
+        # the documentation (docs/en, built by tests/docs/test_docs.py); versions installed and
+        # tested together on Python 3.11 (Sphinx 9 needs >= 3.11)
+        'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0', 'furo==2025.12.19'],
     },
     zip_safe=False,
 )

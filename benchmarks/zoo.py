@@ -5,7 +5,7 @@ Run from the repository root, in parts if the machine is small (results are kept
     .venv/bin/python benchmarks/zoo.py                       # every family not stored yet
     .venv/bin/python benchmarks/zoo.py --family mmdet::yolox mmpretrain::vgg
     .venv/bin/python benchmarks/zoo.py --index 0:40          # the first 40 families
-    .venv/bin/python benchmarks/zoo.py --stored-only         # only write docs/zoo.md
+    .venv/bin/python benchmarks/zoo.py --stored-only         # only write docs/en/model_zoo.md
     .venv/bin/python benchmarks/zoo.py --list                # families and the config picked
 
 A family is a folder of ``<pkg>/.mim/configs``; its representative config is the first model of
@@ -13,7 +13,7 @@ its ``metafile.yml`` whose config exists (else the shortest config name), unless
 one. Each family runs in its own process (one thread, ``--timeout`` seconds) through
 ``mmgfp.apis.checking.check.check_model`` at ``--ratio`` 0.5: detectors at ``--det-size`` (64x64),
 classifiers at the size of their own test pipeline. The result is stored as
-``RESULTS/<pkg>__<family>.json`` and reused unless ``--force``; ``docs/zoo.md`` is written from
+``RESULTS/<pkg>__<family>.json`` and reused unless ``--force``; ``docs/en/model_zoo.md`` is written from
 every stored result. Families that are not detection, instance segmentation or classification
 (panoptic, tracking, self-supervised, multimodal...) or that cannot be built without data or
 downloaded weights are listed as skipped, with the reason.
@@ -34,7 +34,7 @@ from _zoo_families import NOT_FAMILIES, PICK, SKIP, families  # noqa: E402,F401
 from _zoo_render import render_doc  # noqa: E402
 
 RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'zoo')
-DOC = osp.join(ROOT, 'docs', 'zoo.md')
+DOC = osp.join(ROOT, 'docs', 'en', 'model_zoo.md')
 TOL = 1e-4
 # What amplifies float32 rounding in the families whose check needs its float64 rerun (located
 # by comparing the float32 differences output by output; stored with the result and shown).

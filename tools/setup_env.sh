@@ -65,7 +65,7 @@ fi
 
 log "installing mmengine, mmcv, mmdet, mmpretrain and mmgfp"
 pip install -q "mmengine==0.10.7" "$MMCV_WHEEL" "mmdet==3.3.0" "mmpretrain==1.2.0"
-pip install -q -e "$ROOT[tests]"
+pip install -q -e "$ROOT[tests,docs]"
 # MMDeploy for tests/export/test_mmdeploy.py. --no-deps: its metadata pins protobuf<=3.20.2, which
 # would downgrade onnx/onnxruntime; what it imports comes with the tests extra (setup.py).
 pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed (its wheel is" \

@@ -102,3 +102,14 @@ def test_an_assertion_inside_an_mmcv_op_is_located():
         conv(torch.randn(2, 2, 5, 5), torch.ones(2, 5, 5))
     assert zoo._in_mmcv_ops(info.value).startswith('mmcv/ops/masked_conv.py:')
     assert zoo._in_mmcv_ops(ValueError('elsewhere')) is None
+
+
+def test_the_docs_page_is_what_the_stored_results_render(tmp_path):
+    # the model zoo page of the docs is written by this script from benchmarks/results/zoo/
+    assert zoo.parse_args([]).doc == osp.join(zoo.ROOT, 'docs', 'en', 'model_zoo.md')
+    zoo.main(['--stored-only', '--doc', str(tmp_path / 'zoo.md')])
+    with open(zoo.DOC) as f:
+        committed = f.read()
+    assert (tmp_path / 'zoo.md').read_text() == committed, (
+        'docs/en/model_zoo.md differs from the stored results: run '
+        '`python benchmarks/zoo.py --stored-only`')
