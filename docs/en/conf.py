@@ -101,7 +101,34 @@ def _repo_md_links_to_downloads(app, doctree):
         node.replace_self(ref)
 
 
+# -- modules added without editing the API reference ---------------------------------------------
+# Each API page documents the modules of one package in the order it lists them; a module added
+# later to the package (a new codebase, say) is appended to its page here.
+API_PAGES = {'api/core': 'mmgfp.core', 'api/hooks': 'mmgfp.hooks',
+             'api/codebases': 'mmgfp.codebases', 'api/apis': 'mmgfp.apis'}
+
+
+def _package_modules(package: str):
+    top = osp.join(ROOT, *package.split('.'))
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(('_', '.')))
+        for f in sorted(filenames):
+            if f.endswith('.py') and not f.startswith('_'):
+                rel = osp.relpath(osp.join(dirpath, f[:-3]), ROOT)
+                yield rel.replace(os.sep, '.')
+
+
+def _append_missing_modules(app, docname, source):
+    package = API_PAGES.get(docname)
+    if package is None:
+        return
+    for module in _package_modules(package):
+        if f'.. automodule:: {module}\n' not in source[0]:
+            source[0] += (f'\n## `{module}`\n\n```{{eval-rst}}\n.. automodule:: {module}\n```\n')
+
+
 def setup(app):
     app.connect('source-read', _drop_empty_glob)
+    app.connect('source-read', _append_missing_modules)
     # before Sphinx's download collector (priority 500) records the files to copy
     app.connect('doctree-read', _repo_md_links_to_downloads, priority=400)
