@@ -29,7 +29,7 @@ setup(
         # MMDeploy (tools/deploy_mmdeploy.py). mmdeploy 1.3.1's metadata pins protobuf<=3.20.2
         # (its code never imports protobuf), so pip resolves this extra to onnx 1.17 and an
         # older onnxruntime; `pip install --no-deps mmdeploy==1.3.1` over MMDEPLOY_RUNTIME keeps
-        # the newest (README, "Deploy with MMDeploy"), which tools/setup_env.sh does for the tests
+        # the newest (docs/en/user_guides/deploy.md), which tools/setup_env.sh does for the tests
         'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
                   'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,

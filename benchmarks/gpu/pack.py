@@ -10,8 +10,8 @@ For each model (RetinaNet-R50 and FCOS-R50 at 512x512, ResNet-50 at 224x224, ran
 the original and its compact variants are built: ``acts``/``flops`` pruned by
 :class:`mmgfp.core.FisherPruner` to 50% of the FLOPs with ``divisor`` 1 (``acts``, ``flops``) and
 8 (``acts-d8``; ``flops-d8`` on request), and ``latency`` (``delta='latency'`` to half the
-predicted latency of a CPU table: a GPU table needs OpenMMLab on the GPU machine, see the
-README) when its spec or a latency table for the model is given. A variant's channel spec is taken from ``--specs``
+predicted latency of a CPU table: a GPU table needs OpenMMLab on the GPU machine, see
+docs/en/benchmarks/latency.md) when its spec or a latency table for the model is given. A variant's channel spec is taken from ``--specs``
 (``<model>__<variant>.json``, as ``benchmarks/latency.py --save-specs`` writes them) when there,
 otherwise pruned here as ``benchmarks/latency.py`` does. Only the architecture matters for
 timing, so every model's tensor-mode forward (on the preprocessed input, eval) is traced to

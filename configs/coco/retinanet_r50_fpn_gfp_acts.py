@@ -52,7 +52,7 @@ custom_hooks = [
         channels_per_step=1,
         # Widths stay multiples of 8 (one selection removes 8 channels): GPU kernels, fp16 most,
         # run fastest at such widths, and a width off them can make the pruned model slower
-        # than the original (issue 11; README, "Latency"). It is also what the hook's default
+        # than the original (issue 11; docs, latency_aware). It is also what the hook's default
         # divisor='auto' gives without a latency table; with a table of the deploy GPU
         # (tools/profile_latency.py --device cuda), latency_table=PATH and divisor='auto'
         # follow the measured alignment of each group instead.

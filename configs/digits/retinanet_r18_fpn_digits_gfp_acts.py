@@ -29,7 +29,7 @@ custom_hooks = [
         target=0.5,
         target_metric='flops',
         channels_per_step=32,
-        divisor=1,  # as the README figures were made (the hook default, 'auto', is 8 here)
+        divisor=1,  # as the benchmark figures were made (the hook default, 'auto', is 8 here)
         save_thresholds=(0.75, 0.5)),
 ]
 

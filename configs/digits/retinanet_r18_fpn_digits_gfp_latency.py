@@ -10,7 +10,7 @@
 # Crossing 75% / 50% of the predicted latency saves pruned_latency_0.75.{pth,json} and
 # pruned_latency_0.50.{pth,json}; tools/deploy_pruned.py ... --measure compares the predicted
 # with the measured latency of the compact model. benchmarks/accuracy_latency.py compares this
-# with acts/flops/Torch-Pruning at equal latency (README).
+# with acts/flops/Torch-Pruning at equal latency (docs/en/benchmarks/accuracy_latency.md).
 _base_ = './retinanet_r18_fpn_digits_gfp_acts.py'
 
 custom_hooks = [
