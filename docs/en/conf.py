@@ -78,16 +78,23 @@ def _drop_empty_glob(app, docname, source):
 # -- links to repository files outside docs/en --------------------------------------------------
 # A markdown link to a .md file outside the documentation (`../../../configs/README.md`) is a
 # file of the repository, not a page: link it as a download (as myst does for other files)
-# instead of a missing document. tests/docs/test_docs.py checks that every such file exists.
+# instead of a missing document. A link to a repository folder (`../../../configs/coco`), which
+# GitHub shows, keeps its text without a link. tests/docs/test_docs.py checks that every such
+# file and folder exists.
 def _repo_md_links_to_downloads(app, doctree):
-    from docutils import nodes  # noqa: F401
     from sphinx import addnodes
     env = app.env
     doc_dir = osp.dirname(env.doc2path(env.docname))
     for node in list(doctree.findall(addnodes.pending_xref)):
-        if node.get('refdomain') != 'doc' or node.get('reftype') != 'myst':
+        if node.get('reftype') != 'myst':
             continue
         target = node['reftarget']
+        if node.get('refdomain') is None:
+            if osp.isdir(osp.join(doc_dir, target.split('#', 1)[0])):
+                node.replace_self(node.children)
+            continue
+        if node.get('refdomain') != 'doc':
+            continue
         if target in env.found_docs:
             continue
         path = (target if osp.isabs(target) else osp.join(app.srcdir, target)) + '.md'
