@@ -46,6 +46,7 @@ myst_enable_extensions = ['colon_fence', 'deflist']
 # hook subclasses its Hook.
 autodoc_mock_imports = ['mmdet', 'mmpretrain', 'mmseg', 'mmpose', 'mmyolo', 'mmdeploy']
 autodoc_member_order = 'bysource'
+autodoc_inherit_docstrings = False  # no MMEngine Hook boilerplate under our overrides
 autodoc_typehints = 'description'
 autodoc_default_options = {'members': True, 'show-inheritance': True}
 napoleon_google_docstring = True
