@@ -96,6 +96,12 @@ def main(argv=None):
           f'{table.key["threads"]} thread(s), batch {table.key["batch"]}, input '
           f'{table.key["input_size"]}); median of {args.rounds} interleaved rounds')
     print(C.env_line())
+    from mmgfp.apis.latency.timing import device_name
+    from mmgfp.core.latency_calib import origin_warning
+    warning = origin_warning(table.key, {'device': device_name('cpu'), 'backend': 'torch',
+                                         'backend_version': str(torch.__version__)})
+    if warning:
+        print(warning)
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',
                          'predicted_ratio', 'pred_over_meas'],
                   ['variant', 'FLOPs left', 'measured (ms)', 'predicted (ms)',
