@@ -84,7 +84,7 @@ def summary(table, seconds: float) -> str:
         f'{explained(table):.0%} at full width; {table.scaled_remainder:.0%} of the '
         "rest shrinks with the layers' outputs and the layers' savings count "
         f'x{table.layer_scale:.2f} (fitted on a half-width copy that measured '
-        f"{(table.calibration or {}).get('ratio', float('nan')):.3f} of the model)',
+        f"{(table.calibration or {}).get('ratio', float('nan')):.3f} of the model)",
         'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])
 
 
