@@ -310,7 +310,7 @@ def profile_layers(layers: Dict[str, Dict], backend: Backend, settings: Dict,
         out[name] = profile_entry(layer['axes'], lt, settings['points'], settings['tol'],
                                   settings['max_points'], settings['align'])
         out[name]['points_timed'] = len(lt.cache)
-        out[name]['out_elems'] = layer['out_elems'] * (batch or 1) // (layer.get('batch') or 1)
+        out[name]['out_elems'] = layer['out_elems']
         if log:
             done = time.perf_counter() - t0
             log(f'\r[profile_latency] {i + 1}/{len(layers)} layers, {done:.0f} s, about '
@@ -365,6 +365,9 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     if backend.threads:
         torch.set_num_threads(backend.threads)
     layers = profile_layers(plan['layers'], backend, s, batch, log)
+    for entry in layers.values():  # output elements per channel grow with the batch
+        entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
+            'key']['batch']
     calls = _model_calls(plan, folder, backend, batch)
     device = backend.device if backend.name == 'torch' else 'cpu'
     with torch.no_grad():
