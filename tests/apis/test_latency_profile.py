@@ -117,14 +117,16 @@ def test_calibration_times_a_half_width_copy(monkeypatch):
     seen = {}
 
     def fake_times(models, fwd, run, rounds, warmup):
-        seen['widths'] = (models['thin'].a[0].out_channels, models['thin'].b[0].out_channels)
-        return {'full': 100.0, 'thin': 69.4}
+        seen['widths'] = [(m.a[0].out_channels, m.b[0].out_channels)
+                          for m in (models['thin'], models['quarter'])]
+        return {'full': 100.0, 'thin': 69.4, 'quarter': 50.0}
 
     monkeypatch.setattr(L, 'time_models', fake_times)
     total, cal = L.calibrate(model, lambda m: m(x), gs, Backend(), 1, 0, log=print)
-    assert seen['widths'] == (4, 6)  # every prunable group at half width
+    assert seen['widths'] == [(4, 6), (2, 3)]  # every prunable group at half / a quarter
     assert total == 100.0 and cal['ratio'] == pytest.approx(0.694) and cal['thin'] == {
         'a.0': [3, 4], 'b.0': [4, 6], 'c': [6, 5]}
+    assert cal['ratio_quarter'] == 0.5 and cal['quarter']['b.0'] == [2, 3]
     monkeypatch.setattr(L, 'half_width_copy', lambda m, g: 1 / 0)
     monkeypatch.setattr(L, 'time_models', lambda models, *a: {'full': 90.0})
     assert L.calibrate(model, lambda m: m(x), gs, Backend(), 1, 0, log=print) == (90.0, None)

@@ -22,7 +22,7 @@ def calibrated(ratio):
     (0.694, (1 - 60 / 76.4) / (1 - 80 / 150), 1.0),  # the remainder explains it: scale 1
     (0.45, 1.0, (55 - 76.4 * 70 / 150) / 14.2),  # faster than a fully scaling remainder
     (0.9, 0.0, 10 / 14.2),  # slower than a fixed remainder: layers save less in the model
-    (0.1, 1.0, 2.0),  # beyond what any shape explains: clipped, never absurd
+    (0.01, 1.0, 4.0),  # beyond what any shape explains: clipped, never absurd
 ])
 def test_fit_reproduces_the_measured_ratio(ratio, share, scale):
     d = calibrated(ratio)
@@ -30,7 +30,7 @@ def test_fit_reproduces_the_measured_ratio(ratio, share, scale):
     table = pruner.table
     assert (table.scaled_remainder, table.layer_scale) == pytest.approx((share, scale))
     assert fit_calibration(table, THIN, ratio) == pytest.approx((share, scale))
-    if ratio != 0.1:  # the thin copy is predicted as measured
+    if ratio != 0.01:  # the thin copy is predicted as measured
         assert table.predict(gs, widths(gs, a=4, b=6)) == pytest.approx(100 * ratio)
     assert table.predict(gs, widths(gs)) == pytest.approx(100.0)  # full width: the total
     again = LatencyTable.from_dict(table.to_dict())
@@ -38,6 +38,24 @@ def test_fit_reproduces_the_measured_ratio(ratio, share, scale):
     # the layer scale applies to each pruning step's saving too
     assert table.saved(gs, widths(gs), 'a.0', 1) == pytest.approx(
         scale * 2.2 + share * 76.4 * 10 / 150)
+
+
+@pytest.mark.parametrize('share,scale', [(0.3, 1.5), (0.0, 1.0), (1.0, 0.7), (0.6, 3.0)])
+def test_two_copies_tell_the_share_from_the_scale(share, scale):
+    """Ratios made by a known (share, scale) at half and quarter width are fitted back."""
+    quarter = {'a.0': [3, 2], 'b.0': [2, 3], 'c': [3, 5]}
+    table = LatencyTable.from_dict(calibrated(0.5))  # any: only its layers are used here
+
+    def ratio(widths):
+        us, out = table.sums_at(widths)
+        d_frac = (out - table.out_full) / table.out_full
+        return 1 + (scale * (us - table.layers_us) + share * 76.4 * d_frac) / 100
+
+    d = calibrated(ratio(THIN))
+    d['calibration'].update(quarter=quarter, ratio_quarter=ratio(quarter))
+    fitted = LatencyTable.from_dict(d)
+    assert (fitted.scaled_remainder, fitted.layer_scale) == pytest.approx((share, scale))
+    assert LatencyTable.from_dict(fitted.to_dict()).to_dict() == fitted.to_dict()
 
 
 def test_layers_explaining_everything_leave_the_scale_to_fit():
@@ -52,6 +70,7 @@ def test_layers_explaining_everything_leave_the_scale_to_fit():
     ({'ratio': -1, 'thin': THIN}, '`calibration` must be'),
     ({'ratio': 0.5}, '`calibration` must be'),
     ({'ratio': 0.5, 'thin': {'a.0': 4}}, '`calibration` must be'),
+    ({'ratio': 0.5, 'thin': THIN, 'quarter': THIN}, '`calibration` must be'),
 ])
 def test_bad_calibration(bad, match):
     with pytest.raises(LatencyTableError, match=match):

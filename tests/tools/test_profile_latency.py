@@ -73,8 +73,8 @@ def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):
     conv = plan['layers']['backbone.layer3.0.conv1']
     assert conv['block']['op'] == 'Conv2d' and conv['block']['norm'] == {'type': 'BatchNorm'}
     assert conv['block']['act'] == 'ReLU' and conv['calls'] == [[[1, 32, 4, 4], 1]]
-    assert set(plan['calibration']['thin']) == set(plan['layers'])
-    for f in ('full', 'thin', 'full_onnx', 'thin_onnx'):
+    assert set(plan['calibration']['quarter']) == set(plan['layers'])
+    for f in ('full', 'thin', 'quarter', 'full_onnx', 'thin_onnx', 'quarter_onnx'):
         assert osp.isfile(tmp_path / plan['models'][f])
     with pytest.raises(SystemExit):  # a plan or a table, not both
         tool.parse_args([str(cfg), '--out', 't.json', '--export-plan', 'p.json'])

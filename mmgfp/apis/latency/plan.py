@@ -135,14 +135,15 @@ def plan_layers(gs: GroupSet, calls: Dict[str, LayerCalls]) -> Dict[str, Dict]:
                    'out_elems': calls[name].out_elems} for name in timed_layers(gs)}
 
 
-def half_width_copy(model: nn.Module, groups: GroupSet) -> nn.Module:
-    """A compact copy of ``model`` with every prunable group at half its units (at least one)."""
+def half_width_copy(model: nn.Module, groups: GroupSet, fraction: float = 0.5) -> nn.Module:
+    """A compact copy of ``model`` with every prunable group at ``fraction`` of its units
+    (rounded up, at least one)."""
     from mmgfp.core import ChannelMasker, apply_spec, make_spec
     thin = copy.deepcopy(model)
     masker = ChannelMasker(thin, groups)
     for g in groups.prunable:
         n = len(masker.keep[g.key])
-        for unit in range(max(1, (n + 1) // 2), n):
+        for unit in range(max(1, math.ceil(n * fraction)), n):
             masker.prune(g.key, unit)
     apply_spec(thin, make_spec(masker))
     from mmgfp.codebases import fix_compact
@@ -216,16 +217,19 @@ def export_models(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module]
 def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], Any],
                groups: GroupSet, key: Dict, settings: Dict) -> Dict:
     """Write the plan of ``model`` to ``path`` (JSON) with the model and its half-width copy
-    beside it (``<path stem>.full.pt`` / ``.thin.pt`` and ``.onnx``)."""
+    beside it (``<path stem>.full.pt`` / ``.thin.pt`` / ``.quarter.pt`` and ``.onnx``)."""
     model.eval()
     names = timed_layers(groups)
     calls = capture_calls(model, forward_fn, names)
     thin = half_width_copy(model, groups).eval()
+    quarter = half_width_copy(model, groups, 0.25).eval()
     stem = osp.splitext(path)[0]
     plan = {'format': PLAN_FORMAT, 'key': key, 'settings': settings,
             'layers': plan_layers(groups, calls),
-            'calibration': {'thin': {n: list(w) for n, w in module_widths(thin, names).items()}},
-            'models': export_models({'full': model, 'thin': thin}, forward_fn, stem)}
+            'calibration': {k: {n: list(w) for n, w in module_widths(m, names).items()}
+                            for k, m in (('thin', thin), ('quarter', quarter))},
+            'models': export_models({'full': model, 'thin': thin, 'quarter': quarter},
+                                    forward_fn, stem)}
     with open(path, 'w') as f:
         json.dump(plan, f, indent=1)
     return plan

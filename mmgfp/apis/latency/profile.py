@@ -12,9 +12,9 @@ widths only, where ``divisor='auto'`` keeps the pruned model; times are made non
 in the width (:func:`monotone`), so timing noise never tells the pruner that removing
 channels costs time. Spikes at unaligned widths are thus
 not in the table: prune with ``divisor='auto'`` (or a multiple of the alignment) to stay off
-them. The model and a half-width copy are then timed interleaved: the model's time is the
-table's total, and the copy's ratio calibrates the remainder (what the layers do not explain)
-and the layers' in-model savings (:func:`mmgfp.core.latency_calib.fit_calibration`).
+them. The model and its half- and quarter-width copies are then timed interleaved: the model's
+time is the table's total, and the copies' ratios calibrate the remainder (what the layers do
+not explain) and the layers' in-model savings (:func:`mmgfp.core.latency_calib.fit_calibration`).
 
 ``backend='onnxruntime'`` times every block, the model and the copy in ONNX Runtime (each
 exported with ``torch.onnx.export``), with the session settings the deployment uses. The
@@ -36,8 +36,8 @@ from mmgfp.core.latency import module_widths, timed_layers
 from mmgfp.apis.latency.plan import (LayerCalls, capture_calls, describe_block,  # noqa: F401
                                      export_models, half_width_copy, plan_layers, write_plan)
 from mmgfp.apis.latency.runner import (ALIGN_PROBES, Backend, axis_points,  # noqa: F401
-                                       compare_calls, monotone, probe_align, profile_layers,
-                                       refine)
+                                       calibration, compare_calls, monotone, probe_align,
+                                       profile_layers, refine)
 from mmgfp.apis.latency.runner import build_block as _build_block
 from mmgfp.apis.latency.timing import (check_settings, compare_latency, device_name,
                                        make_key, measure_latency, prepare, threads_set)
@@ -122,8 +122,8 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
         settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
                         max_points=max_points, align=align)
         layers = profile_layers(plan_layers(groups, calls), run, settings, log=log)
-        total_us, calibration = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
-    table = LatencyTable(key, total_us, layers, calibration=calibration)
+        total_us, cal = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
+    table = LatencyTable(key, total_us, layers, calibration=cal)
     if out:
         table.save(out)
     return table
@@ -131,22 +131,24 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
 
 def calibrate(model: nn.Module, forward_fn: Callable[[nn.Module], Any], groups: GroupSet,
               run: Backend, rounds: int, warmup: int, log=print) -> Tuple[float, Optional[Dict]]:
-    """``(total_us, calibration)``: the model and a half-width compact copy timed interleaved
-    in ``run``'s runtime; the copy's ratio and widths calibrate the table
+    """``(total_us, calibration)``: the model and its half- and quarter-width compact copies
+    timed interleaved in ``run``'s runtime; the copies' ratios and widths calibrate the table
     (:func:`mmgfp.core.latency_calib.fit_calibration`). Without a copy (said in the log) the
     model is timed alone and the table has no calibration."""
     rounds = max(2 * rounds, 10)
     try:
-        thin = half_width_copy(model, groups)
-        us = time_models({'full': model, 'thin': thin}, forward_fn, run, rounds, warmup + 1)
+        copies = {'thin': half_width_copy(model, groups),
+                  'quarter': half_width_copy(model, groups, 0.25)}
+        us = time_models({'full': model, **copies}, forward_fn, run, rounds, warmup + 1)
     except Exception as e:  # noqa: BLE001  (an approximation, never a failed profile)
         log(f'[profile_latency] no half-width copy to calibrate the remainder ({type(e).__name__}'
             f': {e}); it is kept fixed')
         return time_models({'full': model}, forward_fn, run, rounds, warmup + 1)['full'], None
-    cal = {'ratio': us['thin'] / us['full'],
-           'thin': {n: list(w) for n, w in module_widths(thin, timed_layers(groups)).items()}}
-    log(f'[profile_latency] whole model {us["full"] / 1e3:.2f} ms, half-width copy '
-        f'{cal["ratio"]:.3f} of it')
+    names = timed_layers(groups)
+    cal = calibration(us, {k: {n: list(w) for n, w in module_widths(m, names).items()}
+                           for k, m in copies.items()})
+    log(f'[profile_latency] whole model {us["full"] / 1e3:.2f} ms; half- and quarter-width '
+        f'copies {cal["ratio"]:.3f} and {cal["ratio_quarter"]:.3f} of it')
     return us['full'], cal
 
 

@@ -2,8 +2,8 @@
 onnxruntime for ``--backend onnxruntime``), no OpenMMLab and no mmgfp.
 
 Copy this one file and the plan (``tools/profile_latency.py CONFIG --export-plan plan.json``
-writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt``, the model and its half-width
-copy as TorchScript, and their ``.onnx`` exports) to the deploy device, then::
+writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt`` / ``plan.quarter.pt``, the model
+and its half- and quarter-width copies as TorchScript, and their ``.onnx`` exports) to the deploy device, then::
 
     python runner.py plan.json --out table.json [--device cuda] [--dtype fp16]
         [--channels-last] [--batch 32] [--threads 1] [--backend onnxruntime]
@@ -12,8 +12,8 @@ The table loads on the training machine and prunes like a local one (``latency_t
 ``mmgfp.apis.latency.profile`` runs the same functions in process: a local table and a
 plan-made one are sampled alike. Every layer of the plan is one conv/linear block (with its
 norm and activation) at its recorded input shapes, timed over a grid of widths (see
-:func:`profile_entry`); the model and its half-width copy are timed interleaved, which gives
-the table's total and the ratio its remainder is calibrated with.
+:func:`profile_entry`); the model and its thinner copies are timed interleaved, which gives
+the table's total and the ratios its remainder and layer scale are calibrated with.
 """
 import argparse
 import io
@@ -346,7 +346,7 @@ def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]
         shape[0] = batch
     x = torch.randn(shape)
     calls = {}
-    for tag in ('full', 'thin'):
+    for tag in [t for t in ('full', 'thin', 'quarter') if t in models]:
         if backend.name == 'onnxruntime':
             calls[tag] = backend.file_callable(osp.join(folder, models[tag + '_onnx']), x)
         else:
@@ -377,8 +377,15 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
                batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
                **backend.key())
     return {'format': TABLE_FORMAT, 'key': key, 'total_us': us['full'], 'layers': layers,
-            'calibration': {'ratio': us['thin'] / us['full'],
-                            'thin': plan['calibration']['thin']}}
+            'calibration': calibration(us, plan['calibration'])}
+
+
+def calibration(us: Dict[str, float], widths: Dict) -> Dict:
+    """The table's ``calibration``: each thinner copy's measured ratio and its widths."""
+    cal = {'ratio': us['thin'] / us['full'], 'thin': widths['thin']}
+    if 'quarter' in us:
+        cal.update(ratio_quarter=us['quarter'] / us['full'], quarter=widths['quarter'])
+    return cal
 
 
 def main(argv=None) -> int:
