@@ -3,7 +3,8 @@
 Used by ``tools/deploy_pruned.py --measure`` (the deployed compact model against the model the
 checkpoint was trained from) and ``tools/check_model.py --latency`` (a model pruned at random).
 The original and the compact model are timed interleaved in one process
-(:func:`mmgfp.apis.latency.timing.compare_latency`); with a latency table (``tools/profile_latency.py``)
+(:func:`mmgfp.apis.latency.timing.compare_latency`); with a latency table
+(``tools/profile_latency.py``)
 the table's prediction for both is shown beside the measurement, and the settings (dtype, memory
 format, batch, input size, threads, runtime) default to the table's so that the two are
 comparable. ``backend='onnxruntime'`` exports both models' tensor path

@@ -9,8 +9,8 @@ and ONNX) so that :mod:`mmgfp.apis.latency.runner`, one file needing only torch,
 table on a device where OpenMMLab is not installed.
 """
 import copy
-import math
 import json
+import math
 import os.path as osp
 import warnings
 from collections import Counter
@@ -151,7 +151,7 @@ def half_width_copy(model: nn.Module, groups: GroupSet, fraction: float = 0.5) -
     return thin
 
 
-# -- the whole model, without its framework ----------------------------------------------------------
+# -- the whole model, without its framework ------------------------------------------------------
 def capture_call(model: nn.Module, forward_fn: Callable[[nn.Module], Any]) -> Tuple:
     """``(args, kwargs)`` of the model's own ``forward`` call in ``forward_fn(model)``."""
     seen = []

@@ -3,7 +3,8 @@ onnxruntime for ``--backend onnxruntime``), no OpenMMLab and no mmgfp.
 
 Copy this one file and the plan (``tools/profile_latency.py CONFIG --export-plan plan.json``
 writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt`` / ``plan.quarter.pt``, the model
-and its half- and quarter-width copies as TorchScript, and their ``.onnx`` exports) to the deploy device, then::
+and its half- and quarter-width copies as TorchScript, and their ``.onnx`` exports) to the
+deploy device, then::
 
     python runner.py plan.json --out table.json [--device cuda] [--dtype fp16]
         [--channels-last] [--batch 32] [--threads 1] [--backend onnxruntime]
