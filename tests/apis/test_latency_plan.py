@@ -91,3 +91,17 @@ def test_runner_refuses_what_it_cannot_time(tmp_path):
         runner.Backend('tensorrt')
     with pytest.raises(ValueError, match='not a latency plan'):
         runner.run_plan({'format': 'x'}, str(tmp_path), runner.Backend())
+
+
+def test_runtime_block_size_is_the_least_alignment():
+    """ONNX Runtime's CPU block size floors the probed alignment of wide enough layers."""
+    def smooth(cin, cout, fresh=False):
+        return float(cin * cout)
+
+    wide = {'in': 64, 'unit_in': None, 'out': 64, 'unit_out': 1}
+    entry = runner.profile_entry(wide, smooth, 5, 0.1, 9, True, min_align=8)
+    assert entry['align'] == 8 and all(w % 8 == 0 for w in entry['out'])
+    assert runner.profile_entry(wide, smooth, 5, 0.1, 9, True)['align'] == 1
+    narrow = {'width': 12, 'unit': 1}  # under twice the block: left as probed
+    assert runner.profile_entry(narrow, smooth, 3, 0.1, 5, True, min_align=8)['align'] == 1
+    assert runner.cpu_block() in (8, 16)

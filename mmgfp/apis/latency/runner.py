@@ -79,6 +79,18 @@ class Timer:
 
 
 # -- the deploy runtime -----------------------------------------------------------------------
+def cpu_block() -> int:
+    """Channels per block of ONNX Runtime's CPU convolutions (MLAS NCHWc): 16 with AVX-512,
+    8 otherwise. Other widths run without the blocked layout, and the layout conversions
+    around them cost between layers, where no block's timing sees them."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((ln for ln in f if ln.startswith('flags')), '')
+    except OSError:
+        flags = ''
+    return 16 if ' avx512f' in flags else 8
+
+
 class Backend:
     """Where blocks and models run: ``'torch'`` eager, or ``'onnxruntime'`` with its session
     settings (threads, providers, graph optimisation level) as the deployment sets them."""
@@ -95,6 +107,7 @@ class Backend:
         self.name, self.device, self.dtype = name, device, dtype
         self.channels_last, self.threads, self.opt_level = channels_last, threads, opt_level
         self.providers = list(providers or ['CPUExecutionProvider'])
+        self.min_align = 1
         if name == 'onnxruntime':
             if dtype != 'fp32' or channels_last:
                 raise ValueError('the onnxruntime backend times fp32 graphs in their exported '
@@ -105,6 +118,8 @@ class Backend:
                 raise ValueError('--backend onnxruntime needs the onnxruntime package: pip '
                                  'install onnxruntime') from None
             self.ort = onnxruntime
+            if self.providers[0] == 'CPUExecutionProvider':
+                self.min_align = cpu_block()
 
     def key(self) -> Dict:
         """The table key's runtime fields."""
@@ -270,16 +285,22 @@ def monotone(times: List[float]) -> List[float]:
 
 
 def profile_entry(axes: Dict, lt: Callable[..., float], points: int, tol: float,
-                  max_points: int, align: bool) -> Dict:
+                  max_points: int, align: bool, min_align: int = 1) -> Dict:
     """The table entry of one layer (see :mod:`mmgfp.core.latency`).
 
     ``axes`` is ``{'width': full, 'unit': u}`` for a depth-wise layer, else ``{'in': full,
     'unit_in': u or None, 'out': full, 'unit_out': u or None}`` (None: not prunable there).
+    ``min_align`` is the least alignment of a probed width of at least twice that many
+    channels (the runtime's known block size).
     """
+    def floor(a, full):
+        return math.lcm(a, min_align) if full >= 2 * min_align else a
+
     if 'width' in axes:
         full, unit = axes['width'], axes['unit']
         f = (lambda w: lt(w, w))
         a = probe_align(f, full, unit, tol, lambda w: lt(w, w, fresh=True)) if align else 1
+        a = floor(a, full)
         step = math.lcm(unit, a)
         pts = refine(f, axis_points(full, step, points), step, tol, max_points)
         return {'width': pts, 'us': monotone([f(w) for w in pts]), 'align': a}
@@ -289,6 +310,7 @@ def profile_entry(axes: Dict, lt: Callable[..., float], points: int, tol: float,
         f_out = (lambda w: lt(full_in, w))
         a = probe_align(f_out, full_out, u_out, tol,
                         lambda w: lt(full_in, w, fresh=True)) if align else 1
+        a = floor(a, full_out)
         step = math.lcm(u_out, a)  # sample where divisor='auto' lands
         outs = refine(f_out, axis_points(full_out, step, points), step, tol, max_points)
     if u_in:
@@ -309,7 +331,8 @@ def profile_layers(layers: Dict[str, Dict], backend: Backend, settings: Dict,
     for i, (name, layer) in enumerate(layers.items()):
         lt = LayerTimer(layer, backend, timer, batch)
         out[name] = profile_entry(layer['axes'], lt, settings['points'], settings['tol'],
-                                  settings['max_points'], settings['align'])
+                                  settings['max_points'], settings['align'],
+                                  backend.min_align if settings['align'] else 1)
         out[name]['points_timed'] = len(lt.cache)
         out[name]['out_elems'] = layer['out_elems']
         if log:
