@@ -13,7 +13,9 @@ values (the prediction, not the choice, is under test): ``delta='latency'``, ``d
 to a predicted latency of ``--target``; ``delta='acts'`` with divisor 1 and 8 to ``--target`` of
 the FLOPs. The compact models and the original then run the tensor path (eval, no_grad) at the
 table's batch and input size, interleaved, pinned to ``--time-core``; predicted and measured
-times are printed side by side.
+times are printed side by side. With an ONNX Runtime table (``tools/profile_latency.py
+--backend onnxruntime``) the models are exported (tensor path) and timed in ONNX Runtime with
+the table's threads.
 """
 import argparse
 import copy
@@ -84,8 +86,15 @@ def main(argv=None):
     if args.time_core is not None:
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)
-    ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()}, tensor_forward(data),
-                         rounds=args.rounds, warmup=1, threads=table.key['threads'])
+    if table.key.get('backend') == 'onnxruntime':
+        from mmgfp.apis.latency.check import time_onnxruntime
+        opts = {'backend': 'onnxruntime', 'device': 'cpu', 'threads': table.key['threads'],
+                'batch': table.key['batch'], 'input_size': table.key['input_size']}
+        ms = time_onnxruntime(models, opts, args.rounds, 1)
+    else:
+        ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()},
+                             tensor_forward(data), rounds=args.rounds, warmup=1,
+                             threads=table.key['threads'])
     for k in models:
         pred = info[k]['predicted_ms']
         rows.append({'variant': k, 'flops': info[k]['remaining']['flops'], 'measured_ms': ms[k],
@@ -96,6 +105,12 @@ def main(argv=None):
           f'{table.key["threads"]} thread(s), batch {table.key["batch"]}, input '
           f'{table.key["input_size"]}); median of {args.rounds} interleaved rounds')
     print(C.env_line())
+    from mmgfp.apis.latency.timing import device_name
+    from mmgfp.core.latency_calib import origin_warning
+    warning = origin_warning(table.key, {'device': device_name('cpu'),
+                                         'backend': table.key.get('backend', 'torch')})
+    if warning:
+        print(warning)
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',
                          'predicted_ratio', 'pred_over_meas'],
                   ['variant', 'FLOPs left', 'measured (ms)', 'predicted (ms)',

@@ -1,7 +1,7 @@
 """Check that mmgfp handles an architecture, before spending GPU days on it.
 
     python tools/check_model.py CONFIG [--ratio R] [--seed S] [--input-size H W] [--json PATH]
-        [--latency [--latency-table TABLE.json]]
+        [--latency [--latency-table TABLE.json] [--backend torch|onnxruntime]]
 
 Builds the model of any mmdet/mmpretrain config (no weights needed), finds its channel groups,
 masks a random fraction R of every prunable group, exports the compact model, rebuilds it from
@@ -32,6 +32,8 @@ def parse_args(argv=None):
                              '(and show the prediction of --latency-table)')
     parser.add_argument('--latency-table', help='a table of tools/profile_latency.py for this '
                         'config; the timing uses its settings (implies --latency)')
+    parser.add_argument('--backend', choices=['torch', 'onnxruntime'], default=None,
+                        help="runtime to time in (--latency; default: the table's, else torch)")
     return parser.parse_args(argv)
 
 
@@ -40,7 +42,8 @@ def latency_report(args, cfg) -> dict:
     from mmgfp.apis.latency.check import random_compact_latency
     from mmgfp.core import LatencyTableError
     try:
-        rep = random_compact_latency(cfg, args.ratio, args.seed, args.latency_table)
+        rep = random_compact_latency(cfg, args.ratio, args.seed, args.latency_table,
+                                     backend=args.backend)
     except (LatencyTableError, FileNotFoundError) as e:
         raise SystemExit(f'error: --latency-table: {e}')
     print(rep['text'])

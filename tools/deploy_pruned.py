@@ -3,6 +3,7 @@
     python tools/deploy_pruned.py CONFIG CHECKPOINT --out-dir DIR
     python tools/deploy_pruned.py CONFIG CHECKPOINT --out-dir DIR --measure \
         [--latency-table TABLE.json] [--device cpu] [--batch N] [--input-size H W]
+        [--backend torch|onnxruntime]
 
 CONFIG is the config the checkpoint was trained with (with ``FisherPruningHook``); CHECKPOINT
 one of its checkpoints (``pruned_flops_0.50.pth``, ``iter_N.pth``...). DIR receives
@@ -13,7 +14,9 @@ which mmdet's/mmpretrain's own ``tools/test.py``, ``init_detector``/``DetInferen
 ``--measure`` then times the compact model against the original (the checkpoint's weights in
 the config's model) on this device, interleaved, in ``mode='tensor'``; with ``--latency-table``
 (``tools/profile_latency.py``) it also prints the table's predicted latency of both, measured
-with the table's settings (dtype, batch, input size, threads).
+with the table's settings (dtype, batch, input size, threads). ``--backend onnxruntime`` exports
+both models' tensor path to ONNX and times them in ONNX Runtime (the default is the table's
+runtime, else eager PyTorch); a table from another machine or runtime is named in a warning.
 """
 import argparse
 import os.path as osp
@@ -38,6 +41,8 @@ def parse_args(argv=None):
                         help="input size (--measure; default: the table's, else 320x320 for "
                              'detectors, 224x224 for classifiers)')
     parser.add_argument('--threads', type=int, help='CPU threads while timing (--measure)')
+    parser.add_argument('--backend', choices=['torch', 'onnxruntime'], default=None,
+                        help="runtime to time in (--measure; default: the table's, else torch)")
     parser.add_argument('--rounds', type=int, default=10,
                         help='interleaved timing rounds, median (--measure)')
     args = parser.parse_args(argv)
@@ -60,7 +65,7 @@ def measure(args, written):
         return None
     rep = deployed_latency(args.config, args.checkpoint, written, args.latency_table,
                            device=args.device, batch=args.batch, input_size=args.input_size,
-                           threads=args.threads, rounds=args.rounds)
+                           threads=args.threads, rounds=args.rounds, backend=args.backend)
     print(rep['text'])
     return rep
 

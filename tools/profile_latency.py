@@ -2,6 +2,8 @@
 
     python tools/profile_latency.py CONFIG --device cpu|cuda --dtype fp32|fp16 [--channels-last]
         --batch N --input-size H W --out TABLE.json [--threads T] [--checkpoint CKPT]
+        [--backend torch|onnxruntime [--providers P ...] [--opt-level all]]
+    python tools/profile_latency.py CONFIG --batch N --input-size H W --export-plan plan.json
 
 Times every conv/linear layer that pruning can narrow (with its norm and activation) at its
 real input sizes over a grid of channel counts, plus the whole model, and writes the table.
@@ -9,6 +11,16 @@ Run it on the deploy device with the deploy settings; an existing --out with the
 torch version and settings is reused (--force measures again). Then prune with
 ``FisherPruningHook(delta='latency', target_metric='latency', latency_table='TABLE.json')``.
 For steady CPU figures pin the process to a free core (``taskset -c N``) and give --threads.
+
+``--backend onnxruntime`` times every block, the model and its half-width calibration copy
+exported to ONNX and run in ONNX Runtime with the given threads, providers and graph
+optimisation level (as the deployment sets them); the key records the runtime, its version and
+the provider. ``--export-plan plan.json`` measures nothing: it writes what to time (every
+layer's calls, blocks and widths; the model and the half-width copy as TorchScript and ONNX
+beside it) for ``mmgfp/apis/latency/runner.py``, one file that needs only torch, to make the
+table on a deploy device without OpenMMLab::
+
+    python runner.py plan.json --out table.json [--device cuda --dtype fp16 --batch 32]
 """
 import argparse
 import os.path as osp
@@ -26,7 +38,15 @@ def parse_args(argv=None):
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--input-size', type=int, nargs=2, default=[320, 320], metavar=('H', 'W'))
-    p.add_argument('--out', required=True, help='the table (JSON); reused if it fits')
+    p.add_argument('--out', help='the table (JSON); reused if it fits')
+    p.add_argument('--export-plan', metavar='PLAN.json',
+                   help='write the plan for runner.py instead of measuring here')
+    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
+                   help='runtime to time in (default: torch eager)')
+    p.add_argument('--providers', nargs='+', default=None,
+                   help='onnxruntime providers, first preferred (default: CPUExecutionProvider)')
+    p.add_argument('--opt-level', default='all', choices=['disable', 'basic', 'extended', 'all'],
+                   help='onnxruntime graph optimisation level (default: all)')
     p.add_argument('--threads', type=int, default=None,
                    help="CPU threads while timing (default: torch's)")
     p.add_argument('--checkpoint', default=None, help='weights (timing does not need them)')
@@ -37,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument('--no-align', action='store_true', help='do not probe alignment')
     p.add_argument('--force', action='store_true', help='measure even if --out fits')
     args = p.parse_args(argv)
+    if bool(args.out) == bool(args.export_plan):
+        p.error('give --out TABLE.json (measure here) or --export-plan PLAN.json (measure with '
+                'runner.py on the deploy device), one of them')
     for name in ('batch', 'points', 'rounds'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
@@ -59,8 +82,26 @@ def summary(table, seconds: float) -> str:
         f'{seconds:.0f} s; whole model '
         f'{table.total_us / 1e3:.2f} ms, of which the layers explain '
         f'{explained(table):.0%} at full width; {table.scaled_remainder:.0%} of the '
-        'rest shrinks with the layers\' outputs (measured on a half-width copy)',
+        "rest shrinks with the layers' outputs and the layers' savings count "
+        f'x{table.layer_scale:.2f} (fitted on a half-width copy that measured '
+        f"{(table.calibration or {}).get('ratio', float('nan')):.3f} of the model)",
         'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])
+
+
+def export_plan(args, cfg) -> int:
+    """Write the plan (``--export-plan``) and say how to run it."""
+    import os
+    from mmgfp.apis.latency import runner
+    from mmgfp.apis.latency.profile import plan_config
+    plan = plan_config(cfg, args.config, args.export_plan, args.batch, args.input_size,
+                       args.checkpoint, points=args.points, rounds=args.rounds, tol=args.tol,
+                       align=not args.no_align)
+    folder = os.path.dirname(os.path.abspath(args.export_plan))
+    print(f"wrote {args.export_plan}: {len(plan['layers'])} layers; beside it "
+          f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')} "
+          f"(in {folder})\non the deploy device (torch only): python {runner.__file__} "
+          f"{args.export_plan} --out table.json [--device cuda --dtype fp16 --batch N]")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -75,12 +116,15 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         raise SystemExit(f'error: {e}')
     t0 = time.perf_counter()
+    if args.export_plan:
+        return export_plan(args, cfg)
     try:
         table, _ = profile_config(
             cfg, args.config, args.device, args.dtype, args.channels_last, args.batch,
             args.input_size, args.checkpoint, threads=args.threads, points=args.points,
             rounds=args.rounds, tol=args.tol, align=not args.no_align, out=args.out,
-            force=args.force)
+            force=args.force, backend=args.backend, providers=args.providers,
+            opt_level=args.opt_level)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     print(summary(table, time.perf_counter() - t0))

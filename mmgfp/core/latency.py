@@ -21,7 +21,12 @@ remainder: unprunable ops, element-wise ops between layers, data movement) is pa
 partly shrinks with the channels: ``scaled_remainder`` (optional, 0 to 1) is the share of it that
 scales with the layers' output elements (each entry's optional ``out_elems``: output elements
 per channel over all its calls, times its output width), measured by the profiler on a
-half-width copy of the model; the rest stays fixed.
+half-width copy of the model; the rest stays fixed. ``layer_scale`` (optional, default 1)
+scales the layers' savings where the entries, timed standalone, save more or less than the
+same layers in the model (:func:`mmgfp.core.latency_calib.fit_calibration`). A table that
+holds ``calibration`` (``{"ratio": measured time of the half-width copy over the model's,
+"thin": {layer: [in, out]}}``, as the plan runner writes it) and no ``scaled_remainder`` gets
+both numbers fitted when it loads.
 """
 import bisect
 import json
@@ -30,18 +35,15 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from .grouping import GroupSet, layer_info, layer_io as _io
+from .grouping import GroupSet, layer_io as _io
+from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
+                            resolve_shape)
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
 KEY_FIELDS = ('device', 'torch', 'dtype', 'channels_last', 'batch', 'threads', 'input_size',
               'model', 'config')
-PROFILE_HINT = 'profile the deployed model with tools/profile_latency.py'
 KeptFn = Callable[[str], int]
-
-
-class LatencyTableError(ValueError):
-    """A latency table that is malformed or does not describe the model it is used for."""
 
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -131,10 +133,17 @@ class LatencyTable:
         key (dict): Device and settings the times were measured with (see ``KEY_FIELDS``).
         total_us (float): Measured forward time of the whole, unpruned model, microseconds.
         layers (dict): Module name -> entry (see the module docstring).
+        scaled_remainder (float, optional): Share of the remainder that scales with the
+            output elements; None fits it from ``calibration`` (0 without). Defaults to None.
+        layer_scale (float, optional): Scale of the layers' savings; None fits it from
+            ``calibration`` (1 without). Defaults to None.
+        calibration (dict, optional): A measured half-width copy (see the module
+            docstring). Defaults to None.
     """
 
     def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
-                 scaled_remainder: float = 0.0):
+                 scaled_remainder: Optional[float] = None, layer_scale: Optional[float] = None,
+                 calibration: Optional[Mapping] = None):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -143,10 +152,8 @@ class LatencyTable:
         self.key = dict(key)
         self.total_us = float(total_us)
         self.layers = {name: _Layer(name, e) for name, e in layers.items()}
-        if not isinstance(scaled_remainder, (int, float)) or not 0 <= scaled_remainder <= 1:
-            raise LatencyTableError(f'latency table `scaled_remainder` must lie in [0, 1], '
-                                    f'but got {scaled_remainder!r}')
-        self.scaled_remainder = float(scaled_remainder)
+        self.calibration = _check_calibration(calibration)
+        self.scaled_remainder, self.layer_scale = 0.0, 1.0
         # (name, in, out) -> us: a pruning step changes few widths, so selection and
         # remaining() mostly ask for times already interpolated
         self._memo: Dict[Tuple[str, float, float], float] = {}
@@ -154,6 +161,8 @@ class LatencyTable:
         self.layers_us = sum(self.time(n, *lay.full_io) for n, lay in self.layers.items())
         self.out_full = sum(lay.out_elems * lay.full_io[1] for lay in self.layers.values())
         self.remainder_us = max(self.total_us - self.layers_us, 0.0)
+        self.scaled_remainder, self.layer_scale = resolve_shape(self, scaled_remainder,
+                                                                layer_scale)
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -165,13 +174,18 @@ class LatencyTable:
         for k in ('key', 'total_us', 'layers'):
             if k not in d:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
-        return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder', 0.0))
+        return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder'),
+                   d.get('layer_scale'), d.get('calibration'))
 
     def to_dict(self) -> Dict:
         d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
              'layers': {n: dict(l.entry) for n, l in self.layers.items()}}
-        if self.scaled_remainder:
+        if self.scaled_remainder or self.calibration:
             d['scaled_remainder'] = self.scaled_remainder
+        if self.layer_scale != 1.0:
+            d['layer_scale'] = self.layer_scale
+        if self.calibration:
+            d['calibration'] = self.calibration
         return d
 
     # -- the remainder -----------------------------------------------------------------------
@@ -291,9 +305,19 @@ class LatencyTable:
         for name in names:
             cin, cout, _ = _io(gs, name, kept)
             rin, rout, _ = _io(gs, name, ref)
-            t += self.time(name, cin, cout) - self.time(name, rin, rout)
+            t += self.layer_scale * (self.time(name, cin, cout) - self.time(name, rin, rout))
             out += self._layer(name).out_elems * (cout - rout)
         return t + self.remainder_change(out)
+
+    def sums_at(self, widths: Mapping[str, Sequence[float]]) -> Tuple[float, float]:
+        """(time in us, output elements) of the table's layers at ``widths`` (name ->
+        (in, out); full width for layers not given)."""
+        us = out = 0.0
+        for name, lay in self.layers.items():
+            cin, cout = widths.get(name, lay.full_io)
+            us += self.time(name, cin, cout)
+            out += lay.out_elems * cout
+        return us, out
 
     def module_sums(self, model: nn.Module) -> Tuple[float, float]:
         """(time in us, output elements) of the table's layers at the widths of ``model``'s
@@ -303,18 +327,7 @@ class LatencyTable:
             LatencyTableError: A layer of the table is missing from ``model``, is no conv or
                 linear layer, or is wider than profiled.
         """
-        mods = dict(model.named_modules())
-        us = out = 0.0
-        for name, lay in self.layers.items():
-            info = layer_info(mods[name]) if name in mods else None
-            if info is None:
-                raise LatencyTableError(
-                    f'the latency table times module {name!r}, but the model has '
-                    f'{"no such module" if name not in mods else type(mods[name]).__name__}: '
-                    f'the table is for another model or config; {PROFILE_HINT}')
-            us += self.time(name, info.in_channels, info.out_channels)
-            out += lay.out_elems * info.out_channels
-        return us, out
+        return self.sums_at(module_widths(model, self.layers))
 
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
@@ -326,7 +339,8 @@ class LatencyTable:
                 linear layer, or is wider than profiled.
         """
         us, out = self.module_sums(model)
-        return self.total_us + us - self.layers_us + self.remainder_change(out - self.out_full)
+        return (self.total_us + self.layer_scale * (us - self.layers_us) +
+                self.remainder_change(out - self.out_full))
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:

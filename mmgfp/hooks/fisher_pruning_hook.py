@@ -368,7 +368,8 @@ def _check_args(interval, delta, target, target_metric, channels_per_step, min_c
 
 def _key_text(key: Dict) -> str:
     return ', '.join(f'{k} {key[k]}' for k in ('dtype', 'batch', 'threads', 'input_size',
-                                                'channels_last', 'torch') if k in key)
+                                                'channels_last', 'torch', 'backend',
+                                                'backend_version', 'provider') if k in key)
 
 
 def _save_checkpoint_atomic(runner, filename: str) -> None:

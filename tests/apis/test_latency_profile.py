@@ -108,34 +108,28 @@ def test_capture_finds_calls_norm_and_activation():
     assert build_block(calls['g.0'], 8, 8, depthwise=True)[0].groups == 2  # 4 per group
 
 
-def test_remainder_calibration_arithmetic(monkeypatch):
-    """The scaled share of the remainder from a half-width copy, with the times given."""
+def test_calibration_times_a_half_width_copy(monkeypatch):
+    """The model and its half-width copy, timed together, give the total and the ratio."""
     import mmgfp.apis.latency.profile as L
-    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
-    from test_core_latency import chain_table
+    from mmgfp.apis.latency.runner import Backend
     model, x = make('chain'), inputs(1)
     gs = groups_of(model, x)
-    d = chain_table()  # layers 23.6 us of 100 at full width
-    for name, elems in (('a.0', 10), ('b.0', 5), ('c', 2)):
-        d['layers'][name]['out_elems'] = elems
-    table = LatencyTable.from_dict(d)
     seen = {}
 
-    def fake_compare(models, fwd, device, rounds, warmup):
-        thin = models['thin']
-        seen['widths'] = (thin.a[0].out_channels, thin.b[0].out_channels)
-        return {'full': 0.1, 'thin': 0.0694}  # ms
+    def fake_times(models, fwd, run, rounds, warmup):
+        seen['widths'] = [(m.a[0].out_channels, m.b[0].out_channels)
+                          for m in (models['thin'], models['quarter'])]
+        return {'full': 100.0, 'thin': 69.4, 'quarter': 50.0}
 
-    monkeypatch.setattr(L, 'compare_latency', fake_compare)
-    share = L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0, log=print)
-    assert seen['widths'] == (4, 6)  # every prunable group at half width
-    # thin layers: a 4 + b 0.1*4*6 + c 0.5*6 = 9.4 -> remainder 69.4 - 9.4 = 60 of 76.4,
-    # with (10*4 + 5*6 + 2*5) / 150 of the output elements
-    assert share == pytest.approx((1 - 60 / 76.4) / (1 - 80 / 150))
-    monkeypatch.setattr(L, 'compare_latency', lambda *a, **k: {'full': 0.1, 'thin': 0.2})
-    assert L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0) == 0.0
+    monkeypatch.setattr(L, 'time_models', fake_times)
+    total, cal = L.calibrate(model, lambda m: m(x), gs, Backend(), 1, 0, log=print)
+    assert seen['widths'] == [(4, 6), (2, 3)]  # every prunable group at half / a quarter
+    assert total == 100.0 and cal['ratio'] == pytest.approx(0.694) and cal['thin'] == {
+        'a.0': [3, 4], 'b.0': [4, 6], 'c': [6, 5]}
+    assert cal['ratio_quarter'] == 0.5 and cal['quarter']['b.0'] == [2, 3]
     monkeypatch.setattr(L, 'half_width_copy', lambda m, g: 1 / 0)
-    assert L.calibrate_remainder(model, lambda m: m(x), gs, table, 'cpu', 1, 0) == 0.0
+    monkeypatch.setattr(L, 'time_models', lambda models, *a: {'full': 90.0})
+    assert L.calibrate(model, lambda m: m(x), gs, Backend(), 1, 0, log=print) == (90.0, None)
 
 
 def test_axis_points_and_refinement():

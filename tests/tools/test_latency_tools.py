@@ -127,3 +127,26 @@ def test_check_model_latency_reports_both(pruned, tmp_path, capsys):
     assert 'EQUIVALENT' in text and 'compact: measured' in text
     with pytest.raises(SystemExit, match='--latency-table'):
         tool.main([pruned['config'], '--latency-table', str(tmp_path / 'missing.json')])
+
+
+def test_onnxruntime_timing_and_a_foreign_table_warn(pruned, tmp_path, capsys):
+    """--backend onnxruntime times the exported models; a table made on another CPU and in
+    another runtime is named in the report's warning (and in the returned dict)."""
+    pytest.importorskip('onnxruntime')
+    import tools.deploy_pruned as tool
+    with open(pruned['table']) as f:
+        table = json.load(f)
+    table['key']['device'] = 'cpu: Intel(R) Xeon(R) Platinum 8480+'
+    foreign = str(tmp_path / 'foreign.json')
+    with open(foreign, 'w') as f:
+        json.dump(table, f)
+    out = tool.main([pruned['config'], pruned['ckpt'], '--out-dir', str(tmp_path / 'c'),
+                     '--latency-table', foreign, '--backend', 'onnxruntime', '--rounds', '2'])
+    rep = out['latency']
+    _check_rows(rep['rows'], predicted=True)
+    assert rep['settings']['backend'] == 'onnxruntime'
+    assert "device: table 'cpu: Intel(R) Xeon(R) Platinum 8480+'" in rep['warning']
+    assert "backend: table 'torch', here 'onnxruntime'" in rep['warning']
+    text = capsys.readouterr().out
+    assert 'in onnxruntime' in text and 'warning: the latency table was measured on another' \
+        in text

@@ -58,3 +58,23 @@ def test_profile_then_reuse(tmp_path, capsys):
     mtime = osp.getmtime(out)
     assert tool.main(argv) == 0
     assert 'reusing' in capsys.readouterr().err and osp.getmtime(out) == mtime
+
+
+def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG)
+    plan_path = tmp_path / 'plan.json'
+    assert tool.main([str(cfg), '--input-size', '32', '32', '--export-plan',
+                      str(plan_path)]) == 0
+    assert 'runner.py' in capsys.readouterr().out
+    plan = json.loads(plan_path.read_text())
+    assert plan['format'] == 'mmgfp-latency-plan/1' and plan['key']['input_size'] == [32, 32]
+    assert not [n for n in plan['layers'] if n.startswith('backbone.layer4.')]  # hook's skip
+    conv = plan['layers']['backbone.layer3.0.conv1']
+    assert conv['block']['op'] == 'Conv2d' and conv['block']['norm'] == {'type': 'BatchNorm'}
+    assert conv['block']['act'] == 'ReLU' and conv['calls'] == [[[1, 32, 4, 4], 1]]
+    assert set(plan['calibration']['quarter']) == set(plan['layers'])
+    for f in ('full', 'thin', 'quarter', 'full_onnx', 'thin_onnx', 'quarter_onnx'):
+        assert osp.isfile(tmp_path / plan['models'][f])
+    with pytest.raises(SystemExit):  # a plan or a table, not both
+        tool.parse_args([str(cfg), '--out', 't.json', '--export-plan', 'p.json'])

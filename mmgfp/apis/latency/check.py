@@ -3,18 +3,28 @@
 Used by ``tools/deploy_pruned.py --measure`` (the deployed compact model against the model the
 checkpoint was trained from) and ``tools/check_model.py --latency`` (a model pruned at random).
 The original and the compact model are timed interleaved in one process
-(:func:`mmgfp.apis.latency.timing.compare_latency`); with a latency table (``tools/profile_latency.py``)
+(:func:`mmgfp.apis.latency.timing.compare_latency`); with a latency table
+(``tools/profile_latency.py``)
 the table's prediction for both is shown beside the measurement, and the settings (dtype, memory
-format, batch, input size, threads) default to the table's so that the two are comparable.
+format, batch, input size, threads, runtime) default to the table's so that the two are
+comparable. ``backend='onnxruntime'`` exports both models' tensor path
+(:func:`mmgfp.apis.deploying.onnx_export.export_onnx`) and times them in ONNX Runtime. When the
+table was measured on another machine or runtime than the timing, the report says so.
 """
 import copy
+import logging
+import os.path as osp
+import tempfile
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
 import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import load_table
+from mmgfp.core.latency_calib import origin_warning
 from mmgfp.core.spec import from_ranges, validate
+from mmgfp.apis.latency.runner import Backend, compare_calls
 from mmgfp.apis.latency.timing import compare_latency, device_name, prepare
 
 DET_SIZE, CLS_SIZE = (320, 320), (224, 224)
@@ -33,9 +43,10 @@ def kept_from_spec(gs: GroupSet, spec: Dict) -> Callable[[str], int]:
 
 def settings(model: nn.Module, table: Optional[LatencyTable], device: str,
              batch: Optional[int], input_size: Optional[Sequence[int]],
-             threads: Optional[int]) -> Dict:
+             threads: Optional[int], backend: Optional[str] = None) -> Dict:
     """Measurement settings: the table's where one is given (what is asked must agree with
-    it), else what is asked, else batch 1 at 320x320 (detectors) or 224x224 (classifiers)."""
+    it; the runtime may differ, with a warning in the report), else what is asked, else batch
+    1 at 320x320 (detectors) or 224x224 (classifiers), in eager PyTorch."""
     asked = {'batch': batch, 'input_size': list(input_size) if input_size else None,
              'threads': threads}
     asked = {k: v for k, v in asked.items() if v is not None}
@@ -43,12 +54,43 @@ def settings(model: nn.Module, table: Optional[LatencyTable], device: str,
         family = type(model).__module__.split('.')[0]
         return {'device': device, 'dtype': 'fp32', 'channels_last': False, 'batch': 1,
                 'input_size': list(CLS_SIZE if family == 'mmpretrain' else DET_SIZE),
-                'threads': None, **asked}
+                'threads': None, 'backend': backend or 'torch', **asked}
     table.check_key(asked)
     key = table.key
     return {'device': device, 'dtype': key.get('dtype', 'fp32'),
             'channels_last': bool(key.get('channels_last', False)), 'batch': int(key['batch']),
-            'input_size': list(key['input_size']), 'threads': key.get('threads')}
+            'input_size': list(key['input_size']), 'threads': key.get('threads'),
+            'backend': backend or key.get('backend', 'torch')}
+
+
+def runtime(opts: Dict) -> Backend:
+    """The runtime the models are timed in."""
+    ort = opts['backend'] == 'onnxruntime'
+    return Backend(opts['backend'], opts['device'], 'fp32' if ort else opts['dtype'],
+                   False if ort else opts['channels_last'], opts['threads'])
+
+
+def here(opts: Dict) -> Dict:
+    """The machine and runtime of this timing, as a table key names them."""
+    return {'device': device_name(opts['device']), **runtime(opts).key()}
+
+
+def time_onnxruntime(models: Dict[str, nn.Module], opts: Dict, rounds: int,
+                     warmup: int) -> Dict[str, float]:
+    """Median time (ms) of each model's tensor path exported to ONNX (fixed batch) and run in
+    ONNX Runtime with the settings' threads, interleaved."""
+    from mmgfp.apis.deploying.onnx_export import export_onnx
+    run = runtime(opts)
+    x = torch.randn(opts['batch'], 3, *opts['input_size'])
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = {}
+        for name, m in models.items():
+            path = osp.join(tmp, f'{name}.onnx')
+            export_onnx(m.eval(), path, opts['input_size'], opts['batch'], opset=17,
+                        exporter='torchscript', dynamic_batch=False, logger=lambda msg: None)
+            calls[name] = run.file_callable(path, x)
+        us = compare_calls(calls, 'cpu', rounds, warmup)
+    return {k: v / 1e3 for k, v in us.items()}
 
 
 def latency_rows(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], object],
@@ -57,9 +99,13 @@ def latency_rows(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module],
                  warmup: int = 2) -> List[Dict]:
     """Measured (and, with a table, predicted) latency of each model; the first is the
     reference of the ratios. ``kept`` maps a model's name to its channels per group."""
-    for m in models.values():
-        prepare(m, opts['device'], opts['dtype'], opts['channels_last'])
-    ms = compare_latency(models, forward_fn, opts['device'], rounds, warmup, opts['threads'])
+    if opts.get('backend', 'torch') == 'onnxruntime':
+        ms = time_onnxruntime(models, opts, rounds, warmup)
+    else:
+        for m in models.values():
+            prepare(m, opts['device'], opts['dtype'], opts['channels_last'])
+        ms = compare_latency(models, forward_fn, opts['device'], rounds, warmup,
+                             opts['threads'])
     base = next(iter(models))
     rows = []
     for name in models:
@@ -78,13 +124,14 @@ def latency_rows(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module],
 def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
                 rounds: int) -> str:
     """A readable report: settings, then one line per model."""
-    here = device_name(opts['device'])
-    lines = [f"latency on {here} ({opts['dtype']}{', channels_last' if opts['channels_last'] else ''}"
+    where = here(opts)
+    lines = [f"latency on {where['device']} in {where['backend']} {where['backend_version']} ("
+             f"{opts['dtype']}{', channels_last' if opts['channels_last'] else ''}"
              f", batch {opts['batch']}, {opts['input_size'][0]}x{opts['input_size'][1]}, "
              f"{opts['threads'] or 'default'} threads; median of {rounds} interleaved rounds)"]
-    if table is not None and table.key.get('device') != here:
-        lines.append(f"note: the latency table was measured on {table.key.get('device')}, not "
-                     'on this device: prediction and measurement describe different devices')
+    warning = origin_warning(table.key, where) if table is not None else ''
+    if warning:
+        lines.append(warning)
     for r in rows:
         line = f"  {r['model']:>8}: measured {r['measured_ms']:.2f} ms ({r['measured_ratio']:.3f})"
         if 'predicted_ms' in r:
@@ -112,16 +159,19 @@ def _groups(model: nn.Module, cfg, seed: int) -> GroupSet:
 def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
                  table=None, device: str = 'cpu', batch: Optional[int] = None,
                  input_size: Optional[Sequence[int]] = None, threads: Optional[int] = None,
-                 rounds: int = 10, seed: int = 0) -> Dict:
+                 rounds: int = 10, seed: int = 0, backend: Optional[str] = None) -> Dict:
     """Latency report of ``compact`` (``original`` pruned to ``spec``) next to ``original``.
 
+    ``backend`` (``'torch'`` or ``'onnxruntime'``) defaults to the table's runtime, else torch.
+
     Returns:
-        dict: ``rows`` (see :func:`latency_rows`), ``settings``, ``text`` (printable) and
-        ``table_key`` (None without a table).
+        dict: ``rows`` (see :func:`latency_rows`), ``settings``, ``text`` (printable),
+        ``table_key`` (None without a table) and ``warning`` (the table's origin differs from
+        this timing's; '' when not).
     """
     from mmgfp.apis.inputs import demo_batch, tensor_forward
     table = load_table(table)
-    opts = settings(original, table, device, batch, input_size, threads)
+    opts = settings(original, table, device, batch, input_size, threads, backend)
     gs = _groups(copy.deepcopy(original), cfg, seed)
     if table is not None:
         table.check_groups(gs)
@@ -130,8 +180,11 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
     rows = latency_rows({'original': original, 'compact': compact}, tensor_forward(data), gs,
                         {'original': full, 'compact': kept_from_spec(gs, spec)}, table, opts,
                         rounds)
+    warning = origin_warning(table.key, here(opts)) if table is not None else ''
+    if warning:
+        logging.getLogger('mmgfp').warning(warning)
     return {'rows': rows, 'settings': opts, 'text': format_rows(rows, opts, table, rounds),
-            'table_key': table.key if table is not None else None}
+            'table_key': table.key if table is not None else None, 'warning': warning}
 
 
 def deployed_latency(config: str, checkpoint: str, written: Dict[str, str], table=None,

@@ -1,30 +1,15 @@
 """Timing on a device: settings, a median timer, whole-model latency (interleaved)."""
 import statistics
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+from mmgfp.apis.latency.runner import DTYPES, Timer, device_name  # noqa: F401
 
 
 # -- settings ------------------------------------------------------------------------------------
-def device_name(device: str) -> str:
-    """``'cpu: <model name>'`` or ``'cuda: <GPU name>'``."""
-    if device.startswith('cuda'):
-        return 'cuda: ' + torch.cuda.get_device_name(torch.device(device))
-    name = '?'
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next((ln.split(':', 1)[1].strip() for ln in f
-                         if ln.startswith('model name')), name)
-    except OSError:
-        pass
-    return 'cpu: ' + name
-
-
 def make_key(device: str, dtype: str, channels_last: bool, batch: int, threads: int,
              input_size: Sequence[int], model: str, config: str) -> Dict:
     """The settings a table was measured with, as plain JSON types (``torch.__version__`` is
@@ -55,33 +40,6 @@ def threads_set(threads: Optional[int]):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-class Timer:
-    """Median time of ``fn()`` in microseconds: perf_counter on CPU, CUDA events on GPUs."""
-
-    def __init__(self, device: str = 'cpu', rounds: int = 5, warmup: int = 1):
-        self.cuda = device.startswith('cuda')
-        self.rounds, self.warmup = rounds, warmup
-
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        with torch.no_grad():
-            for _ in range(self.warmup):
-                fn()
-            times = []
-            for _ in range(self.rounds):
-                if self.cuda:
-                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-                    start.record()
-                    fn()
-                    end.record()
-                    torch.cuda.synchronize()
-                    times.append(start.elapsed_time(end) * 1e3)
-                else:
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - t0) * 1e6)
-        return statistics.median(times)
 
 
 def prepare(model: nn.Module, device: str = 'cpu', dtype: str = 'fp32',

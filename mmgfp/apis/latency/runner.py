@@ -1,0 +1,446 @@
+"""Turn a latency plan into a latency table on the device itself: needs only torch (and
+onnxruntime for ``--backend onnxruntime``), no OpenMMLab and no mmgfp.
+
+Copy this one file and the plan (``tools/profile_latency.py CONFIG --export-plan plan.json``
+writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt`` / ``plan.quarter.pt``, the model
+and its half- and quarter-width copies as TorchScript, and their ``.onnx`` exports) to the
+deploy device, then::
+
+    python runner.py plan.json --out table.json [--device cuda] [--dtype fp16]
+        [--channels-last] [--batch 32] [--threads 1] [--backend onnxruntime]
+
+The table loads on the training machine and prunes like a local one (``latency_table=``).
+``mmgfp.apis.latency.profile`` runs the same functions in process: a local table and a
+plan-made one are sampled alike. Every layer of the plan is one conv/linear block (with its
+norm and activation) at its recorded input shapes, timed over a grid of widths (see
+:func:`profile_entry`); the model and its thinner copies are timed interleaved, which gives
+the table's total and the ratios its remainder and layer scale are calibrated with.
+"""
+import argparse
+import io
+import json
+import math
+import os.path as osp
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+PLAN_FORMAT = 'mmgfp-latency-plan/1'
+TABLE_FORMAT = 'mmgfp-latency/1'
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+ALIGN_PROBES = (1, 2, 4, 8, 16, 32)
+ORT_LEVELS = ('disable', 'basic', 'extended', 'all')
+
+
+def device_name(device: str) -> str:
+    """``'cpu: <model name>'`` or ``'cuda: <GPU name>'``."""
+    if device.startswith('cuda'):
+        return 'cuda: ' + torch.cuda.get_device_name(torch.device(device))
+    name = '?'
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((ln.split(':', 1)[1].strip() for ln in f
+                         if ln.startswith('model name')), name)
+    except OSError:
+        pass
+    return 'cpu: ' + name
+
+
+class Timer:
+    """Median time of ``fn()`` in microseconds: perf_counter on CPU, CUDA events on GPUs."""
+
+    def __init__(self, device: str = 'cpu', rounds: int = 5, warmup: int = 1):
+        self.cuda = device.startswith('cuda')
+        self.rounds, self.warmup = rounds, warmup
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        with torch.no_grad():
+            for _ in range(self.warmup):
+                fn()
+            times = []
+            for _ in range(self.rounds):
+                if self.cuda:
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
+                    fn()
+                    end.record()
+                    torch.cuda.synchronize()
+                    times.append(start.elapsed_time(end) * 1e3)
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(times)
+
+
+# -- the deploy runtime -----------------------------------------------------------------------
+def cpu_block() -> int:
+    """Channels per block of ONNX Runtime's CPU convolutions (MLAS NCHWc): 16 with AVX-512,
+    8 otherwise. Other widths run without the blocked layout, and the layout conversions
+    around them cost between layers, where no block's timing sees them."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((ln for ln in f if ln.startswith('flags')), '')
+    except OSError:
+        flags = ''
+    return 16 if ' avx512f' in flags else 8
+
+
+class Backend:
+    """Where blocks and models run: ``'torch'`` eager, or ``'onnxruntime'`` with its session
+    settings (threads, providers, graph optimisation level) as the deployment sets them."""
+
+    def __init__(self, name: str = 'torch', device: str = 'cpu', dtype: str = 'fp32',
+                 channels_last: bool = False, threads: Optional[int] = None,
+                 providers: Optional[List[str]] = None, opt_level: str = 'all'):
+        if name not in ('torch', 'onnxruntime'):
+            raise ValueError(f"`backend` must be 'torch' or 'onnxruntime', but got {name!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f'`dtype` must be one of {tuple(DTYPES)}, but got {dtype!r}')
+        if opt_level not in ORT_LEVELS:
+            raise ValueError(f'`opt_level` must be one of {ORT_LEVELS}, but got {opt_level!r}')
+        self.name, self.device, self.dtype = name, device, dtype
+        self.channels_last, self.threads, self.opt_level = channels_last, threads, opt_level
+        self.providers = list(providers or ['CPUExecutionProvider'])
+        self.min_align = 1
+        if name == 'onnxruntime':
+            if dtype != 'fp32' or channels_last:
+                raise ValueError('the onnxruntime backend times fp32 graphs in their exported '
+                                 'layout: drop --dtype fp16 / --channels-last')
+            try:
+                import onnxruntime
+            except ImportError:
+                raise ValueError('--backend onnxruntime needs the onnxruntime package: pip '
+                                 'install onnxruntime') from None
+            self.ort = onnxruntime
+            if self.providers[0] == 'CPUExecutionProvider':
+                self.min_align = cpu_block()
+
+    def key(self) -> Dict:
+        """The table key's runtime fields."""
+        if self.name == 'torch':
+            return {'backend': 'torch', 'backend_version': str(torch.__version__),
+                    'provider': None}
+        return {'backend': 'onnxruntime', 'backend_version': self.ort.__version__,
+                'provider': self.providers[0], 'graph_optimization': self.opt_level}
+
+    def session(self, onnx: Any):
+        """An onnxruntime session of ``onnx`` (a path or the bytes of a model)."""
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or 0
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(
+            self.ort.GraphOptimizationLevel, 'ORT_ENABLE_ALL' if self.opt_level == 'all' else
+            {'disable': 'ORT_DISABLE_ALL', 'basic': 'ORT_ENABLE_BASIC',
+             'extended': 'ORT_ENABLE_EXTENDED'}[self.opt_level])
+        return self.ort.InferenceSession(onnx, opts, providers=self.providers)
+
+    def callable(self, module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+        """``fn()`` running ``module`` on ``x`` in this runtime (exported for onnxruntime)."""
+        if self.name == 'torch':
+            module = module.to(self.device, DTYPES[self.dtype])
+            x = x.to(self.device, DTYPES[self.dtype])
+            if self.channels_last and x.dim() == 4:
+                module = module.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            return lambda: module(x)
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(module.eval(), (x, ), buf, dynamo=False, opset_version=17,
+                              input_names=['x'])
+        return self.file_callable(buf.getvalue(), x)
+
+    def file_callable(self, onnx: Any, x: torch.Tensor) -> Callable[[], Any]:
+        sess = self.session(onnx)
+        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
+        return lambda: sess.run(None, feed)
+
+
+# -- one layer: a block over widths ------------------------------------------------------------
+def build_block(desc: Dict, cin: int, cout: int, depthwise: bool) -> nn.Module:
+    """The layer ``desc`` (with its norm and activation) at ``cin``/``cout`` channels."""
+    op = desc['op']
+    groups = 1
+    if depthwise:  # whole groups go: as many groups as the width holds
+        groups = cin // (desc['in_channels'] // desc['groups'])
+    elif desc.get('groups', 1) > 1 and cin % desc['groups'] == 0 and cout % desc['groups'] == 0:
+        groups = desc['groups']
+    if op == 'Linear':
+        parts = [nn.Linear(cin, cout, bias=desc['bias'])]
+    else:
+        kw = {k: desc[k] if isinstance(desc[k], str) else tuple(desc[k])
+              for k in ('kernel_size', 'stride', 'padding', 'dilation')}
+        if op.startswith('ConvTranspose'):
+            kw['output_padding'] = tuple(desc['output_padding'])
+        else:
+            kw['padding_mode'] = desc.get('padding_mode', 'zeros')
+        parts = [getattr(nn, op)(cin, cout, groups=groups, bias=desc['bias'], **kw)]
+    norm, dims = desc.get('norm'), len(desc.get('kernel_size', ())) or 1
+    if norm and norm['type'] == 'GroupNorm':
+        per = norm['per_group']
+        parts.append(nn.GroupNorm(cout // per if cout % per == 0 else 1, cout,
+                                  affine=norm.get('affine', True)))
+    elif norm:
+        parts.append((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](cout))
+    if desc.get('act'):
+        parts.append(getattr(nn, desc['act'])())
+    return nn.Sequential(*parts).eval()
+
+
+class LayerTimer:
+    """``t(cin, cout)`` in us of one plan layer over all its calls, cached per point."""
+
+    def __init__(self, layer: Dict, backend: Backend, timer: Timer, batch: Optional[int] = None):
+        self.layer, self.backend, self.timer, self.batch = layer, backend, timer, batch
+        self.depthwise = 'width' in layer['axes']
+        self.cache: Dict = {}
+
+    def _input(self, shape, cin):
+        shape = list(shape)
+        shape[-1 if self.layer['block']['op'] == 'Linear' else 1] = cin
+        if self.batch:
+            shape[0] = self.batch
+        return torch.randn(shape)
+
+    def __call__(self, cin: int, cout: int, fresh: bool = False) -> float:
+        if self.depthwise:
+            cin = cout
+        if fresh or (cin, cout) not in self.cache:
+            block = build_block(self.layer['block'], cin, cout, self.depthwise)
+            total = 0.0
+            for shape, n in self.layer['calls']:
+                total += n * self.timer(self.backend.callable(block, self._input(shape, cin)))
+            self.cache[(cin, cout)] = total
+        return self.cache[(cin, cout)]
+# -- sampling ------------------------------------------------------------------------------------
+def axis_points(full: int, unit: int, points: int) -> List[int]:
+    """About ``points`` evenly spaced multiples of ``unit`` up to ``full`` (always included)."""
+    pts = {full}
+    for i in range(1, points):
+        p = round(full * i / points / unit) * unit
+        if unit <= p < full:
+            pts.add(p)
+    return sorted(pts)
+
+
+def refine(f: Callable[[int], float], pts: List[int], unit: int, tol: float,
+           max_points: int) -> List[int]:
+    """Add midpoints where linear interpolation misses ``f`` by more than ``tol`` (relative to
+    ``f`` at the full width), once per interval, while under ``max_points``."""
+    scale = max(f(pts[-1]), 1e-9)
+    out = list(pts)
+    for a, b in zip(pts, pts[1:]):
+        m = (a + b) // 2 // unit * unit
+        if len(out) >= max_points or not a < m < b:
+            continue
+        guess = f(a) + (f(b) - f(a)) * (m - a) / (b - a)
+        if abs(f(m) - guess) > tol * scale:
+            out.append(m)
+    return sorted(out)
+
+
+def probe_align(f: Callable[[int], float], full: int, unit: int, tol: float,
+                again: Optional[Callable[[int], float]] = None) -> int:
+    """Width granularity that pays: ``2a`` for the largest ``a`` where ``w - a`` channels take
+    more than ``tol`` longer than the straight line between the aligned ``w`` and ``w - 2a``
+    predicts (``w`` a multiple of 64, or 16 for narrow layers); 1 if no width is off the line.
+
+    A line through two aligned widths absorbs what every width pays alike (per-op overhead), so
+    only the cost of leaving the alignment counts: spikes above an aligned width (GPU tiles)
+    and widths that save less than their share (CPU vector blocks). ``again(w)`` re-measures
+    without the cache: a spike counts only if it shows twice, so one noisy reading does not
+    coarsen a group's steps.
+    """
+    w = full // 64 * 64 if full >= 96 else full // 16 * 16
+    if w < 16:
+        return 1
+
+    def off_line(g, a):
+        return g(w - a) > (g(w) + g(w - 2 * a)) / 2 * (1 + tol)
+
+    align = 1
+    for a in ALIGN_PROBES:
+        if a % unit or w - 2 * a < unit or not off_line(f, a):
+            continue
+        if again is None or off_line(again, a):
+            align = 2 * a
+    return align
+
+
+def monotone(times: List[float]) -> List[float]:
+    """Times over increasing widths made non-decreasing (each is at most the times of all
+    wider points): at the sampled (aligned) widths, removing channels never costs time, and a
+    noisy slow reading at a narrow width does not hide the savings below it."""
+    out = list(times)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
+
+
+def profile_entry(axes: Dict, lt: Callable[..., float], points: int, tol: float,
+                  max_points: int, align: bool, min_align: int = 1) -> Dict:
+    """The table entry of one layer (see :mod:`mmgfp.core.latency`).
+
+    ``axes`` is ``{'width': full, 'unit': u}`` for a depth-wise layer, else ``{'in': full,
+    'unit_in': u or None, 'out': full, 'unit_out': u or None}`` (None: not prunable there).
+    ``min_align`` is the least alignment of a probed width of at least twice that many
+    channels (the runtime's known block size).
+    """
+    def floor(a, full):
+        return math.lcm(a, min_align) if full >= 2 * min_align else a
+
+    if 'width' in axes:
+        full, unit = axes['width'], axes['unit']
+        f = (lambda w: lt(w, w))
+        a = probe_align(f, full, unit, tol, lambda w: lt(w, w, fresh=True)) if align else 1
+        a = floor(a, full)
+        step = math.lcm(unit, a)
+        pts = refine(f, axis_points(full, step, points), step, tol, max_points)
+        return {'width': pts, 'us': monotone([f(w) for w in pts]), 'align': a}
+    full_in, full_out, u_in, u_out = axes['in'], axes['out'], axes['unit_in'], axes['unit_out']
+    ins, outs, a = [full_in], [full_out], 1
+    if u_out:
+        f_out = (lambda w: lt(full_in, w))
+        a = probe_align(f_out, full_out, u_out, tol,
+                        lambda w: lt(full_in, w, fresh=True)) if align else 1
+        a = floor(a, full_out)
+        step = math.lcm(u_out, a)  # sample where divisor='auto' lands
+        outs = refine(f_out, axis_points(full_out, step, points), step, tol, max_points)
+    if u_in:
+        f_in = (lambda w: lt(w, full_out))
+        ins = refine(f_in, axis_points(full_in, u_in, points), u_in, tol, max_points)
+    us = [monotone([lt(i, o) for o in outs]) for i in ins]
+    cols = [monotone([row[j] for row in us]) for j in range(len(outs))]
+    return {'in': ins, 'out': outs, 'us': [list(r) for r in zip(*cols)], 'align': a}
+
+
+def profile_layers(layers: Dict[str, Dict], backend: Backend, settings: Dict,
+                   batch: Optional[int] = None, log=None) -> Dict[str, Dict]:
+    """The table entries of every plan layer (``settings``: points, rounds, warmup, tol,
+    max_points, align)."""
+    timer = Timer(backend.device if backend.name == 'torch' else 'cpu', settings['rounds'],
+                  settings['warmup'])
+    out, t0 = {}, time.perf_counter()
+    for i, (name, layer) in enumerate(layers.items()):
+        lt = LayerTimer(layer, backend, timer, batch)
+        out[name] = profile_entry(layer['axes'], lt, settings['points'], settings['tol'],
+                                  settings['max_points'], settings['align'],
+                                  backend.min_align if settings['align'] else 1)
+        out[name]['points_timed'] = len(lt.cache)
+        out[name]['out_elems'] = layer['out_elems']
+        if log:
+            done = time.perf_counter() - t0
+            log(f'\r[profile_latency] {i + 1}/{len(layers)} layers, {done:.0f} s, about '
+                f'{done / (i + 1) * (len(layers) - i - 1):.0f} s left ', end='')
+    if log:
+        log('')
+    return out
+
+
+def compare_calls(calls: Dict[str, Callable[[], Any]], device: str = 'cpu', rounds: int = 10,
+                  warmup: int = 2) -> Dict[str, float]:
+    """Median time (us) of each ``fn()``, interleaved: every round times each once, in
+    rotating order, so drift and other processes hit all alike."""
+    names = list(calls)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    timer = Timer(device, rounds=1, warmup=0)
+    for _ in range(warmup):
+        for n in names:
+            calls[n]()
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            times[n].append(timer(calls[n]))
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+# -- a plan from another machine ---------------------------------------------------------------
+def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]) -> Dict:
+    """``fn()`` of the plan's model and half-width copy in ``backend``."""
+    models = plan['models']
+    shape = list(models['input_shape'])
+    if batch:
+        shape[0] = batch
+    x = torch.randn(shape)
+    calls = {}
+    for tag in [t for t in ('full', 'thin', 'quarter') if t in models]:
+        if backend.name == 'onnxruntime':
+            calls[tag] = backend.file_callable(osp.join(folder, models[tag + '_onnx']), x)
+        else:
+            calls[tag] = backend.callable(torch.jit.load(osp.join(folder, models[tag])), x)
+    return calls
+
+
+def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
+             log=None) -> Dict:
+    """The latency table (a dict) of ``plan`` measured here."""
+    if plan.get('format') != PLAN_FORMAT:
+        raise ValueError(f'not a latency plan: `format` must be {PLAN_FORMAT!r}, but got '
+                         f'{plan.get("format")!r}; write one with tools/profile_latency.py '
+                         'CONFIG --export-plan plan.json')
+    s = plan['settings']
+    if backend.threads:
+        torch.set_num_threads(backend.threads)
+    layers = profile_layers(plan['layers'], backend, s, batch, log)
+    for entry in layers.values():  # output elements per channel grow with the batch
+        entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
+            'key']['batch']
+    calls = _model_calls(plan, folder, backend, batch)
+    device = backend.device if backend.name == 'torch' else 'cpu'
+    with torch.no_grad():
+        us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1)
+    key = dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
+               dtype=backend.dtype, channels_last=backend.channels_last,
+               batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
+               **backend.key())
+    return {'format': TABLE_FORMAT, 'key': key, 'total_us': us['full'], 'layers': layers,
+            'calibration': calibration(us, plan['calibration'])}
+
+
+def calibration(us: Dict[str, float], widths: Dict) -> Dict:
+    """The table's ``calibration``: each thinner copy's measured ratio and its widths."""
+    cal = {'ratio': us['thin'] / us['full'], 'thin': widths['thin']}
+    if 'quarter' in us:
+        cal.update(ratio_quarter=us['quarter'] / us['full'], quarter=widths['quarter'])
+    return cal
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description='Measure a latency table from a plan')
+    p.add_argument('plan', help='plan.json written by tools/profile_latency.py --export-plan')
+    p.add_argument('--out', required=True, help='the table (JSON) to write')
+    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'])
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (torch backend)")
+    p.add_argument('--dtype', default='fp32', choices=list(DTYPES))
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--batch', type=int, default=None, help="default: the plan's")
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--providers', nargs='+', default=None,
+                   help='onnxruntime providers, first preferred (default: CPU)')
+    p.add_argument('--opt-level', default='all', choices=ORT_LEVELS)
+    args = p.parse_args(argv)
+    with open(args.plan) as f:
+        plan = json.load(f)
+    try:
+        backend = Backend(args.backend, args.device, args.dtype, args.channels_last,
+                          args.threads, args.providers, args.opt_level)
+        table = run_plan(plan, osp.dirname(osp.abspath(args.plan)), backend, args.batch,
+                         log=lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    with open(args.out, 'w') as f:
+        json.dump(table, f, indent=1)
+    print(f"wrote {args.out}: {len(table['layers'])} layers, whole model "
+          f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
