@@ -101,6 +101,9 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
 
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
+
+    from mmgfp.codebases import prepare_scope
+    prepare_scope(cfg)  # codebase bridges (mmyolo's version gate)
     init_default_scope(cfg.get('default_scope') or 'mmdet')
     model_cfg = _one_process_norms(strip_pretrained(cfg.model))
     if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
@@ -143,7 +146,10 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
         dict: Paths of what was written, and ``'pruned'`` ('yes'/'no').
     """
     from mmengine.registry import init_default_scope
+
+    from mmgfp.codebases import prepare_scope
     cfg = Config.fromfile(config)
+    prepare_scope(cfg)  # codebase bridges (mmyolo's version gate)
     init_default_scope(cfg.get('default_scope') or 'mmdet')
     ckpt = read_checkpoint(checkpoint)
     state = ckpt.get('mmgfp') or {}
