@@ -179,5 +179,13 @@ class MMYOLO(Codebase):
     def compat(self):
         return mmyolo_compat()
 
-    def register_rules(self) -> None:
-        pass
+    def fix_compact(self, model: nn.Module) -> None:
+        """RepVGG blocks (YOLOv6, YOLOv7, PPYOLOE) build the identity kernel of their
+        re-parameterisation (``switch_to_deploy``) from ``in_channels``, a constructor value:
+        follow the sliced conv, and drop a kernel cached at the old width."""
+        for m in model.modules():
+            if _is(m, 'RepVGGBlock') and hasattr(m, 'rbr_dense'):
+                m.in_channels = int(m.rbr_dense.conv.in_channels)
+                m.out_channels = int(m.rbr_dense.conv.out_channels)
+                if hasattr(m, 'id_tensor'):
+                    del m.id_tensor

@@ -12,13 +12,15 @@ if importlib.util.find_spec('mmyolo') is None:  # importing it needs mmgfp's bri
     pytest.skip('mmyolo is not installed (pip install -e .[yolo])', allow_module_level=True)
 
 import mmgfp  # noqa: F401,E402
-from mmgfp.apis.checking.check import build_model, check_model, load_config  # noqa: E402
+from mmgfp.apis.checking.check import (build_model, check_model, load_config,  # noqa: E402
+                                       rel_diff)
 from mmgfp.apis.inputs import (default_input_size, demo_batch, loss_forward,  # noqa: E402
                                tensor_forward)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 YOLOV5 = 'mmyolo::yolov5/yolov5_n-v61_syncbn_fast_8xb16-300e_coco.py'
 YOLOV8 = 'mmyolo::yolov8/yolov8_n_syncbn_fast_8xb16-500e_coco.py'
+YOLOV6 = 'mmyolo::yolov6/yolov6_n_syncbn_fast_8xb32-400e_coco.py'
 
 BRIDGE = '''
 import sys
@@ -55,6 +57,9 @@ def test_bridge_only_where_asked():
 def _tiny(path):
     cfg = load_config(path)
     model = {'model.train_cfg.assigner.num_classes': 4} if 'yolov8' in path else {}
+    if 'yolov6' in path:
+        model = {'model.train_cfg.initial_assigner.num_classes': 4,
+                 'model.train_cfg.assigner.num_classes': 4}
     cfg.merge_from_dict({'model.backbone.widen_factor': 0.125,
                          'model.neck.widen_factor': 0.125,
                          'model.bbox_head.head_module.widen_factor': 0.125,
@@ -90,3 +95,21 @@ def test_check_yolo(path):
     assert report['equivalent'], report['verdict']
     assert report['num_prunable_groups'] >= 10
     assert report['flops_after'] < 0.8 * report['flops_before']
+
+
+def test_compact_yolov6_reparameterises():
+    """YOLOv6's RepVGG blocks: the compact model, re-parameterised for deployment
+    (``switch_to_deploy``, one conv per block), computes what the masked training-mode
+    model did."""
+    from mmgfp.apis.checking.check import compact_pair
+    # 128x128: the ATSS assigner of its first epochs takes 9 priors per level (2x2 at 64x64)
+    pair = compact_pair(_tiny(YOLOV6), ratio=0.5, seed=0, input_size=(128, 128))
+    rebuilt = pair['rebuilt']
+    blocks = [m for m in rebuilt.modules() if type(m).__name__ == 'RepVGGBlock']
+    assert any(hasattr(m, 'rbr_identity') for m in blocks)
+    for m in blocks:
+        m.switch_to_deploy()
+    assert all(hasattr(m, 'rbr_reparam') for m in blocks)
+    with torch.no_grad():
+        out = tensor_forward(pair['data'])(rebuilt)
+    assert rel_diff(out, pair['reference'].outputs) < 1e-4
