@@ -25,10 +25,13 @@ class Codebase:
         scope (str): The registry scope and package name (``'mmdet'``).
         title (str): The name users know (``'MMDetection'``).
         input_size (tuple): ``(H, W)`` of demo batches when the config names no size.
+        import_target (str, optional): A module that configs of this codebase list in
+            ``custom_imports`` after ``'mmgfp'`` (compact configs get it too), or None.
     """
     scope: str = ''
     title: str = ''
     input_size: Tuple[int, int] = (128, 128)
+    import_target: Optional[str] = None
 
     def available(self) -> bool:
         """Whether the codebase's package is installed."""

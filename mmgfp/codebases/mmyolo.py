@@ -117,6 +117,7 @@ class MMYOLO(Codebase):
     scope = 'mmyolo'
     title = 'MMYOLO'
     input_size = (320, 320)
+    import_target = 'mmgfp.yolo'
 
     def default_input_size(self, cfg) -> Tuple[int, int]:
         from mmgfp.apis.inputs import _pipeline

@@ -67,6 +67,15 @@ def _tiny(path):
     return cfg
 
 
+def test_compact_config_imports_the_bridge():
+    """A compact config of MMYOLO's own config (no custom_imports) imports mmgfp.yolo, so
+    mmdet's init_detector can build it in a fresh process."""
+    from mmgfp.apis.deploying.deploy import compact_config
+    new = compact_config(load_config(YOLOV8), 'channels.json', 'compact.pth')
+    assert new.custom_imports['imports'] == ['mmgfp', 'mmgfp.yolo']
+    assert new.model.gfp_architecture == 'mmyolo.YOLODetector'
+
+
 def test_collate_format_and_sizes():
     cfg = _tiny(YOLOV8)
     assert default_input_size(cfg) == (320, 320)  # 640 in the pipeline, halved for checks

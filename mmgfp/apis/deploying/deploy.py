@@ -55,6 +55,10 @@ def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) ->
     imports = list((cfg.get('custom_imports') or {}).get('imports', []))
     if 'mmgfp' not in imports:
         imports.append('mmgfp')
+    from mmgfp.codebases import codebases, config_scope
+    target = getattr(codebases().get(config_scope(cfg)), 'import_target', None)
+    if target and target not in imports:  # mmgfp.yolo: mmyolo past its version gate
+        imports.append(target)
     new.custom_imports = dict(imports=imports, allow_failed_imports=False)
     hooks = [h for h in cfg.get('custom_hooks', []) or []
              if h.get('type') not in ('FisherPruningHook', 'mmgfp.FisherPruningHook')]
