@@ -6,7 +6,8 @@
 # First prune and deploy (yolov5_s_gfp_acts.py), then fine-tune and test:
 #   torchrun --nproc_per_node 8 tools/train.py configs/yolo/yolov5_s_gfp_finetune.py \
 #       --launcher pytorch
-#   python tools/test.py configs/yolo/yolov5_s_gfp_finetune.py work_dirs/yolov5_s_gfp_finetune/epoch_N.pth
+#   python tools/test.py configs/yolo/yolov5_s_gfp_finetune.py \
+#       work_dirs/yolov5_s_gfp_finetune/epoch_N.pth
 #
 # Schedule: the base config's, kept as is (its warm-up starts from the compact weights; shorten
 # train_cfg.max_epochs and the param_scheduler hook's max_epochs together for a shorter run).
