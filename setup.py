@@ -33,6 +33,9 @@ setup(
         'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
                   'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
+        # MMYOLO 0.6.0 (its last release) asserts mmcv < 2.1.0 at import: mmgfp bridges the
+        # gate (custom_imports=['mmgfp', 'mmgfp.yolo']; docs/en/user_guides/prune_yolo.md)
+        'yolo': ['mmyolo==0.6.0'],
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
         # the documentation (docs/en, built by tests/docs/test_docs.py); versions installed and
         # tested together on Python 3.11 (Sphinx 9 needs >= 3.11)

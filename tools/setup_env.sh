@@ -70,4 +70,6 @@ pip install -q -e "$ROOT[tests,docs]"
 # would downgrade onnx/onnxruntime; what it imports comes with the tests extra (setup.py).
 pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed (its wheel is" \
   "for x86-64 Linux only): tests/export/test_mmdeploy.py will be skipped"
+# MMYOLO for tests/apis/test_mmyolo.py and tests/hooks/test_hook_yolo.py (the `yolo` extra)
+pip install -q "mmyolo==0.6.0"
 python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmgfp', mmgfp.__version__)"

@@ -1,4 +1,5 @@
 """Forward functions and demo batches for tracing OpenMMLab models."""
+import copy
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -11,7 +12,12 @@ def loss_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
     """``fn(model)`` running the model's own preprocessor and loss path on ``data_batch``."""
 
     def fn(model):
-        data = model.data_preprocessor(data_batch, True)
+        # a copy of the targets: MMYOLO's YOLOv5Head normalises ``bboxes_labels`` in place, so
+        # a trace on the Runner's batch would hand the training step changed boxes
+        batch = data_batch
+        if isinstance(batch, dict) and 'data_samples' in batch:
+            batch = dict(batch, data_samples=copy.deepcopy(batch['data_samples']))
+        data = model.data_preprocessor(batch, True)
         if isinstance(data, dict):
             return model(**data, mode='loss')
         return model(*data, mode='loss')
@@ -23,7 +29,9 @@ def tensor_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
     """``fn(model)`` returning the raw network outputs (``mode='tensor'``), no loss."""
 
     def fn(model):
-        data = model.data_preprocessor(data_batch, False)
+        codebase = codebase_of(model, default='none')
+        batch = codebase.test_batch(model, data_batch) if codebase else data_batch
+        data = model.data_preprocessor(batch, False)
         if isinstance(data, dict):
             return model(**data, mode='tensor')
         return model(*data, mode='tensor')

@@ -3,9 +3,9 @@
 Importing this package registers every codebase; none of them imports its OpenMMLab package
 until a method is called, so ``import mmgfp`` stays cheap and works with any subset installed.
 """
-from . import mmdet, mmpretrain  # noqa: F401  (registration)
+from . import mmdet, mmpretrain, mmyolo  # noqa: F401  (registration)
 from .base import (Codebase, CodebaseError, codebase_of, codebases, config_scope, get_codebase,
-                   register_codebase)
+                   prepare_scope, register_codebase)
 
 
 def fix_compact(model) -> None:
@@ -22,4 +22,4 @@ def register_rules() -> None:
 
 
 __all__ = ['Codebase', 'CodebaseError', 'codebase_of', 'codebases', 'config_scope',
-           'fix_compact', 'get_codebase', 'register_codebase', 'register_rules']
+           'fix_compact', 'get_codebase', 'prepare_scope', 'register_codebase', 'register_rules']

@@ -25,10 +25,13 @@ class Codebase:
         scope (str): The registry scope and package name (``'mmdet'``).
         title (str): The name users know (``'MMDetection'``).
         input_size (tuple): ``(H, W)`` of demo batches when the config names no size.
+        import_target (str, optional): A module that configs of this codebase list in
+            ``custom_imports`` after ``'mmgfp'`` (compact configs get it too), or None.
     """
     scope: str = ''
     title: str = ''
     input_size: Tuple[int, int] = (128, 128)
+    import_target: Optional[str] = None
 
     def available(self) -> bool:
         """Whether the codebase's package is installed."""
@@ -47,6 +50,11 @@ class Codebase:
         """A packed batch as the codebase's dataloader gives it (``inputs``, ``data_samples``)."""
         raise NotImplementedError
 
+    def test_batch(self, model: nn.Module, data_batch):
+        """``data_batch`` as the codebase's test dataloader gives it (for ``mode='tensor'``
+        runs of a training batch; the same batch by default)."""
+        return data_batch
+
     def register_rules(self) -> None:
         """Register tracer rules for the codebase's modules (called on ``import mmgfp``)."""
 
@@ -57,6 +65,13 @@ class Codebase:
     def compat(self) -> Iterator[None]:
         """Bridges needed to import or run the codebase on this stack (none by default)."""
         yield
+
+    def prepare(self) -> None:
+        """Import the codebase's package (inside :meth:`compat`), so that MMEngine's registries
+        of its scope can import their modules; nothing where the package is missing."""
+        if self.available():
+            with self.compat():
+                importlib.import_module(self.scope)
 
 
 _CODEBASES: Dict[str, Codebase] = {}
@@ -93,6 +108,14 @@ def config_scope(cfg) -> str:
     if isinstance(mtype, str) and '.' in mtype and mtype.split('.')[0] in _CODEBASES:
         return mtype.split('.')[0]
     return 'mmdet'
+
+
+def prepare_scope(cfg_or_scope) -> None:
+    """Run :meth:`Codebase.prepare` for a config's (or a scope's) codebase, if mmgfp serves it:
+    what tools do before building a model or a Runner from a config."""
+    scope = cfg_or_scope if isinstance(cfg_or_scope, str) else config_scope(cfg_or_scope)
+    if scope in _CODEBASES:
+        _CODEBASES[scope].prepare()
 
 
 def codebase_of(obj, default: Optional[str] = None) -> Optional[Codebase]:

@@ -258,7 +258,15 @@ def pair_report(pair: Dict, tol: float = 1e-4) -> Dict:
 
 
 def load_config(path: str) -> Config:
-    """``Config.fromfile`` that also takes ``mmdet::path`` / ``mmpretrain::path`` names."""
+    """``Config.fromfile`` that also takes ``mmdet::path`` / ``mmpretrain::path`` names, and
+    runs the bridges its codebase needs (:func:`mmgfp.codebases.prepare_scope`: MMYOLO)."""
+    cfg = _read_config(path)
+    from mmgfp.codebases import prepare_scope
+    prepare_scope(cfg)
+    return cfg
+
+
+def _read_config(path: str) -> Config:
     if '::' in path and not osp.isfile(path):
         from mmengine.utils import get_installed_path
         scope, rel = path.split('::', 1)

@@ -55,6 +55,10 @@ def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) ->
     imports = list((cfg.get('custom_imports') or {}).get('imports', []))
     if 'mmgfp' not in imports:
         imports.append('mmgfp')
+    from mmgfp.codebases import codebases, config_scope
+    target = getattr(codebases().get(config_scope(cfg)), 'import_target', None)
+    if target and target not in imports:  # mmgfp.yolo: mmyolo past its version gate
+        imports.append(target)
     new.custom_imports = dict(imports=imports, allow_failed_imports=False)
     hooks = [h for h in cfg.get('custom_hooks', []) or []
              if h.get('type') not in ('FisherPruningHook', 'mmgfp.FisherPruningHook')]
@@ -101,6 +105,9 @@ def build_model(cfg: Config, init: bool = True) -> nn.Module:
 
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
+
+    from mmgfp.codebases import prepare_scope
+    prepare_scope(cfg)  # codebase bridges (mmyolo's version gate)
     init_default_scope(cfg.get('default_scope') or 'mmdet')
     model_cfg = _one_process_norms(strip_pretrained(cfg.model))
     if cfg.get('data_preprocessor') is not None:  # as Runner / init_model do (mmpretrain)
@@ -143,7 +150,10 @@ def deploy(config: str, checkpoint: str, out_dir: str, logger=print) -> Dict[str
         dict: Paths of what was written, and ``'pruned'`` ('yes'/'no').
     """
     from mmengine.registry import init_default_scope
+
+    from mmgfp.codebases import prepare_scope
     cfg = Config.fromfile(config)
+    prepare_scope(cfg)  # codebase bridges (mmyolo's version gate)
     init_default_scope(cfg.get('default_scope') or 'mmdet')
     ckpt = read_checkpoint(checkpoint)
     state = ckpt.get('mmgfp') or {}
