@@ -33,6 +33,10 @@ setup(
         'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
                   'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
+        # MMPose. Its xtcocotools dependency must be built from its sdist first (the wheels are
+        # built against another numpy ABI: "numpy.dtype size changed"); tools/setup_env.sh does
+        # it. chumpy (SMPL only, never imported by mmpose) builds from its sdist as it is.
+        'pose': ['mmpose==1.3.2', 'xtcocotools==1.14.3'],
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
     },
     zip_safe=False,
