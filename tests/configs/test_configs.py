@@ -29,6 +29,8 @@ def registry(scope: str):
         from mmdet.registry import MODELS
     elif scope == 'mmpretrain':
         from mmpretrain.registry import MODELS
+    elif scope == 'mmpose':
+        from mmpose.registry import MODELS
     else:
         raise AssertionError(f'unexpected default_scope {scope!r}')
     return MODELS
