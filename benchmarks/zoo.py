@@ -147,9 +147,20 @@ def _classify_mmseg(cfg) -> tuple:
     return None, f'model type {mtype} is not a semantic segmentor (depth, multimodal)'
 
 
+def _classify_mmpose(cfg) -> tuple:
+    mtype = str(cfg.model.get('type', '')).split('.')[-1]
+    if mtype == 'TopdownPoseEstimator':
+        return 'top-down pose', None
+    if mtype == 'BottomupPoseEstimator':
+        return 'bottom-up pose', None
+    if mtype == 'PoseLifter':
+        return None, '3D pose lifting from 2D keypoint sequences (no image input)'
+    return None, f'model type {mtype} is not a 2D pose estimator'
+
+
 # The task of a config, per package (add a package here to run its families).
 TASKS = {'mmdet': _classify_mmdet, 'mmpretrain': _classify_mmpretrain,
-         'mmseg': _classify_mmseg}
+         'mmseg': _classify_mmseg, 'mmpose': _classify_mmpose}
 
 
 def _unprunable(groups: list) -> list:
@@ -182,7 +193,8 @@ def _check(cfg, res: dict, args):
             res['note'] = f'at 2 images per batch: AssertionError in {where}'
             batch = 1
         except (RuntimeError, ValueError) as e:
-            if res['task'] == 'classification' or size[0] >= 256 or _environment(e):
+            if res['task'] in ('classification', 'top-down pose', 'bottom-up pose') or \
+                    size[0] >= 256 or _environment(e):
                 raise
             # some detectors need larger maps (deformable convs on a 2x2 top level, DINO's
             # 900 queries chosen among the tokens): retry larger
@@ -209,7 +221,8 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
     res['task'], why = classify(cfg)
     if why:
         return dict(res, status='skipped', reason=why)
-    size = default_input_size(cfg) if is_classifier_config(cfg) else (args.det_size,) * 2
+    size = default_input_size(cfg) if is_classifier_config(cfg) or cfg.default_scope == \
+        'mmpose' else (args.det_size,) * 2
     if cfg.default_scope == 'mmseg':
         size = (args.seg_size,) * 2
         _pad_to(cfg, size)
@@ -295,7 +308,8 @@ def run_subprocess(family: str, config: str, path: str, args) -> dict:
 
 # ------------------------------------------------------------------------------ storage
 def result_path(results: str, family: str) -> str:
-    return osp.join(results, family.replace('::', '__') + '.json')
+    # mmpose's families are task/algorithm: one flat file name all the same
+    return osp.join(results, family.replace('::', '__').replace('/', '.') + '.json')
 
 
 def save(path: str, res: dict) -> None:

@@ -93,6 +93,11 @@ def encoded_sample(codec, img: np.ndarray, keypoints: np.ndarray,
         areas=np.array([w * h], np.float32))
     aux = {key: results.get(key) for key in codec.auxiliary_encode_keys}
     results.update(codec.encode(keypoints=keypoints, keypoints_visible=visible, **aux))
+    heatmaps = results.get('heatmaps')
+    if isinstance(heatmaps, np.ndarray) and heatmaps.ndim == 3:
+        # bottom-up heads weigh their heatmap loss by where the image holds no unannotated
+        # crowd (BottomupGetHeatmapMask): none here
+        results['heatmap_mask'] = np.ones(heatmaps.shape[-2:], bool)
     for table in ('field_mapping_table', 'instance_mapping_table', 'label_mapping_table'):
         if getattr(codec, table, None):
             results[table] = getattr(codec, table)
