@@ -84,7 +84,8 @@ SIZE_RULES = {
     'mmpretrain': 'classifiers at the size of their test pipeline',
     'mmseg': 'segmentors at {seg}x{seg} (their preprocessor pads training batches to that '
              'size instead of the crop size)',
-    'mmpose': 'pose models at the input size of their codec (256x192 for COCO top-down)',
+    'mmpose': 'pose models at the input size of their codec (256x192 for COCO top-down; '
+              'bottom-up models at half of it)',
 }
 
 

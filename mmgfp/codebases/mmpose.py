@@ -29,9 +29,21 @@ def _codec_input_size(codec) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _codec(model: nn.Module):
-    """The codec the model's head decodes with (``head.decoder``)."""
-    codec = getattr(getattr(model, 'head', None), 'decoder', None)
+# heads that read instances (boxes, labels, keypoints) and decode without a codec: the
+# training pipelines of RTMO and YOLOX-Pose make their labels with this annotation processor
+_INSTANCE_HEADS = ('RTMOHead', 'YOLOXPoseHead')
+
+
+def _codec(model: nn.Module, input_size: Sequence[int]):
+    """The codec the model's head decodes with (``head.decoder``), or the annotation processor
+    of the heads in ``_INSTANCE_HEADS``."""
+    head = getattr(model, 'head', None)
+    codec = getattr(head, 'decoder', None)
+    if codec is None and type(head).__name__ in _INSTANCE_HEADS:
+        from mmpose.registry import KEYPOINT_CODECS
+        h, w = input_size
+        return KEYPOINT_CODECS.build(dict(type='YOLOXPoseAnnotationProcessor', expand_bbox=True,
+                                          input_size=(w, h)))
     if codec is None or not hasattr(codec, 'encode'):
         raise CodebaseError(
             f'{type(model).__name__} has no head with a codec (head.decoder): mmgfp makes pose '
@@ -90,7 +102,10 @@ def encoded_sample(codec, img: np.ndarray, keypoints: np.ndarray,
         bbox_center=np.array([[w / 2, h / 2]], np.float32),
         bbox_scale=np.array([[w, h]], np.float32), input_center=np.array([w / 2, h / 2]),
         input_scale=np.array([w, h], np.float32), flip_indices=list(range(visible.shape[1])),
-        areas=np.array([w * h], np.float32))
+        area=np.array([w * h], np.float32))
+    if type(codec).__name__ == 'DecoupledHeatmap':  # CID reads box corners (N, 4, 2)
+        from mmpose.structures.bbox import bbox_xyxy2corner
+        results['bbox'] = bbox_xyxy2corner(results['bbox'])
     aux = {key: results.get(key) for key in codec.auxiliary_encode_keys}
     results.update(codec.encode(keypoints=keypoints, keypoints_visible=visible, **aux))
     heatmaps = results.get('heatmaps')
@@ -124,7 +139,7 @@ class MMPose(Codebase):
     def demo_batch(self, model: nn.Module, batch_size: int, input_size: Sequence[int],
                    seed: int, num_classes: Optional[int]) -> dict:
         from mmgfp.codebases.inputs import random_images
-        codec = codec_at(_codec(model), input_size)
+        codec = codec_at(_codec(model, input_size), input_size)
         k = num_keypoints(model)
         h, w = input_size
         rng = np.random.RandomState(seed)

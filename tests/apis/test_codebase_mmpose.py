@@ -78,3 +78,14 @@ def test_a_head_without_codec_is_refused(heatmap_model):
     model.head.decoder = None
     with pytest.raises(CodebaseError, match='head.decoder'):
         demo_batch(model, 1, (64, 64))
+
+
+def test_onnx_export_of_a_pose_model(heatmap_model, tmp_path):
+    """mmpose's forward takes ``data_samples`` without a default: the exporter passes None."""
+    pytest.importorskip('onnxruntime')
+    from mmgfp.apis.deploying.onnx_export import check_onnx, export_onnx
+    model = heatmap_model.eval()
+    path = str(tmp_path / 'pose.onnx')
+    export_onnx(model, path, (64, 64), logger=lambda *a: None)
+    diffs = check_onnx(model, path, (64, 64))
+    assert diffs and max(diffs.values()) < 1e-4
