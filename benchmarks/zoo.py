@@ -226,7 +226,9 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
     if cfg.default_scope == 'mmseg':
         size = (args.seg_size,) * 2
         _pad_to(cfg, size)
-    if res['task'] == 'bottom-up pose':  # 512x512 or 640x640 codecs: half of it is enough
+    # 512x512 or 640x640 codecs: half of it is enough, except for CID, whose test-time head
+    # samples features at the heatmap size of its own codec
+    if res['task'] == 'bottom-up pose' and family != 'mmpose::body_2d_keypoint/cid':
         size = tuple(s // 2 for s in size)
     res['input_size'] = list(size)
     rep = _check(cfg, res, args)
