@@ -83,7 +83,7 @@ def codec_at(codec, input_size: Sequence[int]):
 def num_keypoints(model: nn.Module) -> int:
     """The keypoints the head predicts (its ``out_channels``), else 17 (COCO)."""
     head = getattr(model, 'head', None)
-    for attr in ('out_channels', 'num_keypoints'):
+    for attr in ('out_channels', 'num_keypoints', 'num_joints'):  # num_joints: regression
         if isinstance(getattr(head, attr, None), int):
             return int(getattr(head, attr))
     return 17
