@@ -35,6 +35,8 @@ SKIP = {
     'mmpose::body_2d_keypoint/associative_embedding': 'inference only in mmpose 1.3.2: the '
         'config has no training pipeline, and its head reads keypoint_indices, which '
         'PackPoseInputs does not pack',
+    'mmpose::hand_3d_keypoint/internet': '3D hand pose (keypoints with depth, two hands, '
+                                         'hand type): demo batches are 2D keypoints',
     'mmpose::body_2d_keypoint/edpose': 'a new-style config (read_base) whose base files the '
                                        'mmpose 1.3.2 wheel does not ship (mmpose/configs/_base_)',
     'mmseg::dsdl': 'data set description configs (needs the DSDL data)',
