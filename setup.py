@@ -36,6 +36,10 @@ setup(
         # MMYOLO 0.6.0 (its last release) asserts mmcv < 2.1.0 at import: mmgfp bridges the
         # gate (custom_imports=['mmgfp', 'mmgfp.yolo']; docs/en/user_guides/prune_yolo.md)
         'yolo': ['mmyolo==0.6.0'],
+        # MMPose. Its xtcocotools dependency must be built from its sdist first (the wheels are
+        # built against another numpy ABI: "numpy.dtype size changed"); tools/setup_env.sh does
+        # it. chumpy (SMPL only, never imported by mmpose) builds from its sdist as it is.
+        'pose': ['mmpose==1.3.2', 'xtcocotools==1.14.3'],
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
         # the documentation (docs/en, built by tests/docs/test_docs.py); versions installed and
         # tested together on Python 3.11 (Sphinx 9 needs >= 3.11)

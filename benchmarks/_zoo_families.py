@@ -1,8 +1,11 @@
 """The families of ``benchmarks/zoo.py``: one folder of ``<pkg>/.mim/configs`` each, the config
 that represents it, and the families skipped without building anything (with the reason)."""
+import glob
 import os
 import os.path as osp
 
+# The packages of the original zoo page (docs/zoo.md); the other codebases get a page each
+# (``zoo.py --packages mmseg --doc docs/en/model_zoo/mmseg.md``).
 PACKAGES = ('mmdet', 'mmpretrain')
 # Folders of .mim/configs that hold no model family of their own.
 NOT_FAMILIES = {'_base_', 'common', 'legacy_1.x', 'misc', 'strong_baselines', 'lvis',
@@ -29,6 +32,16 @@ SKIP = {
     'mmdet::selfsup_pretrain': 'detectors with self-supervised backbones (weights download)',
     'mmdet::scnet': 'instance segmentation with a semantic head: needs stuff maps in the data',
     'mmdet::htc': 'instance segmentation with a semantic head: needs stuff maps in the data',
+    'mmpose::body_2d_keypoint/associative_embedding': 'inference only in mmpose 1.3.2: the '
+        'config has no training pipeline, and its head reads keypoint_indices, which '
+        'PackPoseInputs does not pack',
+    'mmpose::hand_3d_keypoint/internet': '3D hand pose (keypoints with depth, two hands, '
+                                         'hand type): demo batches are 2D keypoints',
+    'mmpose::body_2d_keypoint/edpose': 'a new-style config (read_base) whose base files the '
+                                       'mmpose 1.3.2 wheel does not ship (mmpose/configs/_base_)',
+    'mmseg::dsdl': 'data set description configs (needs the DSDL data)',
+    'mmseg::san': 'multimodal: needs the CLIP text encoder weights (download)',
+    'mmseg::vpd': 'depth estimation on a Stable Diffusion backbone (needs its weights)',
 }
 # Families whose first metafile model is not a good representative.
 PICK = {
@@ -49,6 +62,8 @@ PICK = {
     # the first metafile models are self-supervised pretraining; these fine-tune a classifier
     'mmpretrain::beit': 'benchmarks/beit-base-p16_8xb128-coslr-100e_in1k.py',
     'mmpretrain::eva': 'benchmarks/vit-base-p16_8xb128-coslr-100e_in1k.py',
+    # the canonical MMPose model (the metafile lists AlexNet first)
+    'mmpose::body_2d_keypoint/topdown_heatmap': 'td-hm_hrnet-w32_8xb64-210e_coco-256x192.py',
 }
 
 
@@ -62,6 +77,8 @@ def config_root(pkg: str) -> str:
 
 def _metafile_configs(folder: str) -> list:
     path = osp.join(folder, 'metafile.yml')
+    if not osp.isfile(path):
+        path = osp.join(folder, 'metafile.yaml')  # mmseg's spelling
     if not osp.isfile(path):
         return []
     import yaml
@@ -86,11 +103,52 @@ def pick_config(folder: str):
     return names[0] if names else None
 
 
-def families() -> list:
-    """``[(family, config), ...]`` of both packages, ``family`` as ``pkg::folder``."""
+def _yml_configs(folder: str) -> list:
+    """Configs of the metafiles in ``folder`` (mmpose keeps one per data set, any name)."""
+    import yaml
     out = []
-    for pkg in PACKAGES:
+    for path in sorted(glob.glob(osp.join(folder, '*.yml'))):
+        with open(path) as f:
+            meta = yaml.safe_load(f) or {}
+        for model in meta.get('Models', []) if isinstance(meta, dict) else []:
+            name = osp.basename((model or {}).get('Config', ''))
+            if name.endswith('.py') and osp.isfile(osp.join(folder, name)) and name not in out:
+                out.append(name)
+    return out
+
+
+def _pose_families(root: str) -> list:
+    """mmpose's families are ``<task>/<algorithm>`` (its configs are ``task/algorithm/data
+    set/*.py``); the representative is the first metafile model of the COCO folder where there
+    is one, else of the first data set folder."""
+    out = []
+    for task in sorted(os.listdir(root)):
+        if task in NOT_FAMILIES or not osp.isdir(osp.join(root, task)):
+            continue
+        for algo in sorted(os.listdir(osp.join(root, task))):
+            base = osp.join(root, task, algo)
+            sets = sorted(d for d in os.listdir(base) if osp.isdir(osp.join(base, d))
+                          and d != '__pycache__') if osp.isdir(base) else []
+            sets.sort(key=lambda d: d != 'coco')
+            fam = f'mmpose::{task}/{algo}'
+            for d in sets:
+                names = _yml_configs(osp.join(base, d)) or sorted(
+                    (n for n in os.listdir(osp.join(base, d)) if n.endswith('.py')),
+                    key=lambda n: (len(n), n))
+                if names:
+                    out.append((fam, f'{fam}/{d}/{PICK.get(fam) or names[0]}'))
+                    break
+    return out
+
+
+def families(packages=PACKAGES) -> list:
+    """``[(family, config), ...]`` of ``packages``, ``family`` as ``pkg::folder``."""
+    out = []
+    for pkg in packages:
         root = config_root(pkg)
+        if pkg == 'mmpose':
+            out += _pose_families(root)
+            continue
         for name in sorted(os.listdir(root)):
             folder = osp.join(root, name)
             if name in NOT_FAMILIES or not osp.isdir(folder):

@@ -66,6 +66,13 @@ fi
 log "installing mmengine, mmcv, mmdet, mmpretrain and mmgfp"
 pip install -q "mmengine==0.10.7" "$MMCV_WHEEL" "mmdet==3.3.0" "mmpretrain==1.2.0"
 pip install -q -e "$ROOT[tests,docs]"
+# MMPose (extra `pose`). xtcocotools' wheels are built against another numpy ABI ("numpy.dtype
+# size changed" at import), so it is built from its sdist first; its setup.py imports numpy and
+# Cython, hence no build isolation. pip then finds it satisfied when it installs mmpose.
+pip install -q cython
+pip install -q --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3"
+pip install -q -e "$ROOT[pose]"
+python -c "import mmpose.apis, xtcocotools.mask; print('[setup_env] mmpose', mmpose.__version__)"
 # MMDeploy for tests/export/test_mmdeploy.py. --no-deps: its metadata pins protobuf<=3.20.2, which
 # would downgrade onnx/onnxruntime; what it imports comes with the tests extra (setup.py).
 pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed (its wheel is" \

@@ -1,16 +1,19 @@
-"""Offline demo data: detection and classification sets drawn from scikit-learn's digits.
+"""Offline demo data: detection, classification and keypoint sets drawn from scikit-learn's
+digits.
 
-Importing this package registers ``DigitsCocoDataset`` in MMDetection's ``DATASETS`` registry
-and ``DigitsClsDataset`` in MMPretrain's, for whichever of the two is installed. The generators
-(:func:`prepare_digits_det`, :func:`prepare_digits_cls`) need only numpy, Pillow and
-scikit-learn.
+Importing this package registers ``DigitsCocoDataset`` in MMDetection's ``DATASETS`` registry,
+``DigitsClsDataset`` in MMPretrain's and ``DigitsPoseDataset`` in MMPose's, for whichever is
+installed. The generators (:func:`prepare_digits_det`, :func:`prepare_digits_cls`,
+:func:`prepare_digits_pose`) need only numpy, Pillow and scikit-learn.
 """
-from . import digits
+from . import digits, digits_pose
 from .digits import (DIGIT_CLASSES, DIGIT_PALETTE, is_complete, load_source_digits,
                      prepare_digits_cls, prepare_digits_det, source_indices)
+from .digits_pose import DIGITS_POSE_METAINFO, prepare_digits_pose
 
 __all__ = ['DIGIT_CLASSES', 'DIGIT_PALETTE', 'is_complete', 'load_source_digits',
-           'prepare_digits_cls', 'prepare_digits_det', 'source_indices']
+           'prepare_digits_cls', 'prepare_digits_det', 'source_indices', 'DIGITS_POSE_METAINFO',
+           'prepare_digits_pose']
 
 if hasattr(digits, 'DigitsCocoDataset'):
     from .digits import DigitsCocoDataset  # noqa: F401
@@ -18,3 +21,6 @@ if hasattr(digits, 'DigitsCocoDataset'):
 if hasattr(digits, 'DigitsClsDataset'):
     from .digits import DigitsClsDataset  # noqa: F401
     __all__.append('DigitsClsDataset')
+if hasattr(digits_pose, 'DigitsPoseDataset'):
+    from .digits_pose import DigitsPoseDataset  # noqa: F401
+    __all__.append('DigitsPoseDataset')

@@ -33,6 +33,8 @@ def registry(scope: str):
     elif scope == 'mmyolo':
         import mmgfp.yolo  # noqa: F401  (imports mmyolo past its version gate)
         from mmyolo.registry import MODELS
+    elif scope == 'mmpose':
+        from mmpose.registry import MODELS
     else:
         raise AssertionError(f'unexpected default_scope {scope!r}')
     return MODELS

@@ -146,7 +146,8 @@ def deploy_command(stem: str, delta: str) -> str:
 
 def test_every_config_is_checked():
     found = {osp.relpath(p, REPO) for d in ('coco', 'imagenet')
-             for p in glob.glob(osp.join(REPO, 'configs', d, '*.py'))}
+             for p in glob.glob(osp.join(REPO, 'configs', d, '*.py'))
+             if not osp.basename(p).startswith('rtmpose')}  # tests/configs/test_pose_configs.py
     assert found == {osp.relpath(path_of(s, k), REPO) for s, k in ALL}
 
 

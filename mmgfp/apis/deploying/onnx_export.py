@@ -56,7 +56,16 @@ class TensorPath(nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor):
-        return tuple(flatten_outputs(self.model(inputs, mode='tensor')))
+        return tuple(flatten_outputs(tensor_call(self.model, inputs)))
+
+
+def tensor_call(model: nn.Module, inputs: torch.Tensor) -> Any:
+    """``model(inputs, mode='tensor')``, with ``data_samples=None`` where the forward takes
+    data samples (mmpose's has no default for them)."""
+    import inspect
+    if 'data_samples' in inspect.signature(model.forward).parameters:
+        return model(inputs, data_samples=None, mode='tensor')
+    return model(inputs, mode='tensor')
 
 
 def flatten_outputs(out: Any) -> List[torch.Tensor]:
@@ -220,7 +229,7 @@ def _probe(model: nn.Module, x: torch.Tensor):
     """Output names and tensors of one eager run, with a clear error when it cannot run."""
     try:
         with torch.no_grad():
-            out = model(x, mode='tensor')
+            out = tensor_call(model, x)
     except Exception as e:
         raise ExportError(
             f"{type(model).__name__}(inputs, mode='tensor') fails on a {list(x.shape)} batch "
@@ -300,7 +309,7 @@ def check_onnx(model: nn.Module, path: str, input_size: Sequence[int], batch: in
     model.eval()
     try:
         with torch.no_grad():
-            ref = flatten_outputs(model(inputs, mode='tensor'))
+            ref = flatten_outputs(tensor_call(model, inputs))
     except ValueError as e:  # e.g. GroupNorm refuses one value per group (batch 1, 1x1 map)
         raise ExportError(f'PyTorch cannot run the model itself on a {list(inputs.shape)} '
                           f'batch ({_summary(e, 300)}): check with a larger --input-size or '

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Tuple
 from mmgfp.core.spec import from_ranges, load_spec
 
 METRICS = ('flops', 'acts', 'params')
-PREFERRED_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1', 'pascal_voc/mAP')
+PREFERRED_METRICS = ('coco/bbox_mAP', 'coco/segm_mAP', 'accuracy/top1', 'pascal_voc/mAP',
+                     'coco/AP')  # coco/AP: mmpose's COCO keypoint AP
 Series = List[Tuple[int, float]]
 
 _SETUP = re.compile(r'FisherPruningHook: (\d+) channel groups, (\d+) prunable; '
