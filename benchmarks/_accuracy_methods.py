@@ -228,12 +228,14 @@ def read_map(metrics: Dict) -> Dict[str, float]:
 # --------------------------------------------------------------------------- GFP
 def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
         channels_per_step: int, target_metric: str = 'flops',
-        latency_table: Optional[str] = None, divisor=1) -> Tuple[nn.Module, Dict]:
+        latency_table: Optional[str] = None, divisor=1,
+        distill: bool = False) -> Tuple[nn.Module, Dict]:
     """Prune with FisherPruningHook while training ``cfg`` (from ``baseline``), then slice.
 
     ``target_metric='latency'`` stops at ``target`` of the time ``latency_table`` predicts
     (any ``delta``); ``divisor`` 1 is how the stored FLOPs-targeted runs were made (the hook's
-    default is 'auto').
+    default is 'auto'). ``distill``: GFPDistillHook with its defaults distils from the
+    baseline while pruning and fine-tuning.
 
     Returns:
         tuple: The compact model and what the hook reports (pruning iterations, remaining).
@@ -247,7 +249,8 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
                              target=target, target_metric=target_metric,
                              channels_per_step=channels_per_step, save_thresholds=(),
                              divisor=divisor, latency_table=latency_table)
-                        ] + list(cfg.custom_hooks)  # and the progress lines
+                        ] + ([dict(type='GFPDistillHook')] if distill else []) + list(
+                            cfg.custom_hooks)  # and the progress lines
     run = runner(cfg)
     run.train()
     hook = next(h for h in run.hooks if isinstance(h, FisherPruningHook))

@@ -24,6 +24,9 @@ any other data set.
 =============  ==============================================================================
 gfp_acts       FisherPruningHook, delta='acts', prunes while training from the baseline
 gfp_flops      the same with delta='flops'
+gfp_acts_kd    gfp_acts with GFPDistillHook's defaults (channel-wise distillation of the FPN
+               outputs from the baseline, pruned channels left out) while pruning and
+               fine-tuning
 tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
                ranked across layers (``--tp-scope global``, like GFP) by default
 tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-batches``
@@ -61,8 +64,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common as C  # noqa: E402
 
-METHODS = ['gfp_acts', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin', 'unpruned']
+METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin',
+           'unpruned']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
+          'gfp_acts_kd': 'GFP (acts) + distillation',
           'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1', 'tp_taylor': 'TP group Taylor',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
           'unpruned': 'unpruned, same budget'}
@@ -325,7 +330,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         out['train_iters'] = args.iters
     elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
-                            args.gfp_channels_per_step)
+                            args.gfp_channels_per_step, distill=method.endswith('_kd'))
         out['train_iters'] = args.iters
     elif method == 'thin':
         base_iters = ctx['baseline_iters']
@@ -452,7 +457,7 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'osD^vXP'))
+    markers = dict(zip(METHODS, 'ohsD^vXP'))
     ax = axes[0]
     ax.plot([100.0], [base['mAP']], 'k*', ms=12, label=LABELS['baseline'])
     # curves end at the unpruned model with the same training budget when it was measured

@@ -155,3 +155,37 @@ def test_bad_arguments_are_named():
         GFPDistillHook(losses=[dict(module='head', tau=0)])
     with pytest.raises(ValueError, match='unknown keys'):
         GFPDistillHook(losses=[dict(module='head', temperature=2)])
+
+
+def test_compact_config_drops_the_distillation_hook(tmp_path, cls_data):
+    """A compact config would copy its teacher from the compact weights: the hook goes."""
+    from mmgfp.apis.deploying.deploy import compact_config
+    cfg = Config.fromfile(cls_config(tmp_path, cls_data))
+    cfg.custom_hooks = [_prune(), dict(type='GFPDistillHook'),
+                        dict(type='mmgfp.GFPDistillHook'), dict(type='EMAHook')]
+    new = compact_config(cfg, str(tmp_path / 'channels.json'), None)
+    assert [h['type'] for h in new.custom_hooks] == ['EMAHook']
+
+
+def test_terms_under_autocast_are_float32_and_finite(tmp_path, cls_data):
+    """AMP's autocast (bfloat16 on CPU here) runs student and teacher in low precision; the
+    distillation terms are computed in float32, as the scaler expects of a loss."""
+    from mmengine.registry import init_default_scope
+
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.inputs import demo_batch
+    cfg = Config.fromfile(cls_config(tmp_path, cls_data))
+    init_default_scope('mmpretrain')
+    model = build_model(cfg)
+    model.train()
+    hook = GFPDistillHook(losses=[dict(module='head', type='kl', tau=2.0),
+                                  dict(module='backbone', type='cwd')])
+    hook.attach(model)
+    hook.active = True
+    data = model.data_preprocessor(demo_batch(model, 2, (32, 32)), True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model(**data, mode='loss')
+    for key in ('loss_distill_kl_head', 'loss_distill_cwd_backbone'):
+        assert losses[key].dtype == torch.float32 and torch.isfinite(losses[key])
+    hook.detach(model)
+    assert 'loss' not in model.__dict__
