@@ -57,6 +57,7 @@ import os.path as osp
 import statistics
 import sys
 import time
+from typing import Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -103,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
+    p.add_argument('--kd-weight', type=float, help="gfp_acts_kd: weight of the CWD term on the "
+                   "neck (default: GFPDistillHook's)")
     p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
                    help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
                         'GFP) or the same ratio in every layer')
@@ -303,8 +306,11 @@ def settings(args, baseline: str) -> dict:
     st = os.stat(baseline)
     keys = ('iters', 'lr', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches',
             'tp_scope', 'tol', 'quick', 'baseline_iters')
-    return dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
-                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
+               baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    if args.kd_weight is not None:  # only then: runs stored before the option still match
+        sig['kd_weight'] = args.kd_weight
+    return sig
 
 
 # ------------------------------------------------------------------------------ one run
@@ -330,7 +336,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         out['train_iters'] = args.iters
     elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
-                            args.gfp_channels_per_step, distill=method.endswith('_kd'))
+                            args.gfp_channels_per_step, distill=_distill(method, args))
         out['train_iters'] = args.iters
     elif method == 'thin':
         base_iters = ctx['baseline_iters']
@@ -362,6 +368,15 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     out['info'] = info
     out['seconds'] = time.perf_counter() - t0
     return out
+
+
+def _distill(method: str, args) -> Optional[dict]:
+    """GFPDistillHook's arguments for a ``*_kd`` method (None: no distillation)."""
+    if not method.endswith('_kd'):
+        return None
+    if args.kd_weight is None:
+        return {}
+    return dict(losses=[dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)])
 
 
 def _batches(base, seed: int, num: int) -> list:
