@@ -18,5 +18,5 @@ custom_hooks = [
         channels_per_step=32,
         divisor=1,
         save_thresholds=(0.75, 0.5)),
-    dict(type='GFPDistillHook', losses=[dict(module='neck', type='cwd', weight=10.0, tau=1.0)]),
+    dict(type='GFPDistillHook', losses=[dict(module='neck', type='cwd', weight=1.0, tau=1.0)]),
 ]

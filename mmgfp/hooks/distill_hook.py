@@ -52,7 +52,7 @@ class GFPDistillHook(Hook):
             weight=1.0, tau=1.0)``: ``'kl'`` compares class distributions (classifier logits),
             ``'cwd'`` feature maps channel by channel; pruned channels of the student are left
             out of ``'cwd'``. None: ``kl`` on ``head`` (tau 4) for mmpretrain classifiers,
-            else ``cwd`` on ``neck`` (weight 10, tau 1). Defaults to None.
+            else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults to None.
         teacher (str, optional): Checkpoint of the unpruned model to distil from instead of the
             loaded weights; needed when those are already pruned (fine-tuning) and carry no
             teacher. Defaults to None.
@@ -289,7 +289,7 @@ def _default_losses(model: nn.Module) -> List[dict]:
     if scope == 'mmpretrain':
         return [dict(module='head', type='kl', weight=1.0, tau=4.0)]
     if getattr(model, 'neck', None) is not None:
-        return [dict(module='neck', type='cwd', weight=10.0, tau=1.0)]
+        return [dict(module='neck', type='cwd', weight=1.0, tau=1.0)]
     raise ValueError(f'GFPDistillHook: no default distillation for {type(model).__name__} '
                      '(no neck): give `losses=[dict(module=NAME, type="kl" or "cwd")]`')
 
