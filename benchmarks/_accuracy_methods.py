@@ -228,12 +228,14 @@ def read_map(metrics: Dict) -> Dict[str, float]:
 # --------------------------------------------------------------------------- GFP
 def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
         channels_per_step: int, target_metric: str = 'flops',
-        latency_table: Optional[str] = None, divisor=1) -> Tuple[nn.Module, Dict]:
+        latency_table: Optional[str] = None, divisor=1,
+        distill: Optional[dict] = None) -> Tuple[nn.Module, Dict]:
     """Prune with FisherPruningHook while training ``cfg`` (from ``baseline``), then slice.
 
     ``target_metric='latency'`` stops at ``target`` of the time ``latency_table`` predicts
     (any ``delta``); ``divisor`` 1 is how the stored FLOPs-targeted runs were made (the hook's
-    default is 'auto').
+    default is 'auto'). ``distill``: GFPDistillHook's arguments (``{}``: its defaults); it
+    distils from the baseline while pruning and fine-tuning.
 
     Returns:
         tuple: The compact model and what the hook reports (pruning iterations, remaining).
@@ -243,11 +245,12 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     from mmgfp.codebases import fix_compact
     cfg = copy.deepcopy(cfg)
     cfg.load_from = baseline
+    kd = [dict(type='GFPDistillHook', **distill)] if distill is not None else []
     cfg.custom_hooks = [dict(type='FisherPruningHook', interval=interval, delta=delta,
                              target=target, target_metric=target_metric,
                              channels_per_step=channels_per_step, save_thresholds=(),
                              divisor=divisor, latency_table=latency_table)
-                        ] + list(cfg.custom_hooks)  # and the progress lines
+                        ] + kd + list(cfg.custom_hooks)  # and the progress lines
     run = runner(cfg)
     run.train()
     hook = next(h for h in run.hooks if isinstance(h, FisherPruningHook))

@@ -24,6 +24,9 @@ any other data set.
 =============  ==============================================================================
 gfp_acts       FisherPruningHook, delta='acts', prunes while training from the baseline
 gfp_flops      the same with delta='flops'
+gfp_acts_kd    gfp_acts with GFPDistillHook's defaults (channel-wise distillation of the FPN
+               outputs from the baseline, pruned channels left out) while pruning and
+               fine-tuning
 tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
                ranked across layers (``--tp-scope global``, like GFP) by default
 tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-batches``
@@ -54,6 +57,7 @@ import os.path as osp
 import statistics
 import sys
 import time
+from typing import Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -61,8 +65,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common as C  # noqa: E402
 
-METHODS = ['gfp_acts', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin', 'unpruned']
+METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin',
+           'unpruned']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
+          'gfp_acts_kd': 'GFP (acts) + distillation',
           'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1', 'tp_taylor': 'TP group Taylor',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
           'unpruned': 'unpruned, same budget'}
@@ -98,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
+    p.add_argument('--kd-weight', type=float, help="gfp_acts_kd: weight of the CWD term on the "
+                   "neck (default: GFPDistillHook's)")
     p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
                    help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
                         'GFP) or the same ratio in every layer')
@@ -298,8 +306,11 @@ def settings(args, baseline: str) -> dict:
     st = os.stat(baseline)
     keys = ('iters', 'lr', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches',
             'tp_scope', 'tol', 'quick', 'baseline_iters')
-    return dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
-                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
+               baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    if args.kd_weight is not None:  # only then: runs stored before the option still match
+        sig['kd_weight'] = args.kd_weight
+    return sig
 
 
 # ------------------------------------------------------------------------------ one run
@@ -325,7 +336,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         out['train_iters'] = args.iters
     elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
-                            args.gfp_channels_per_step)
+                            args.gfp_channels_per_step, distill=_distill(method, args))
         out['train_iters'] = args.iters
     elif method == 'thin':
         base_iters = ctx['baseline_iters']
@@ -357,6 +368,15 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     out['info'] = info
     out['seconds'] = time.perf_counter() - t0
     return out
+
+
+def _distill(method: str, args) -> Optional[dict]:
+    """GFPDistillHook's arguments for a ``*_kd`` method (None: no distillation)."""
+    if not method.endswith('_kd'):
+        return None
+    if args.kd_weight is None:
+        return {}
+    return dict(losses=[dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)])
 
 
 def _batches(base, seed: int, num: int) -> list:
@@ -452,7 +472,7 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'osD^vXP'))
+    markers = dict(zip(METHODS, 'ohsD^vXP'))
     ax = axes[0]
     ax.plot([100.0], [base['mAP']], 'k*', ms=12, label=LABELS['baseline'])
     # curves end at the unpruned model with the same training budget when it was measured

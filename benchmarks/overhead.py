@@ -7,6 +7,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/overhead.py --profile        # also profile the hook's cost
     .venv/bin/python benchmarks/overhead.py --premask 0.25   # a quarter of the channels masked
     .venv/bin/python benchmarks/overhead.py --premask 0.25 --mask-on input  # masks on inputs only
+    .venv/bin/python benchmarks/overhead.py --distill        # also: the teacher's cost
 
 Each iteration is a real MMEngine train step, ``model.train_step(batch, optim_wrapper)``: data
 preprocessor, loss forward, backward and an SGD step, on random demo batches and randomly
@@ -25,6 +26,12 @@ also pays for the masks' multiplications, as it does later in a pruning run (the
 has no hooks, hence no masks). The one-off cost of a pruning step (``pruner.step(1)`` plus the three ``remaining()`` calls the
 hook makes after it) is reported separately, and amortised over the hook's default
 ``interval=10``.
+
+``--distill`` adds a second A/B measurement: the hooked iteration against the same iteration
+with :class:`GFPDistillHook` (its default losses) running the teacher and adding the
+distillation term; reported as ``distill_*`` columns, with the teacher's weights in MB (the
+memory it holds for the whole run; its no-grad forward keeps no activations for backward) and,
+on CUDA, the peak memory of each variant.
 """
 import argparse
 import cProfile
@@ -100,6 +107,54 @@ class Variant:
         log = self.model.train_step(batch, self.optim)
         rec.end_iter(1.0)  # FisherPruningHook.after_train_iter (not a pruning iteration)
         self.losses.append(float(log['loss']))
+
+
+class DistillVariant(Variant):
+    """'without': the pruning hook's iteration; 'with': the same plus GFPDistillHook."""
+
+    def __init__(self, var: Variant):
+        import types
+
+        from mmgfp.hooks import GFPDistillHook
+        super().__init__(var.model, var.pruner, var.optim, var.batch_size)
+        var.enable_hook(False)  # the teacher is copied from the model without masks
+        self.kd = GFPDistillHook()
+        self.kd.attach(var.model)
+        # pruned channels left out of the feature loss, as with FisherPruningHook in a Runner
+        self.kd._prune_hook = types.SimpleNamespace(pruner=var.pruner)
+        self.losses = var.losses
+
+    def enable_hook(self, on: bool) -> None:
+        super().enable_hook(True)
+        self.kd.active = on
+
+    def plain(self, batch) -> None:
+        self.hooked(batch)
+
+
+def distill_cost(var: Variant, batches, args, guard) -> dict:
+    """``--distill``: milliseconds and memory of the hooked iteration with and without the
+    teacher (interleaved as in :func:`measure`)."""
+    dv = DistillVariant(var)
+    cuda = next(var.model.parameters()).is_cuda
+    times, rr = measure(dv, batches, args.warmup, args.rounds, args.block, guard,
+                        args.clock)
+    peak = {}
+    if cuda:
+        for mode in ('without', 'with'):
+            torch.cuda.reset_peak_memory_stats()
+            dv.enable_hook(mode == 'with')
+            dv.hooked(batches[0])
+            peak[f'distill_{mode}_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    Variant.enable_hook(dv, False)  # masks and recorder off, as measure() leaves them
+    dv.kd.active = False
+    dv.kd.detach(var.model)
+    without, with_ = C.median(times['without']), C.median(times['with'])
+    teacher = sum(t.numel() * t.element_size()
+                  for t in dv.kd.teacher.state_dict().values()) / 2**20
+    return dict(peak, distill_without_ms=without * 1e3, distill_with_ms=with_ * 1e3,
+                distill_ratio=with_ / without, distill_round_ratio_median=C.median(rr),
+                distill_losses=list(dv.kd.losses), teacher_mb=teacher)
 
 
 def measure(var: Variant, batches, warmup: int, rounds: int, block: int, guard: C.Guard,
@@ -254,6 +309,8 @@ def main(argv=None):
     p.add_argument('--mask-on', choices=MASK_ON, default='auto',
                    help="where consumers apply the masks (FisherPruner's mask_on; 'input' is "
                         'how mmgfp worked before the weight masks)')
+    p.add_argument('--distill', action='store_true',
+                   help='also measure the iteration with GFPDistillHook (teacher + loss)')
     p.add_argument('--json', help='write the results here')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -297,6 +354,11 @@ def main(argv=None):
             'times_without_ms': [t * 1e3 for t in times['without']],
             'times_with_ms': [t * 1e3 for t in times['with']],
         }
+        if args.distill:
+            row.update(distill_cost(var, batches, args, guard))
+            print(f'[overhead] {name} distillation: {row["distill_without_ms"]:.1f} -> '
+                  f'{row["distill_with_ms"]:.1f} ms ({row["distill_ratio"]:.3f}x), teacher '
+                  f'{row["teacher_mb"]:.1f} MB', flush=True)
         rows.append(row)
         print(f'[overhead] {name}: without {row["without_ms"]:.1f} ms, with '
               f'{row["with_ms"]:.1f} ms, ratio {row["ratio"]:.3f}', flush=True)

@@ -65,7 +65,7 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     assert runs['thin']['train_iters'] == accuracy.QUICK['baseline_iters'] + \
         accuracy.QUICK['iters']
     assert {r['train_iters'] for m, r in runs.items() if m != 'thin'} == {accuracy.QUICK['iters']}
-    for method in ('gfp_acts', 'gfp_flops'):
+    for method in ('gfp_acts', 'gfp_acts_kd', 'gfp_flops'):
         info = runs[method]['info']
         assert info['target_reached'] and info['pruning_iters'] <= accuracy.QUICK['iters']
         # the hook's own accounting (loss path, masks) = the measured compact module

@@ -58,7 +58,11 @@ def scoped_type(cfg: Config) -> str:
 
 
 def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) -> Config:
-    """The original config with a model that builds the compact model, and no pruning hook."""
+    """The original config with a model that builds the compact model, and no pruning hook.
+
+    ``GFPDistillHook`` goes too: in the compact config it would copy its teacher from the
+    compact weights, not from the unpruned model.
+    """
     if cfg.model.get('type') == COMPACT_TYPE:
         raise ValueError('this config already builds a compact model; deploy the checkpoint '
                          'with the config it was trained with')
@@ -77,8 +81,9 @@ def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) ->
     if target and target not in imports:  # mmgfp.yolo: mmyolo past its version gate
         imports.append(target)
     new.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    dropped = ('FisherPruningHook', 'GFPDistillHook')
     hooks = [h for h in cfg.get('custom_hooks', []) or []
-             if h.get('type') not in ('FisherPruningHook', 'mmgfp.FisherPruningHook')]
+             if str(h.get('type')).split('.')[-1] not in dropped]
     new.custom_hooks = hooks
     new.load_from = checkpoint_ref
     new.resume = False

@@ -1,0 +1,299 @@
+"""GFPDistillHook: distillation from the unpruned model while pruning and fine-tuning."""
+import copy
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from mmgfp.core.distill import LOSSES, flat_tensors, producer_group
+
+TEACHER_KEY = 'mmgfp_teacher'
+
+
+class _TeacherDone(Exception):
+    """Raised by the teacher's last tap: the layers after it are not needed."""
+
+
+@HOOKS.register_module()
+class GFPDistillHook(Hook):
+    """Add distillation from the unpruned model to the loss while pruning and fine-tuning.
+
+    A companion of :class:`FisherPruningHook` rather than an argument of it: pruning decides
+    *which* channels go, distillation changes *what is optimised*; either works without the
+    other (e.g. distilling while fine-tuning a deployed-then-masked model) and each stays small.
+    It finds the pruning hook among the runner's hooks for the channel masks.
+
+    The teacher is a frozen copy of the model as loaded when training starts, before any mask
+    (eval mode, no grad, outside DDP and the optimizer, never part of ``runner.model``). Every
+    training iteration it runs on the student's preprocessed batch, and each entry of
+    ``losses`` adds ``weight * loss(student_output, teacher_output)`` of one module to the loss
+    dict as ``loss_distill_<type>_<module>`` (summed into the loss and logged by MMEngine like
+    any other). The seam is the model's ``loss`` method, replaced on the unwrapped model for the
+    duration of training: DDP's forward, AMP's autocast and loss scaling, and the Runner's loss
+    parsing and logging all see one loss dict, and any OpenMMLab model whose ``forward(mode=
+    'loss')`` calls ``self.loss`` (mmdet, mmpretrain, mmpose, mmseg, mmyolo) works unchanged.
+    The teacher runs ``forward(mode='tensor')`` and stops after its last tapped module.
+
+    The distillation term enters the Fisher information: the recorder squares the gradient of
+    the loss being optimised, now task + distillation, so a channel is scored by how much the
+    student needs it to fit the labels *and* to follow the teacher. This costs nothing (one
+    backward) and ranks channels by the objective they are trained for.
+
+    Checkpoints store the teacher's weights (key ``'mmgfp_teacher'``): a resumed run, and a
+    fine-tuning run that ``load_from`` a pruning checkpoint, distil from the same teacher. The
+    key is never read by ``tools/deploy_pruned.py``, so the teacher does not reach the compact
+    model.
+
+    Args:
+        losses (Sequence[dict], optional): Each ``dict(module=NAME, type='kl'|'cwd',
+            weight=1.0, tau=1.0)``: ``'kl'`` compares class distributions (classifier logits),
+            ``'cwd'`` feature maps channel by channel; pruned channels of the student are left
+            out of ``'cwd'``. None: ``kl`` on ``head`` (tau 4) for mmpretrain classifiers,
+            else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults to None.
+        teacher (str, optional): Checkpoint of the unpruned model to distil from instead of the
+            loaded weights; needed when those are already pruned (fine-tuning) and carry no
+            teacher. Defaults to None.
+        save_teacher (bool): Store the teacher's weights in checkpoints. Defaults to True.
+    """
+    priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
+
+    def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
+                 save_teacher: bool = True):
+        self.losses = None if losses is None else [_check_loss(dict(l)) for l in losses]
+        if teacher is not None and not isinstance(teacher, str):
+            raise ValueError(f'`teacher` is a checkpoint path, but got {teacher!r}')
+        self.teacher_ckpt = teacher
+        self.save_teacher = save_teacher
+        self.teacher: Optional[nn.Module] = None
+        self._loaded_teacher: Optional[Dict] = None
+        self.active = False
+        self._student: Dict[str, List] = {}
+        self._handles: List = []
+        self._groups: Dict = {}
+        self._prune_hook = None
+        self._own_loss = None
+
+    # -- setup -----------------------------------------------------------------------------
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._loaded_teacher = checkpoint.get(TEACHER_KEY)
+
+    def before_train(self, runner) -> None:
+        from .fisher_pruning_hook import FisherPruningHook
+        prune_hook = next((h for h in runner.hooks if isinstance(h, FisherPruningHook)), None)
+        self.attach(_unwrap(runner.model), prune_hook)
+        runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
+            f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
+            for s in self.losses) + f' from {self._source}')
+
+    def attach(self, model: nn.Module, prune_hook=None) -> None:
+        """Copy the teacher from ``model`` (or the loaded teacher) and wrap ``model.loss``.
+
+        What ``before_train`` does, without a Runner (the overhead benchmark calls it). The
+        distillation terms are added while ``active`` is set (each training iteration).
+        """
+        self._prune_hook = prune_hook
+        if self.losses is None:
+            self.losses = _default_losses(model)
+        modules = dict(model.named_modules())
+        for spec in self.losses:
+            if spec['module'] not in modules:
+                raise ValueError(f"GFPDistillHook: the model has no module {spec['module']!r} "
+                                 f'to distil; give `losses` naming one of its modules, e.g. '
+                                 f'{[n for n, _ in model.named_children()]}')
+        self.teacher = self._build_teacher(model)
+        for spec in self.losses:
+            name = spec['module']
+            self._handles.append(modules[name].register_forward_hook(
+                lambda m, a, out, _n=name: self._note(_n, out)))
+        self._own_loss = model.__dict__.get('loss')  # another tool's replacement, if any
+        model.loss = self._loss_of(model)
+
+    def detach(self, model: nn.Module) -> None:
+        """Restore ``model.loss`` and remove the student hooks (the teacher stays)."""
+        model.__dict__.pop('loss', None)
+        if self._own_loss is not None:
+            model.loss = self._own_loss
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.active = False
+
+    def _build_teacher(self, model: nn.Module) -> nn.Module:
+        if self._prune_hook is not None and self._prune_hook.pruner is not None:
+            raise RuntimeError('GFPDistillHook: the masks are already on the model, so a copy '
+                               'would be a pruned teacher; the teacher is copied when training '
+                               'starts, before FisherPruningHook masks the model')
+        teacher = copy.deepcopy(model)
+        teacher.__dict__.pop('loss', None)
+        state = self._loaded_teacher
+        self._source = 'the checkpoint\'s teacher'
+        if state is None and self.teacher_ckpt is not None:
+            from mmengine.runner import load_checkpoint
+            load_checkpoint(teacher, self.teacher_ckpt, map_location='cpu', strict=True)
+            self._source = self.teacher_ckpt
+        elif state is None:
+            self._check_unpruned()
+            self._source = 'the model as loaded'
+        else:
+            teacher.load_state_dict(state, strict=True)
+        self._loaded_teacher = None
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher
+
+    def _check_unpruned(self) -> None:
+        hook = self._prune_hook
+        if hook is None:
+            return
+        loaded = (hook._loaded or {}).get('pruner', {}).get('masks', {})
+        pruned = any(not bool(v.all()) for v in loaded.values())
+        if pruned or hook.init_spec is not None:
+            raise RuntimeError(
+                'GFPDistillHook: the loaded model is already pruned '
+                f'({"its checkpoint has masks" if pruned else "init_spec is set"}) and carries '
+                'no teacher, so the unpruned model is not at hand. Give '
+                "`teacher='<checkpoint of the unpruned model>'`, or load a checkpoint saved "
+                'by a pruning run with GFPDistillHook (it stores the teacher)')
+
+    def after_train(self, runner) -> None:
+        self.detach(_unwrap(runner.model))
+
+    # -- every iteration -------------------------------------------------------------------
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self.active = True  # after the pruning hook's tracing forward of iteration 1
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.active = False
+
+    def _note(self, name: str, out) -> None:
+        if self.active:
+            self._student.setdefault(name, []).append(out)
+
+    def _loss_of(self, model: nn.Module):
+        orig = model.loss
+
+        def loss(inputs, data_samples=None, *args, **kwargs):
+            if not self.active:
+                return orig(inputs, data_samples, *args, **kwargs)
+            self._student = {}
+            losses = orig(inputs, data_samples, *args, **kwargs)
+            teacher = self._run_teacher(inputs, data_samples)
+            for spec in self.losses:
+                key = f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
+                losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
+            self._student = {}
+            return losses
+
+        return loss
+
+    def _run_teacher(self, inputs, data_samples) -> Dict[str, list]:
+        want = {s['module']: len(self._student.get(s['module'], [])) for s in self.losses}
+        got: Dict[str, list] = {n: [] for n in want}
+        modules = dict(self.teacher.named_modules())
+
+        def note(name, out):
+            got[name].append(out)
+            if all(len(got[n]) >= k for n, k in want.items()):
+                raise _TeacherDone
+
+        handles = [modules[n].register_forward_hook(lambda m, a, out, _n=n: note(_n, out))
+                   for n in want]
+        try:
+            with torch.no_grad():
+                self.teacher(inputs, data_samples, mode='tensor')
+        except _TeacherDone:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return got
+
+    def _term(self, spec: dict, teacher_outs: list) -> torch.Tensor:
+        name = spec['module']
+        s_list = [t for out in self._student.get(name, []) for t in flat_tensors(out)]
+        t_list = [t for out in teacher_outs for t in flat_tensors(out)]
+        if not s_list or len(s_list) != len(t_list):
+            raise RuntimeError(f'GFPDistillHook: module {name!r} gave {len(s_list)} tensors in '
+                               f'the student\'s loss forward and {len(t_list)} in the '
+                               "teacher's tensor forward; distil a module both paths run")
+        fn = LOSSES[spec['type']]
+        terms = []
+        for i, (s, t) in enumerate(zip(s_list, t_list)):
+            if spec['type'] == 'cwd':
+                terms.append(fn(s, t, spec['tau'], self._keep(name, i, s)))
+            else:
+                terms.append(fn(s, t, spec['tau']))
+        return torch.stack(terms).mean()
+
+    def _keep(self, name: str, index: int, feature: torch.Tensor) -> Optional[torch.Tensor]:
+        """Bool mask of the unpruned channels of a student feature map (None: all)."""
+        hook = self._prune_hook
+        if hook is None or hook.pruner is None:
+            return None
+        masker = hook.pruner.masker
+        if (name, index) not in self._groups:
+            self._groups[(name, index)] = _group_of(feature, hook.pruner.groups, masker.model)
+        key = self._groups[(name, index)]
+        if key is None or key not in masker.keep:
+            return None
+        return masker.keep[key].repeat_interleave(masker.groups.groups[key].block)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not self.save_teacher:
+            return
+        if self.teacher is not None:
+            checkpoint[TEACHER_KEY] = self.teacher.state_dict()
+        elif self._loaded_teacher is not None:
+            checkpoint[TEACHER_KEY] = self._loaded_teacher
+
+
+def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
+    """The channel group whose channels ``feature`` carries (None: unknown, all kept)."""
+    modules = dict(model.named_modules())
+    producers = {}
+    for layer, key in groups.producers.items():
+        if groups.groups[key].channels != feature.shape[1] or layer not in modules:
+            continue
+        for p in modules[layer].parameters(recurse=False):
+            producers[id(p)] = key
+    return producer_group(feature, producers)
+
+
+def _check_loss(spec: dict) -> dict:
+    if not isinstance(spec.get('module'), str):
+        raise ValueError(f'every entry of `losses` needs module=NAME (a module of the model), '
+                         f'got {spec!r}')
+    spec.setdefault('type', 'cwd')
+    if spec['type'] not in LOSSES:
+        raise ValueError(f"`losses` type must be one of {sorted(LOSSES)}, got {spec['type']!r}")
+    spec.setdefault('weight', 1.0)
+    spec.setdefault('tau', 1.0)
+    if not spec['tau'] > 0 or spec['weight'] < 0:
+        raise ValueError(f'`losses` needs tau > 0 and weight >= 0, got {spec!r}')
+    extra = set(spec) - {'module', 'type', 'weight', 'tau'}
+    if extra:
+        raise ValueError(f'unknown keys {sorted(extra)} in `losses` entry {spec!r}')
+    return spec
+
+
+def _default_losses(model: nn.Module) -> List[dict]:
+    from mmgfp.codebases import codebase_of
+    try:
+        scope = codebase_of(model).scope
+    except Exception:  # noqa: BLE001  (a model of no known codebase: the neck rule below)
+        scope = None
+    if scope == 'mmpretrain':
+        return [dict(module='head', type='kl', weight=1.0, tau=4.0)]
+    if getattr(model, 'neck', None) is not None:
+        return [dict(module='neck', type='cwd', weight=1.0, tau=1.0)]
+    raise ValueError(f'GFPDistillHook: no default distillation for {type(model).__name__} '
+                     '(no neck): give `losses=[dict(module=NAME, type="kl" or "cwd")]`')
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+

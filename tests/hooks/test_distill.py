@@ -1,0 +1,191 @@
+"""GFPDistillHook with real MMEngine Runners on digits: losses, teacher, checkpoints, Fisher."""
+import os.path as osp
+import uuid
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+import mmgfp  # noqa: F401
+from mmgfp.hooks import FisherPruningHook, GFPDistillHook
+from mmgfp.hooks.distill_hook import TEACHER_KEY
+from runner_utils import cls_config, det_config
+
+NO_VAL = dict(val_dataloader=None, val_cfg=None, val_evaluator=None)
+
+
+def _train(config, work_dir, hooks=None, **overrides):
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(work_dir)
+    cfg.merge_from_dict(dict(NO_VAL, **overrides))
+    if hooks is not None:
+        cfg.custom_hooks = hooks
+    cfg.experiment_name = f'{osp.splitext(osp.basename(config))[0]}_{uuid.uuid4().hex[:8]}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def _hook(runner, cls):
+    return next(h for h in runner.hooks if isinstance(h, cls))
+
+
+def _prune(**kw):
+    return dict(dict(type='FisherPruningHook', interval=2, delta='acts', target=0.9,
+                     target_metric='flops', channels_per_step=8, save_thresholds=()), **kw)
+
+
+def test_detector_distils_the_neck_from_the_loaded_model(tmp_path, det_data):
+    config = det_config(tmp_path, det_data, max_iters=4, ckpt_interval=4)
+    hooks = [_prune(), dict(type='GFPDistillHook')]
+    runner = _train(config, tmp_path / 'w', hooks)
+    dist = _hook(runner, GFPDistillHook)
+    prune = _hook(runner, FisherPruningHook)
+    scalars = runner.message_hub.log_scalars
+    assert 'train/loss_distill_cwd_neck' in scalars  # logged like any loss, and in the sum
+    values = scalars['train/loss_distill_cwd_neck'].data[0]
+    assert len(values) == 4 and all(v > 0 and v == v for v in values)
+    # the teacher is the model as it was before training: the checkpoint's teacher equals the
+    # starting weights, which the student has left; it is in no optimizer, no runner.model
+    ckpt = torch.load(tmp_path / 'w' / 'iter_4.pth', weights_only=True)
+    teacher = ckpt[TEACHER_KEY]
+    assert not any(k.startswith('teacher') for k in ckpt['state_dict'])
+    assert teacher.keys() == ckpt['state_dict'].keys()
+    moved = [k for k in teacher if teacher[k].is_floating_point() and
+             not torch.equal(teacher[k], ckpt['state_dict'][k])]
+    assert moved, 'the student trained; the teacher must not'
+    opt_ids = {id(p) for g in runner.optim_wrapper.optimizer.param_groups for p in g['params']}
+    assert not any(id(p) in opt_ids for p in dist.teacher.parameters())
+    assert not dist.teacher.training and not any(p.requires_grad
+                                                 for p in dist.teacher.parameters())
+    assert 'loss' not in runner.model.__dict__, 'the loss method is restored after training'
+    # every FPN level was traced to the group of the FPN outputs; its pruned channels are out
+    keys = {dist._groups[('neck', i)] for i in range(5)}
+    assert len(keys) == 1 and keys.pop() in prune.pruner.masker.keep
+
+
+def test_resume_matches_uninterrupted(tmp_path, det_data):
+    config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
+                        ckpt_interval=3)
+    hooks = [_prune(target=0.8), dict(type='GFPDistillHook')]
+    full = _train(config, tmp_path / 'full', hooks)
+    _train(config, tmp_path / 'part', hooks, **{'train_cfg.max_iters': 3})
+    resumed = _train(config, tmp_path / 'part', hooks, resume=True)
+    assert resumed.iter == 6
+    a, b = _hook(full, GFPDistillHook).teacher, _hook(resumed, GFPDistillHook).teacher
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), f'teacher {n} differs after resume'
+    ma = _hook(full, FisherPruningHook).pruner.masker.keep
+    mb = _hook(resumed, FisherPruningHook).pruner.masker.keep
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    for (n, p), (_, q) in zip(full.model.state_dict().items(),
+                              resumed.model.state_dict().items()):
+        if p.is_floating_point():
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), n
+
+
+def _fisher(runner):
+    rec = _hook(runner, FisherPruningHook).pruner.recorder
+    return {k: v.clone() for k, v in rec.fisher.items()}
+
+
+def test_distillation_term_enters_the_fisher_information(tmp_path, cls_data):
+    """Weight 0: the statistics of a run without the hook, bit for bit (the teacher adds no
+    Fisher terms of its own); weight > 0: the distillation gradient changes them."""
+    config = cls_config(tmp_path, cls_data, max_iters=2, ckpt_interval=100)
+    prune = _prune(interval=100)  # accumulate only
+    kl = dict(module='head', type='kl', tau=4.0)
+    plain = _fisher(_train(config, tmp_path / 'a', [prune]))
+    zero = _train(config, tmp_path / 'b', [prune, dict(type='GFPDistillHook',
+                                                        losses=[dict(kl, weight=0.0)])])
+    assert 'train/loss_distill_kl_head' in zero.message_hub.log_scalars
+    weighted = _fisher(_train(config, tmp_path / 'c', [prune, dict(
+        type='GFPDistillHook', losses=[dict(kl, weight=10.0)])]))
+    zero = _fisher(zero)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert any(not torch.allclose(plain[k], weighted[k], rtol=1e-3) for k in plain)
+
+
+def test_finetune_needs_the_unpruned_teacher(tmp_path, cls_data):
+    """Fine-tuning from a pruned checkpoint distils from the teacher the checkpoint stores;
+    one without a teacher is refused unless ``teacher=`` names the unpruned weights."""
+    config = cls_config(tmp_path, cls_data, max_iters=4, ckpt_interval=4, target=0.9,
+                        per_step=16)
+    with_kd = [_prune(target=0.9, channels_per_step=16),
+               dict(type='GFPDistillHook')]
+    first = _train(config, tmp_path / 'kd', with_kd)
+    start = _hook(first, GFPDistillHook).teacher.state_dict()
+    assert _hook(first, FisherPruningHook).pruner.masker.pruned_anything
+    finetune = [dict(type='FisherPruningHook', prune=False), dict(type='GFPDistillHook')]
+    ft = _train(config, tmp_path / 'ft', finetune, load_from=str(tmp_path / 'kd' / 'iter_4.pth'),
+                **{'train_cfg.max_iters': 1})
+    got = _hook(ft, GFPDistillHook).teacher.state_dict()
+    assert all(torch.equal(start[k], got[k]) for k in start)
+    assert 'train/loss_distill_kl_head' in ft.message_hub.log_scalars
+    # a pruned checkpoint without a teacher: refused, then accepted with teacher=
+    ckpt = torch.load(tmp_path / 'kd' / 'iter_4.pth', weights_only=False)
+    ckpt.pop(TEACHER_KEY)
+    torch.save(ckpt, tmp_path / 'no_teacher.pth')
+    torch.save({'state_dict': start}, tmp_path / 'unpruned.pth')
+    with pytest.raises(RuntimeError, match='already pruned'):
+        _train(config, tmp_path / 'ft2', finetune, load_from=str(tmp_path / 'no_teacher.pth'),
+               **{'train_cfg.max_iters': 1})
+    finetune[1]['teacher'] = str(tmp_path / 'unpruned.pth')
+    ft3 = _train(config, tmp_path / 'ft3', finetune, load_from=str(tmp_path / 'no_teacher.pth'),
+                 **{'train_cfg.max_iters': 1})
+    got = _hook(ft3, GFPDistillHook).teacher.state_dict()
+    assert all(torch.equal(start[k], got[k]) for k in start)
+    # deploy: the compact checkpoint carries the student only
+    import tools.deploy_pruned as deploy_tool
+    out = deploy_tool.main([config, str(tmp_path / 'ft3' / 'iter_1.pth'), '--out-dir',
+                            str(tmp_path / 'deploy')])
+    compact = torch.load(out['checkpoint'], weights_only=True)
+    assert TEACHER_KEY not in compact
+    n_teacher = sum(v.numel() for v in start.values())
+    assert sum(v.numel() for v in compact['state_dict'].values()) < n_teacher
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match='module=NAME'):
+        GFPDistillHook(losses=[dict(type='kl')])
+    with pytest.raises(ValueError, match='type must be one of'):
+        GFPDistillHook(losses=[dict(module='head', type='mse')])
+    with pytest.raises(ValueError, match='tau > 0'):
+        GFPDistillHook(losses=[dict(module='head', tau=0)])
+    with pytest.raises(ValueError, match='unknown keys'):
+        GFPDistillHook(losses=[dict(module='head', temperature=2)])
+
+
+def test_compact_config_drops_the_distillation_hook(tmp_path, cls_data):
+    """A compact config would copy its teacher from the compact weights: the hook goes."""
+    from mmgfp.apis.deploying.deploy import compact_config
+    cfg = Config.fromfile(cls_config(tmp_path, cls_data))
+    cfg.custom_hooks = [_prune(), dict(type='GFPDistillHook'),
+                        dict(type='mmgfp.GFPDistillHook'), dict(type='EMAHook')]
+    new = compact_config(cfg, str(tmp_path / 'channels.json'), None)
+    assert [h['type'] for h in new.custom_hooks] == ['EMAHook']
+
+
+def test_terms_under_autocast_are_float32_and_finite(tmp_path, cls_data):
+    """AMP's autocast (bfloat16 on CPU here) runs student and teacher in low precision; the
+    distillation terms are computed in float32, as the scaler expects of a loss."""
+    from mmengine.registry import init_default_scope
+
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.inputs import demo_batch
+    cfg = Config.fromfile(cls_config(tmp_path, cls_data))
+    init_default_scope('mmpretrain')
+    model = build_model(cfg)
+    model.train()
+    hook = GFPDistillHook(losses=[dict(module='head', type='kl', tau=2.0),
+                                  dict(module='backbone', type='cwd')])
+    hook.attach(model)
+    hook.active = True
+    data = model.data_preprocessor(demo_batch(model, 2, (32, 32)), True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model(**data, mode='loss')
+    for key in ('loss_distill_kl_head', 'loss_distill_cwd_backbone'):
+        assert losses[key].dtype == torch.float32 and torch.isfinite(losses[key])
+    hook.detach(model)
+    assert 'loss' not in model.__dict__
