@@ -3,6 +3,8 @@ that represents it, and the families skipped without building anything (with the
 import os
 import os.path as osp
 
+# The packages of the original zoo page (docs/zoo.md); the other codebases get a page each
+# (``zoo.py --packages mmseg --doc docs/en/model_zoo/mmseg.md``).
 PACKAGES = ('mmdet', 'mmpretrain')
 # Folders of .mim/configs that hold no model family of their own.
 NOT_FAMILIES = {'_base_', 'common', 'legacy_1.x', 'misc', 'strong_baselines', 'lvis',
@@ -29,6 +31,9 @@ SKIP = {
     'mmdet::selfsup_pretrain': 'detectors with self-supervised backbones (weights download)',
     'mmdet::scnet': 'instance segmentation with a semantic head: needs stuff maps in the data',
     'mmdet::htc': 'instance segmentation with a semantic head: needs stuff maps in the data',
+    'mmseg::dsdl': 'data set description configs (needs the DSDL data)',
+    'mmseg::san': 'multimodal: needs the CLIP text encoder weights (download)',
+    'mmseg::vpd': 'depth estimation on a Stable Diffusion backbone (needs its weights)',
 }
 # Families whose first metafile model is not a good representative.
 PICK = {
@@ -63,6 +68,8 @@ def config_root(pkg: str) -> str:
 def _metafile_configs(folder: str) -> list:
     path = osp.join(folder, 'metafile.yml')
     if not osp.isfile(path):
+        path = osp.join(folder, 'metafile.yaml')  # mmseg's spelling
+    if not osp.isfile(path):
         return []
     import yaml
     with open(path) as f:
@@ -86,10 +93,10 @@ def pick_config(folder: str):
     return names[0] if names else None
 
 
-def families() -> list:
-    """``[(family, config), ...]`` of both packages, ``family`` as ``pkg::folder``."""
+def families(packages=PACKAGES) -> list:
+    """``[(family, config), ...]`` of ``packages``, ``family`` as ``pkg::folder``."""
     out = []
-    for pkg in PACKAGES:
+    for pkg in packages:
         root = config_root(pkg)
         for name in sorted(os.listdir(root)):
             folder = osp.join(root, name)

@@ -75,18 +75,33 @@ def _details(r: dict) -> list:
     return lines + ['']
 
 
-def _head(status: Counter, ratio: float, det_size: int, tol: float) -> list:
+VERSIONS = {'mmdet': 'mmdet 3.3.0', 'mmpretrain': 'mmpretrain 1.2.0',
+            'mmseg': 'mmsegmentation 1.2.2'}
+# how each package's demo input size is chosen (``sizes``: the zoo's --det-size, --seg-size)
+SIZE_RULES = {
+    'mmdet': 'detectors at {det}x{det} (128, 256 or 320 where a detector needs larger maps: '
+             'the Input column)',
+    'mmpretrain': 'classifiers at the size of their test pipeline',
+    'mmseg': 'segmentors at {seg}x{seg} (their preprocessor pads training batches to that '
+             'size instead of the crop size)',
+}
+
+
+def _head(status: Counter, ratio: float, tol: float, packages, sizes: dict) -> list:
+    names = [VERSIONS.get(p, p) for p in packages]
+    rules = ', '.join(SIZE_RULES[p].format(**sizes) for p in packages if p in SIZE_RULES)
+    flags = '' if sorted(packages) == ['mmdet', 'mmpretrain'] else (
+        ' --packages ' + ' '.join(packages) + ' --doc PAGE')
     return [
-        '# The model zoo under `check_model`', '',
-        'One config per model family of mmdet 3.3.0 and mmpretrain 1.2.0 '
+        '# The model zoo under `check_model`' + ('' if not flags else
+                                                  ': ' + ', '.join(names)), '',
+        'One config per model family of ' + ' and '.join(names) + ' '
         '(`<pkg>/.mim/configs/<family>`), built without weights; a random '
         f'{ratio:g} of every prunable channel group masked, the compact model exported, '
         'rebuilt from its config and compared with the masked one (`mmgfp.apis.checking.check.'
-        'check_model`, seed 0). Detectors at '
-        f'{det_size}x{det_size} (128, 256 or 320 where a detector needs larger maps: '
-        'the Input column), classifiers at the size of their test pipeline, '
+        f'check_model`, seed 0). {rules[0].upper() + rules[1:]}, '
         'one thread. Written by', '',
-        '    .venv/bin/python benchmarks/zoo.py --stored-only', '',
+        f'    .venv/bin/python benchmarks/zoo.py --stored-only{flags}', '',
         'from the results stored in `benchmarks/results/zoo/` (one JSON per family). '
         f'**pass**: max relative difference <= {tol:g} and at least one prunable group. '
         'The difference is measured in float32; where it exceeds the tolerance, the masked '
@@ -104,15 +119,16 @@ def _head(status: Counter, ratio: float, det_size: int, tol: float) -> list:
         '|---|---|---|---|---|---|---|---|---|---|']
 
 
-def render_doc(results: list, path: str, ratio: float, det_size: int, tol: float) -> str:
-    """Write the table of ``results`` (stored family results) to ``path``; return its text."""
+def render_doc(results: list, path: str, ratio: float, tol: float, packages, sizes: dict) -> str:
+    """Write the table of ``results`` (stored family results of ``packages``) to ``path``;
+    return its text. ``sizes``: the zoo's ``det`` and ``seg`` input sizes."""
     results = sorted(results, key=lambda r: r['family'])
     status = Counter(r['status'] for r in results)
     body = [_row(r) for r in results]
     details = ['', '## Details: unprunable groups by reason', '']
     for r in results:
         details += _details(r)
-    text = '\n'.join(_head(status, ratio, det_size, tol) + body + details) + '\n'
+    text = '\n'.join(_head(status, ratio, tol, packages, sizes) + body + details) + '\n'
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         f.write(text)

@@ -7,14 +7,17 @@ Run from the repository root, in parts if the machine is small (results are kept
     .venv/bin/python benchmarks/zoo.py --index 0:40          # the first 40 families
     .venv/bin/python benchmarks/zoo.py --stored-only         # only write docs/zoo.md
     .venv/bin/python benchmarks/zoo.py --list                # families and the config picked
+    .venv/bin/python benchmarks/zoo.py --packages mmseg --doc docs/en/model_zoo/mmseg.md
 
 A family is a folder of ``<pkg>/.mim/configs``; its representative config is the first model of
 its ``metafile.yml`` whose config exists (else the shortest config name), unless ``PICK`` names
 one. Each family runs in its own process (one thread, ``--timeout`` seconds) through
 ``mmgfp.apis.checking.check.check_model`` at ``--ratio`` 0.5: detectors at ``--det-size`` (64x64),
-classifiers at the size of their own test pipeline. The result is stored as
-``RESULTS/<pkg>__<family>.json`` and reused unless ``--force``; ``docs/zoo.md`` is written from
-every stored result. Families that are not detection, instance segmentation or classification
+classifiers at the size of their own test pipeline, segmentors at ``--seg-size`` (128x128,
+their preprocessor's padding size set to it). The result is stored as
+``RESULTS/<pkg>__<family>.json`` and reused unless ``--force``; the page (``docs/zoo.md`` for
+mmdet and mmpretrain, ``--doc`` for other ``--packages``) is written from the stored results of
+its packages. Families that are not detection, instance segmentation or classification
 (panoptic, tracking, self-supervised, multimodal...) or that cannot be built without data or
 downloaded weights are listed as skipped, with the reason.
 """
@@ -30,7 +33,7 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _zoo_families import NOT_FAMILIES, PICK, SKIP, families  # noqa: E402,F401
+from _zoo_families import NOT_FAMILIES, PACKAGES, PICK, SKIP, families  # noqa: E402,F401
 from _zoo_render import render_doc  # noqa: E402
 
 RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'zoo')
@@ -53,10 +56,15 @@ def parse_args(argv=None):
                    '(default: all)')
     p.add_argument('--index', help='a slice a:b of the family list (after --family)')
     p.add_argument('--ratio', type=float, default=0.5)
+    p.add_argument('--packages', nargs='+',
+                   help=f'OpenMMLab packages whose families run (default: {" ".join(PACKAGES)}, '
+                   f'or those of --family; known: {" ".join(sorted(TASKS))})')
     p.add_argument('--det-size', type=int, default=64, help='detector input size (square)')
+    p.add_argument('--seg-size', type=int, default=128, help='segmentor input size (square)')
     p.add_argument('--timeout', type=int, default=300, help='seconds per family')
     p.add_argument('--results', default=RESULTS, help='folder of the stored results')
-    p.add_argument('--doc', default=DOC, help='markdown table to write')
+    p.add_argument('--doc', help='markdown table to write (default: docs/zoo.md for mmdet and '
+                   'mmpretrain, docs/en/model_zoo/<packages>.md otherwise)')
     p.add_argument('--force', action='store_true', help='rerun stored families')
     p.add_argument('--stored-only', action='store_true', help='run nothing, write the table')
     p.add_argument('--list', action='store_true', help='print the families and configs')
@@ -72,6 +80,16 @@ def parse_args(argv=None):
             p.error(f'--index must be a slice a:b of integers, but got {args.index!r}')
     if not 0 <= args.ratio < 1:
         p.error(f'--ratio must lie in [0, 1), but got {args.ratio}')
+    if args.packages is None:
+        named = list(dict.fromkeys(f.split('::')[0] for f in args.family or []))
+        args.packages = named if set(named) - set(PACKAGES) else list(PACKAGES)
+    unknown = [k for k in args.packages if k not in TASKS]
+    if unknown:
+        p.error(f'--packages {unknown}: the zoo knows {sorted(TASKS)} (benchmarks/zoo.py TASKS)')
+    if args.doc is None:
+        default = sorted(args.packages) == sorted(PACKAGES)
+        args.doc = DOC if default else osp.join(ROOT, 'docs', 'en', 'model_zoo',
+                                                '_'.join(args.packages) + '.md')
     return args
 
 
@@ -86,14 +104,21 @@ def _load(config: str):
 
 def classify(cfg) -> tuple:
     """``(task, None)``, or ``(None, why the family is skipped)``, from the config's model."""
+    return TASKS[cfg.get('default_scope') or 'mmdet'](cfg)
+
+
+def _classify_mmpretrain(cfg) -> tuple:
     mtype = str(cfg.model.get('type', ''))
-    if cfg.get('default_scope') == 'mmpretrain':
-        if mtype.split('.')[-1] == 'ImageClassifier' and cfg.model.get('head') is None:
-            return None, 'a headless backbone config (no classification head to train)'
-        if mtype.split('.')[-1] == 'ImageClassifier':
-            return 'classification', None
-        return None, (f'model type {mtype} is not an image classifier (self-supervised, '
-                      'retrieval or multimodal)')
+    if mtype.split('.')[-1] == 'ImageClassifier' and cfg.model.get('head') is None:
+        return None, 'a headless backbone config (no classification head to train)'
+    if mtype.split('.')[-1] == 'ImageClassifier':
+        return 'classification', None
+    return None, (f'model type {mtype} is not an image classifier (self-supervised, '
+                  'retrieval or multimodal)')
+
+
+def _classify_mmdet(cfg) -> tuple:
+    mtype = str(cfg.model.get('type', ''))
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope('mmdet')
     cls = MODELS.get(mtype)
@@ -113,6 +138,18 @@ def classify(cfg) -> tuple:
             k in text for k in ('mask_head', 'InsHead', 'MaskFormer', 'Mask2Former', 'SOLO')):
         return 'instance segmentation', None
     return 'detection', None
+
+
+def _classify_mmseg(cfg) -> tuple:
+    mtype = str(cfg.model.get('type', '')).split('.')[-1]
+    if mtype in ('EncoderDecoder', 'CascadeEncoderDecoder'):
+        return 'semantic segmentation', None
+    return None, f'model type {mtype} is not a semantic segmentor (depth, multimodal)'
+
+
+# The task of a config, per package (add a package here to run its families).
+TASKS = {'mmdet': _classify_mmdet, 'mmpretrain': _classify_mmpretrain,
+         'mmseg': _classify_mmseg}
 
 
 def _unprunable(groups: list) -> list:
@@ -154,6 +191,14 @@ def _check(cfg, res: dict, args):
             res['input_size'] = list(size)
 
 
+def _pad_to(cfg, size) -> None:
+    """An mmseg preprocessor pads training batches to its ``size`` (the crop size, 512x1024 for
+    Cityscapes): make that the zoo's size, so the check traces the size it compares."""
+    for pre in (cfg.get('data_preprocessor'), cfg.model.get('data_preprocessor')):
+        if isinstance(pre, dict) and pre.get('size') is not None:
+            pre['size'] = tuple(size)
+
+
 def run_family(family: str, config: str, args, res: dict) -> dict:
     """Check one family's config in this process (called in the worker); fills ``res``."""
     import torch
@@ -165,6 +210,9 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
     if why:
         return dict(res, status='skipped', reason=why)
     size = default_input_size(cfg) if is_classifier_config(cfg) else (args.det_size,) * 2
+    if cfg.default_scope == 'mmseg':
+        size = (args.seg_size,) * 2
+        _pad_to(cfg, size)
     res['input_size'] = list(size)
     rep = _check(cfg, res, args)
     keys = ('num_groups', 'num_prunable_groups', 'flops_before', 'flops_after',
@@ -200,7 +248,7 @@ def _environment(e: Exception):
 
 
 def worker(family: str, out: str, args) -> None:
-    config = dict(families()).get(family)
+    config = dict(families([family.split('::')[0]])).get(family)
     t0 = time.perf_counter()
     res = {'family': family, 'config': config}
     try:
@@ -223,7 +271,8 @@ def worker(family: str, out: str, args) -> None:
 def run_subprocess(family: str, config: str, path: str, args) -> dict:
     """Run one family in a child process with a time limit; store and return its result."""
     cmd = [sys.executable, osp.abspath(__file__), '--worker', family, path,
-           '--ratio', str(args.ratio), '--det-size', str(args.det_size)]
+           '--ratio', str(args.ratio), '--det-size', str(args.det_size),
+           '--seg-size', str(args.seg_size)]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     t0 = time.perf_counter()
     try:
@@ -268,7 +317,9 @@ def stored_results(results: str) -> list:
 # ------------------------------------------------------------------------------ the table
 def write_doc(results: list, path: str, args) -> str:
     """Write the markdown table of ``results`` to ``path`` (see ``_zoo_render``)."""
-    return render_doc(results, path, args.ratio, args.det_size, TOL)
+    results = [r for r in results if r['family'].split('::')[0] in args.packages]
+    return render_doc(results, path, args.ratio, TOL, args.packages,
+                      {'det': args.det_size, 'seg': args.seg_size})
 
 
 # ------------------------------------------------------------------------------ main
@@ -284,7 +335,7 @@ def _not_a_classifier(family: str, config: str):
 
 
 def select(args) -> list:
-    fams = families()
+    fams = families(args.packages)
     if args.family:
         known = dict(fams)
         unknown = [f for f in args.family if f not in known]
@@ -304,7 +355,7 @@ def main(argv=None) -> list:
         return []
     fams = select(args)
     if args.list:
-        for i, (fam, cfg) in enumerate(families()):
+        for i, (fam, cfg) in enumerate(families(args.packages)):
             print(f'{i:4d} {fam:40s} {cfg}' + (f'  [skip: {SKIP[fam]}]' if fam in SKIP
                                                 else ''))
         return []
@@ -326,7 +377,7 @@ def main(argv=None) -> list:
     done = {r['family'] for r in results}
     results += [{'family': fam, 'config': cfg, 'status': 'not run',
                  'reason': f'no stored result: benchmarks/zoo.py --family {fam}'}
-                for fam, cfg in families() if fam not in done]
+                for fam, cfg in families(args.packages) if fam not in done]
     write_doc(results, args.doc, args)
     print(f'[zoo] {len(results)} families stored; wrote {args.doc}')
     return results

@@ -3,7 +3,7 @@
 Importing this package registers every codebase; none of them imports its OpenMMLab package
 until a method is called, so ``import mmgfp`` stays cheap and works with any subset installed.
 """
-from . import mmdet, mmpretrain  # noqa: F401  (registration)
+from . import mmdet, mmpretrain, mmseg  # noqa: F401  (registration)
 from .base import (Codebase, CodebaseError, codebase_of, codebases, config_scope, get_codebase,
                    register_codebase)
 

@@ -15,13 +15,30 @@ from mmgfp.core.spec import SpecError, atomic_write, is_empty, validate
 COMPACT_TYPE = 'GFPCompactModel'
 
 
+def _is_pretrained_init(v) -> bool:
+    return isinstance(v, dict) and v.get('type') == 'Pretrained'
+
+
 def strip_pretrained(cfg):
-    """Drop ``init_cfg=dict(type='Pretrained')`` everywhere: weights come from the checkpoint."""
+    """Drop what would download or read pretrained weights while a model is built: weights come
+    from the checkpoint (or are not needed to check an architecture).
+
+    ``init_cfg=dict(type='Pretrained', ...)`` becomes None (and such entries leave a list of
+    init configs); ``pretrained='open-mmlab://resnet50_v1c'`` (a checkpoint name or URL, as
+    MMSegmentation's EncoderDecoder and older backbones take it) becomes None and
+    ``pretrained=True`` (timm and torchvision wrappers) becomes False.
+    """
     if isinstance(cfg, dict):
         out = type(cfg)() if isinstance(cfg, ConfigDict) else {}
         for k, v in cfg.items():
-            if k == 'init_cfg' and isinstance(v, dict) and v.get('type') == 'Pretrained':
+            if k == 'init_cfg' and _is_pretrained_init(v):
                 out[k] = None
+            elif k == 'init_cfg' and isinstance(v, (list, tuple)):
+                out[k] = type(v)(strip_pretrained(i) for i in v if not _is_pretrained_init(i))
+            elif k == 'pretrained' and isinstance(v, str):
+                out[k] = None
+            elif k == 'pretrained' and v is True:
+                out[k] = False
             else:
                 out[k] = strip_pretrained(v)
         return out

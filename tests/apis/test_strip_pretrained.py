@@ -1,0 +1,24 @@
+"""strip_pretrained: nothing a config would download or read while building remains."""
+from mmengine.config import ConfigDict
+
+from mmgfp.apis.deploying.deploy import strip_pretrained
+
+
+def test_strip_pretrained_forms():
+    cfg = ConfigDict(
+        type='EncoderDecoder', pretrained='open-mmlab://resnet50_v1c',
+        backbone=dict(type='ResNetV1c', init_cfg=dict(type='Pretrained', checkpoint='x.pth')),
+        decode_head=dict(init_cfg=[dict(type='Normal', std=0.01),
+                                   dict(type='Pretrained', checkpoint='y.pth')]),
+        neck=dict(type='TIMMBackbone', pretrained=True),
+        auxiliary_head=[dict(pretrained=False, init_cfg=dict(type='Kaiming'))])
+    out = strip_pretrained(cfg)
+    assert out.pretrained is None
+    assert out.backbone.init_cfg is None
+    assert out.decode_head.init_cfg == [dict(type='Normal', std=0.01)]
+    assert out.neck.pretrained is False
+    assert out.auxiliary_head[0] == dict(pretrained=False, init_cfg=dict(type='Kaiming'))
+    assert isinstance(out, ConfigDict)
+    # the input is left as it was
+    assert cfg.pretrained == 'open-mmlab://resnet50_v1c'
+    assert cfg.backbone.init_cfg['type'] == 'Pretrained'
