@@ -12,11 +12,12 @@ def read_version():
 
 # what mmdeploy 1.3.1 imports beyond torch, numpy, onnx, mmengine and mmcv
 MMDEPLOY_RUNTIME = ['aenum', 'multiprocess', 'prettytable']
+SEG = ['mmsegmentation==1.2.2', 'ftfy', 'regex']
 
 setup(
     name='mmgfp',
     version=read_version(),
-    description='Group Fisher Pruning (ICML 2021) for MMEngine, MMDetection and MMPretrain',
+    description='Group Fisher Pruning (ICML 2021) for MMEngine and OpenMMLab codebases',
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools', 'benchmarks')),
@@ -32,8 +33,11 @@ setup(
         # the newest (README, "Deploy with MMDeploy"), which tools/setup_env.sh does for the tests
         'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
-                  'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
+                  'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME + SEG,
         'benchmark': ['torch-pruning==1.6.1', 'matplotlib', 'scikit-learn'],
+        # MMSegmentation; mmseg 1.2.2 imports ftfy and regex (its CLIP tokenizer) at import but
+        # lists them only in its multimodal requirements
+        'seg': SEG,
     },
     zip_safe=False,
 )

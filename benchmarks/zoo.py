@@ -191,12 +191,18 @@ def _check(cfg, res: dict, args):
             res['input_size'] = list(size)
 
 
-def _pad_to(cfg, size) -> None:
-    """An mmseg preprocessor pads training batches to its ``size`` (the crop size, 512x1024 for
-    Cityscapes): make that the zoo's size, so the check traces the size it compares."""
+def _seg_at_size(cfg, size, res: dict) -> None:
+    """Build an mmseg config for the zoo's input size: its preprocessor pads training batches to
+    its ``size`` (the crop size, 512x1024 for Cityscapes), and transformer backbones that size
+    their position tables by ``img_size`` (BEiT's relative position bias) get the zoo's."""
     for pre in (cfg.get('data_preprocessor'), cfg.model.get('data_preprocessor')):
         if isinstance(pre, dict) and pre.get('size') is not None:
             pre['size'] = tuple(size)
+    backbone = cfg.model.get('backbone') or {}
+    if backbone.get('img_size') is not None:
+        res['adapted'] = f"backbone img_size {backbone['img_size']} set to {size[0]}"
+        backbone['img_size'] = tuple(size) if isinstance(backbone['img_size'], (list, tuple)) \
+            else size[0]
 
 
 def run_family(family: str, config: str, args, res: dict) -> dict:
@@ -212,7 +218,7 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
     size = default_input_size(cfg) if is_classifier_config(cfg) else (args.det_size,) * 2
     if cfg.default_scope == 'mmseg':
         size = (args.seg_size,) * 2
-        _pad_to(cfg, size)
+        _seg_at_size(cfg, size, res)
     res['input_size'] = list(size)
     rep = _check(cfg, res, args)
     keys = ('num_groups', 'num_prunable_groups', 'flops_before', 'flops_after',

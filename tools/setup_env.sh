@@ -65,9 +65,10 @@ fi
 
 log "installing mmengine, mmcv, mmdet, mmpretrain and mmgfp"
 pip install -q "mmengine==0.10.7" "$MMCV_WHEEL" "mmdet==3.3.0" "mmpretrain==1.2.0"
+# the tests extra brings the optional codebases the tests cover (mmsegmentation: setup.py SEG)
 pip install -q -e "$ROOT[tests]"
 # MMDeploy for tests/export/test_mmdeploy.py. --no-deps: its metadata pins protobuf<=3.20.2, which
 # would downgrade onnx/onnxruntime; what it imports comes with the tests extra (setup.py).
 pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed (its wheel is" \
   "for x86-64 Linux only): tests/export/test_mmdeploy.py will be skipped"
-python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmgfp', mmgfp.__version__)"
+python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmseg, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmseg', mmseg.__version__, 'mmgfp', mmgfp.__version__)"

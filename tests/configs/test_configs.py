@@ -25,13 +25,12 @@ def rel(path: str) -> str:
 
 
 def registry(scope: str):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    elif scope == 'mmpretrain':
-        from mmpretrain.registry import MODELS
-    else:
-        raise AssertionError(f'unexpected default_scope {scope!r}')
-    return MODELS
+    """The ``MODELS`` registry of a codebase (every OpenMMLab 2.x package has
+    ``<scope>.registry``)."""
+    import importlib
+    assert scope in ('mmdet', 'mmpretrain', 'mmseg', 'mmpose', 'mmyolo'), \
+        f'unexpected default_scope {scope!r}'
+    return importlib.import_module(f'{scope}.registry').MODELS
 
 
 def walk(obj):

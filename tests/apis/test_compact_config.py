@@ -1,7 +1,8 @@
-"""strip_pretrained: nothing a config would download or read while building remains."""
-from mmengine.config import ConfigDict
+"""The compact config deploy writes: nothing a config would download while building remains,
+and the config's own custom imports stay."""
+from mmengine.config import Config, ConfigDict
 
-from mmgfp.apis.deploying.deploy import strip_pretrained
+from mmgfp.apis.deploying.deploy import compact_config, strip_pretrained
 
 
 def test_strip_pretrained_forms():
@@ -22,3 +23,15 @@ def test_strip_pretrained_forms():
     # the input is left as it was
     assert cfg.pretrained == 'open-mmlab://resnet50_v1c'
     assert cfg.backbone.init_cfg['type'] == 'Pretrained'
+
+
+def test_custom_imports_given_as_one_name_are_kept():
+    """mmseg's ConvNeXt configs write ``imports='mmpretrain.models'`` (a string, which mmcv
+    takes): the compact config imports it and mmgfp, not its letters."""
+    cfg = Config(dict(default_scope='mmseg', model=dict(type='EncoderDecoder'),
+                      custom_imports=dict(imports='mmpretrain.models',
+                                          allow_failed_imports=False)))
+    new = compact_config(cfg, 'channels.json', None)
+    assert new.custom_imports == dict(imports=['mmpretrain.models', 'mmgfp'],
+                                      allow_failed_imports=False)
+    assert new.model.gfp_architecture == 'mmseg.EncoderDecoder'
