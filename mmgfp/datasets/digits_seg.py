@@ -3,8 +3,8 @@
 :func:`prepare_digits_seg` draws scikit-learn's digits (sources ``0..1399`` for the training
 split, ``1400..1796`` for validation, as the other digits sets) onto ``canvas`` x ``canvas``
 grayscale canvases with a gradient background, random lines, dots and speckle, and writes for
-every canvas a label map: 0 for background, ``1 + digit`` where the digit's stroke covers at
-least half of the pixel. Deterministic for a given seed; written atomically like the detection
+every canvas a label map: 0 for background, ``1 + digit`` on the digit's strokes grown by two
+pixels (a blob, not thin lines). Deterministic for a given seed; written atomically like the detection
 set (see :mod:`mmgfp.datasets.digits`).
 
 Layout of a segmentation root (default ``data/digits_seg``), as MMSegmentation's
@@ -34,6 +34,7 @@ SEG_CLASSES: Tuple[str, ...] = ('background',) + DIGIT_CLASSES
 SEG_PALETTE = [(0, 0, 0)] + list(DIGIT_PALETTE)
 DEFAULT_SEG_ROOT = osp.join('data', 'digits_seg')
 _SEG_ENTRIES = {'img_dir', 'ann_dir', MARKER}
+MASK_GROW = 2  # pixels a digit's mask extends past its strokes
 
 
 def _background(rng: np.random.Generator, canvas: int) -> Tuple[np.ndarray, float, bool]:
@@ -46,13 +47,20 @@ def _background(rng: np.random.Generator, canvas: int) -> Tuple[np.ndarray, floa
     return img.astype(np.float32), float(base), light
 
 
+def _mask(alpha: np.ndarray) -> np.ndarray:
+    """The pixels of a digit: its strokes (alpha >= 0.3) grown by ``MASK_GROW`` pixels, so
+    that a mask is a blob a segmentor at output stride 8 can draw, not 3-pixel lines."""
+    from scipy.ndimage import binary_dilation
+    return binary_dilation(alpha >= 0.3, structure=np.ones((3, 3), bool), iterations=MASK_GROW)
+
+
 def render_seg_image(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
                      pool: np.ndarray, canvas: int, digit_size: Tuple[int, int],
                      max_digits: int) -> Tuple[np.ndarray, np.ndarray]:
     """One canvas with 1..``max_digits`` digits of ``pool`` and its label map.
 
-    Digits are placed so that their stroke boxes do not overlap, so every labelled pixel
-    belongs to one digit.
+    Digits are placed so that their stroke boxes do not overlap; where two grown masks touch,
+    the digit drawn later labels the pixel.
 
     Returns:
         tuple: the uint8 image ``(canvas, canvas)`` and the uint8 label map of the same shape.
@@ -78,7 +86,7 @@ def render_seg_image(rng: np.random.Generator, images: np.ndarray, labels: np.nd
             continue
         ink = float(np.clip(base + (-1 if light else 1) * rng.uniform(90, 170), 0, 255))
         img[y:y + h, x:x + w] = img[y:y + h, x:x + w] * (1 - alpha) + ink * alpha
-        label_map[y:y + h, x:x + w][alpha >= 0.5] = 1 + int(labels[src])
+        label_map[y:y + h, x:x + w][_mask(alpha)] = 1 + int(labels[src])
         boxes.append(box)
     speckle = rng.random(img.shape) < rng.uniform(0.0, 0.02)
     img[speckle] = rng.uniform(0, 255, int(speckle.sum()))
@@ -113,7 +121,7 @@ def prepare_digits_seg(root: str = DEFAULT_SEG_ROOT,
                          f'({canvas}), but got {tuple(digit_size)!r}')
     params = {'num_train': int(num_train), 'num_val': int(num_val), 'seed': int(seed),
               'canvas': int(canvas), 'digit_size': [int(v) for v in digit_size],
-              'max_digits': int(max_digits)}
+              'max_digits': int(max_digits), 'mask_grow': MASK_GROW}
 
     def writer(out: str) -> None:
         images, labels = load_source_digits()

@@ -22,8 +22,8 @@ from mmgfp.apis.inputs import tensor_forward  # noqa: E402
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'digits', 'fcn_r18-d8_digits.py')
 GEN = dict(num_train=16, num_val=4, seed=0)
-HOOK = dict(type='FisherPruningHook', interval=2, delta='acts', target=0.8,
-            target_metric='flops', channels_per_step=16, save_thresholds=(0.9, ))
+HOOK = dict(type='FisherPruningHook', interval=2, delta='acts', target=0.6,
+            target_metric='flops', channels_per_step=8, save_thresholds=(0.9, ))
 
 
 @pytest.fixture(scope='module')
@@ -39,6 +39,9 @@ def _config(tmp_path, data_root, max_iters=8):
     text = f'''
 _base_ = {CONFIG!r}
 data_root = {data_root!r}
+# no dropout: MMEngine does not restore the random state on resume, so dropout would make the
+# resumed run's gradients (and masks) differ from the uninterrupted run's
+model = dict(decode_head=dict(dropout_ratio=0.0), auxiliary_head=dict(dropout_ratio=0.0))
 train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root, generate_cfg={GEN}))
 val_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root, generate_cfg={GEN}))
 test_dataloader = val_dataloader
