@@ -185,9 +185,13 @@ def _check(cfg, res: dict, args):
             if res['task'] == 'classification' or size[0] >= 256 or _environment(e):
                 raise
             # some detectors need larger maps (deformable convs on a 2x2 top level, DINO's
-            # 900 queries chosen among the tokens): retry larger
+            # 900 queries chosen among the tokens): retry larger; a segmentor at its crop size
+            # (LRASPP pools 49x49 windows)
             res['note'] = f'{size[0]}x{size[1]} failed ({type(e).__name__}: {str(e)[:80]})'
-            size = (max(128, 2 * size[0]), ) * 2
+            crop = res.pop('crop_size', None)
+            size = tuple(crop) if crop else (max(128, 2 * size[0]), ) * 2
+            if crop:
+                _seg_at_size(cfg, size, res)
             res['input_size'] = list(size)
 
 
@@ -217,6 +221,7 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
         return dict(res, status='skipped', reason=why)
     size = default_input_size(cfg) if is_classifier_config(cfg) else (args.det_size,) * 2
     if cfg.default_scope == 'mmseg':
+        res['crop_size'] = list(default_input_size(cfg))  # the retry size
         size = (args.seg_size,) * 2
         _seg_at_size(cfg, size, res)
     res['input_size'] = list(size)

@@ -4,8 +4,8 @@
 split, ``1400..1796`` for validation, as the other digits sets) onto ``canvas`` x ``canvas``
 grayscale canvases with a gradient background, random lines, dots and speckle, and writes for
 every canvas a label map: 0 for background, ``1 + digit`` on the digit's strokes grown by two
-pixels (a blob, not thin lines). Deterministic for a given seed; written atomically like the detection
-set (see :mod:`mmgfp.datasets.digits`).
+pixels (a blob, not thin lines). Deterministic for a given seed; written atomically like the
+detection set (see :mod:`mmgfp.datasets.digits`).
 
 Layout of a segmentation root (default ``data/digits_seg``), as MMSegmentation's
 ``BaseSegDataset`` reads it::

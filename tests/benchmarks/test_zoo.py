@@ -116,7 +116,8 @@ def test_packages_choose_families_and_page():
     fams = dict(zoo.families(['mmseg']))
     assert all(f.startswith('mmseg::') for f in fams)
     # the first model of mmseg's metafile.yaml
-    assert fams['mmseg::segformer'] == 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'
+    assert fams['mmseg::segformer'] == ('mmseg::segformer/'
+                                        'segformer_mit-b0_8xb2-160k_ade20k-512x512.py')
 
 
 def test_segmentors_are_checked_at_the_zoo_size():
