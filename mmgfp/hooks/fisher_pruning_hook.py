@@ -217,7 +217,8 @@ class FisherPruningHook(Hook):
                                    f'{e}. Was it saved with another config?') from None
             self._loaded = None
         else:
-            masks_from_spec(self.pruner.masker, load_spec(self.init_spec))
+            masks_from_spec(self.pruner.masker, _evaluated_part(load_spec(self.init_spec),
+                                                                groups, runner.logger))
         self.pruner.masker.attach()
         self.finished = True
         runner.logger.info('FisherPruningHook: evaluating the masked model '
