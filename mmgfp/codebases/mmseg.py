@@ -48,6 +48,15 @@ def random_label_maps(batch_size: int, input_size: Sequence[int], num_classes: i
     return full[:, :, :h, :w].contiguous()
 
 
+def label_edges(label: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` 0/1 map of the pixels whose right or lower neighbour has another label
+    (what mmseg's ``GenerateEdge`` gives PIDNet, one pixel wide)."""
+    edge = torch.zeros_like(label)
+    edge[..., :, :-1] |= (label[..., :, 1:] != label[..., :, :-1]).long()
+    edge[..., :-1, :] |= (label[..., 1:, :] != label[..., :-1, :]).long()
+    return edge
+
+
 @register_codebase
 class MMSegmentation(Codebase):
     """Semantic segmentors: random label maps of the decode head's classes; demo images at the
@@ -83,6 +92,7 @@ class MMSegmentation(Codebase):
             sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
                                                  pad_shape=(h, w)))
             sample.gt_sem_seg = PixelData(data=label)
+            sample.gt_edge_map = PixelData(data=label_edges(label))  # PIDNet's boundary loss
             samples.append(sample)
         return {'inputs': random_images(model, batch_size, input_size, seed),
                 'data_samples': samples}

@@ -12,7 +12,7 @@ import mmgfp  # noqa: E402,F401
 from mmgfp.apis.checking.check import build_model, check_model, load_config  # noqa: E402
 from mmgfp.apis.inputs import default_input_size, demo_batch, loss_forward  # noqa: E402
 from mmgfp.codebases import codebase_of  # noqa: E402
-from mmgfp.codebases.mmseg import random_label_maps  # noqa: E402
+from mmgfp.codebases.mmseg import label_edges, random_label_maps  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DIGITS = osp.join(ROOT, 'configs', 'digits', 'fcn_r18-d8_digits.py')
@@ -36,6 +36,8 @@ def test_label_maps_are_regions_of_known_classes():
     assert values <= set(range(5)) and len(values) >= 4
     assert torch.equal(maps[..., :8, :8], maps[..., :1, :1].expand(2, 1, 8, 8))  # regions
     assert torch.equal(maps, random_label_maps(2, (40, 24), num_classes=5, seed=0))
+    edges = label_edges(torch.tensor([[[0, 0, 1], [0, 0, 1], [2, 2, 1]]]))
+    assert edges.tolist() == [[[0, 1, 0], [1, 1, 0], [0, 1, 0]]]
 
 
 def test_config_that_downloads_its_backbone_builds_offline():
