@@ -35,3 +35,11 @@ def test_custom_imports_given_as_one_name_are_kept():
     assert new.custom_imports == dict(imports=['mmpretrain.models', 'mmgfp'],
                                       allow_failed_imports=False)
     assert new.model.gfp_architecture == 'mmseg.EncoderDecoder'
+
+
+def test_seeded_forwards_draw_the_same_random_numbers():
+    """SegNeXt's head draws random NMF bases in every test forward: the check seeds them."""
+    import torch
+    from mmgfp.apis.checking.check import seeded
+    run = seeded(lambda model: torch.rand(3))
+    assert torch.equal(run(None), run(None))
