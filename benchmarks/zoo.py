@@ -384,7 +384,8 @@ def main(argv=None) -> list:
         print(f"[zoo]   {fam}: {res['status']} {res.get('max_rel_diff', '')} "
               f"{res.get('error', res.get('reason', ''))[:200]} ({res.get('seconds', 0)} s)",
               flush=True)
-    results = stored_results(args.results)
+    results = [r for r in stored_results(args.results)
+               if r['family'].split('::')[0] in args.packages]
     done = {r['family'] for r in results}
     results += [{'family': fam, 'config': cfg, 'status': 'not run',
                  'reason': f'no stored result: benchmarks/zoo.py --family {fam}'}
