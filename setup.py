@@ -12,11 +12,12 @@ def read_version():
 
 # what mmdeploy 1.3.1 imports beyond torch, numpy, onnx, mmengine and mmcv
 MMDEPLOY_RUNTIME = ['aenum', 'multiprocess', 'prettytable']
+SEG = ['mmsegmentation==1.2.2', 'ftfy', 'regex']
 
 setup(
     name='mmgfp',
     version=read_version(),
-    description='Group Fisher Pruning (ICML 2021) for MMEngine, MMDetection and MMPretrain',
+    description='Group Fisher Pruning (ICML 2021) for MMEngine and OpenMMLab codebases',
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools', 'benchmarks')),
@@ -32,7 +33,7 @@ setup(
         # the newest (docs/en/user_guides/deploy.md), which tools/setup_env.sh does for the tests
         'deploy': ['mmdeploy==1.3.1', 'onnxruntime'],
         'tests': ['pytest', 'hypothesis', 'scikit-learn', 'onnx', 'onnxscript>=0.7',
-                  'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME,
+                  'onnxruntime', 'tensorboard'] + MMDEPLOY_RUNTIME + SEG,
         # MMYOLO 0.6.0 (its last release) asserts mmcv < 2.1.0 at import: mmgfp bridges the
         # gate (custom_imports=['mmgfp', 'mmgfp.yolo']; docs/en/user_guides/prune_yolo.md)
         'yolo': ['mmyolo==0.6.0'],
@@ -44,6 +45,9 @@ setup(
         # the documentation (docs/en, built by tests/docs/test_docs.py); versions installed and
         # tested together on Python 3.11 (Sphinx 9 needs >= 3.11)
         'docs': ['sphinx==9.0.4', 'myst-parser==5.2.0', 'furo==2025.12.19'],
+        # MMSegmentation; mmseg 1.2.2 imports ftfy and regex (its CLIP tokenizer) at import but
+        # lists them only in its multimodal requirements
+        'seg': SEG,
     },
     zip_safe=False,
 )

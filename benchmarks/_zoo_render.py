@@ -33,7 +33,7 @@ def _note(r: dict) -> str:
     note = '; '.join(f'{n}x {reason}' for reason, n in fixed.most_common(2))
     if len(fixed) > 2:
         note += f'; +{len(fixed) - 2} more reasons'
-    why = []
+    why = [r['adapted']] if r.get('adapted') else []  # the config changed to fit the size
     if r.get('max_rel_diff_float64') is not None:
         why.append('float32 rounding amplified' + (f" by {r['amplified_by']}"
                                                    if r.get('amplified_by') else ''))

@@ -197,18 +197,28 @@ def _check(cfg, res: dict, args):
                     size[0] >= 256 or _environment(e):
                 raise
             # some detectors need larger maps (deformable convs on a 2x2 top level, DINO's
-            # 900 queries chosen among the tokens): retry larger
+            # 900 queries chosen among the tokens): retry larger; a segmentor at its crop size
+            # (LRASPP pools 49x49 windows)
             res['note'] = f'{size[0]}x{size[1]} failed ({type(e).__name__}: {str(e)[:80]})'
-            size = (max(128, 2 * size[0]), ) * 2
+            crop = res.pop('crop_size', None)
+            size = tuple(crop) if crop else (max(128, 2 * size[0]), ) * 2
+            if crop:
+                _seg_at_size(cfg, size, res)
             res['input_size'] = list(size)
 
 
-def _pad_to(cfg, size) -> None:
-    """An mmseg preprocessor pads training batches to its ``size`` (the crop size, 512x1024 for
-    Cityscapes): make that the zoo's size, so the check traces the size it compares."""
+def _seg_at_size(cfg, size, res: dict) -> None:
+    """Build an mmseg config for the zoo's input size: its preprocessor pads training batches to
+    its ``size`` (the crop size, 512x1024 for Cityscapes), and transformer backbones that size
+    their position tables by ``img_size`` (BEiT's relative position bias) get the zoo's."""
     for pre in (cfg.get('data_preprocessor'), cfg.model.get('data_preprocessor')):
         if isinstance(pre, dict) and pre.get('size') is not None:
             pre['size'] = tuple(size)
+    backbone = cfg.model.get('backbone') or {}
+    if backbone.get('img_size') is not None:
+        res['adapted'] = f"backbone img_size {backbone['img_size']} set to {size[0]}"
+        backbone['img_size'] = tuple(size) if isinstance(backbone['img_size'], (list, tuple)) \
+            else size[0]
 
 
 def run_family(family: str, config: str, args, res: dict) -> dict:
@@ -224,8 +234,9 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
     size = default_input_size(cfg) if is_classifier_config(cfg) or cfg.default_scope == \
         'mmpose' else (args.det_size,) * 2
     if cfg.default_scope == 'mmseg':
+        res['crop_size'] = list(default_input_size(cfg))  # the retry size
         size = (args.seg_size,) * 2
-        _pad_to(cfg, size)
+        _seg_at_size(cfg, size, res)
     # 512x512 or 640x640 codecs: half of it is enough, except for CID, whose test-time head
     # samples features at the heatmap size of its own codec
     if res['task'] == 'bottom-up pose' and family != 'mmpose::body_2d_keypoint/cid':
@@ -391,7 +402,8 @@ def main(argv=None) -> list:
         print(f"[zoo]   {fam}: {res['status']} {res.get('max_rel_diff', '')} "
               f"{res.get('error', res.get('reason', ''))[:200]} ({res.get('seconds', 0)} s)",
               flush=True)
-    results = stored_results(args.results)
+    results = [r for r in stored_results(args.results)
+               if r['family'].split('::')[0] in args.packages]
     done = {r['family'] for r in results}
     results += [{'family': fam, 'config': cfg, 'status': 'not run',
                  'reason': f'no stored result: benchmarks/zoo.py --family {fam}'}

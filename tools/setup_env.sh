@@ -65,6 +65,7 @@ fi
 
 log "installing mmengine, mmcv, mmdet, mmpretrain and mmgfp"
 pip install -q "mmengine==0.10.7" "$MMCV_WHEEL" "mmdet==3.3.0" "mmpretrain==1.2.0"
+# the tests extra brings the optional codebases the tests cover (mmsegmentation: setup.py SEG)
 pip install -q -e "$ROOT[tests,docs]"
 # MMPose (extra `pose`). xtcocotools' wheels are built against another numpy ABI ("numpy.dtype
 # size changed" at import), so it is built from its sdist first; its setup.py imports numpy and
@@ -79,4 +80,4 @@ pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed 
   "for x86-64 Linux only): tests/export/test_mmdeploy.py will be skipped"
 # MMYOLO for tests/apis/test_mmyolo.py and tests/hooks/test_hook_yolo.py (the `yolo` extra)
 pip install -q "mmyolo==0.6.0"
-python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmgfp', mmgfp.__version__)"
+python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmseg, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmseg', mmseg.__version__, 'mmgfp', mmgfp.__version__)"

@@ -15,8 +15,6 @@ import torch.nn as nn
 from .base import Codebase, register_codebase
 
 SEGMENTOR_INPUT_SIZE = (512, 512)  # when the config names no crop size
-# mmseg label maps mark pixels to ignore with this value (``ignore_index`` of its losses)
-IGNORE_INDEX = 255
 
 
 def _pair(value) -> Optional[Tuple[int, int]]:
@@ -37,15 +35,26 @@ def _decode_head(model: nn.Module):
 
 def random_label_maps(batch_size: int, input_size: Sequence[int], num_classes: int,
                       seed: int, cell: int = 8) -> torch.Tensor:
-    """``(N, 1, H, W)`` label maps of random classes in blocks of ``cell`` pixels, a few of
-    them ignored (``IGNORE_INDEX``), so that losses see regions, borders and ignored pixels."""
+    """``(N, 1, H, W)`` label maps of random classes in blocks of ``cell`` pixels.
+
+    No pixel is marked ignored (255): mmseg 1.2.2's cross-entropy with ``class_weight`` (CGNet)
+    indexes the weights with every label and fails on ignored pixels.
+    """
     gen = torch.Generator().manual_seed(seed)
     h, w = input_size
     coarse = torch.randint(0, max(num_classes, 2), (batch_size, 1, -(-h // cell), -(-w // cell)),
                            generator=gen)
-    coarse[torch.rand(coarse.shape, generator=gen) < 0.05] = IGNORE_INDEX
     full = coarse.repeat_interleave(cell, 2).repeat_interleave(cell, 3)
     return full[:, :, :h, :w].contiguous()
+
+
+def label_edges(label: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` 0/1 map of the pixels whose right or lower neighbour has another label
+    (what mmseg's ``GenerateEdge`` gives PIDNet, one pixel wide)."""
+    edge = torch.zeros_like(label)
+    edge[..., :, :-1] |= (label[..., :, 1:] != label[..., :, :-1]).long()
+    edge[..., :-1, :] |= (label[..., 1:, :] != label[..., :-1, :]).long()
+    return edge
 
 
 @register_codebase
@@ -83,6 +92,7 @@ class MMSegmentation(Codebase):
             sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
                                                  pad_shape=(h, w)))
             sample.gt_sem_seg = PixelData(data=label)
+            sample.gt_edge_map = PixelData(data=label_edges(label))  # PIDNet's boundary loss
             samples.append(sample)
         return {'inputs': random_images(model, batch_size, input_size, seed),
                 'data_samples': samples}

@@ -211,13 +211,14 @@ class FisherPruningHook(Hook):
         if spec is not None:
             self._loaded_resume = False
             try:
-                masks_from_spec(self.pruner.masker, spec)
+                masks_from_spec(self.pruner.masker, _evaluated_part(spec, groups, runner.logger))
             except ValueError as e:
                 raise RuntimeError(f'the checkpoint\'s channel spec does not fit this model: '
                                    f'{e}. Was it saved with another config?') from None
             self._loaded = None
         else:
-            masks_from_spec(self.pruner.masker, load_spec(self.init_spec))
+            masks_from_spec(self.pruner.masker, _evaluated_part(load_spec(self.init_spec),
+                                                                groups, runner.logger))
         self.pruner.masker.attach()
         self.finished = True
         runner.logger.info('FisherPruningHook: evaluating the masked model '
@@ -339,6 +340,26 @@ class FisherPruningHook(Hook):
         self._loaded_resume = bool(getattr(runner, '_resume', False))
         if self.pruner is not None:
             self._restore(runner)
+
+
+def _evaluated_part(spec: Dict, groups, logger) -> Dict:
+    """The groups of ``spec`` the evaluation forward runs.
+
+    A spec is made from the training forward: layers that run only in the loss (MMSegmentation's
+    auxiliary heads) have groups there but are not traced on the evaluation forward, and their
+    masks change no output. Such groups (whose layer the evaluation forward never called) are
+    left out; every prunable group the evaluation forward has must be in the spec.
+    """
+    traced = set(groups.layer_types)
+    idle = [k for k in spec['groups'] if k not in groups.groups and
+            not k.startswith('input:') and k.rstrip("'") not in traced]
+    missing = [g.key for g in groups.prunable if g.key not in spec['groups']]
+    if missing:
+        raise ValueError(f'groups {missing[:5]} of the evaluated model are not in the spec')
+    if idle:
+        logger.info(f'FisherPruningHook: {len(idle)} group(s) of layers that run only in '
+                    f'training are not evaluated: {idle[:5]}')
+    return dict(spec, groups={k: v for k, v in spec['groups'].items() if k not in idle})
 
 
 def _check_args(interval, delta, target, target_metric, channels_per_step, min_channels,

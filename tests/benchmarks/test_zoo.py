@@ -113,3 +113,29 @@ def test_the_docs_page_is_what_the_stored_results_render(tmp_path):
     assert (tmp_path / 'zoo.md').read_text() == committed, (
         'docs/en/model_zoo.md differs from the stored results: run '
         '`python benchmarks/zoo.py --stored-only`')
+
+
+def test_packages_choose_families_and_page():
+    args = zoo.parse_args(['--packages', 'mmseg'])
+    assert args.doc.endswith(osp.join('docs', 'en', 'model_zoo', 'mmseg.md'))
+    assert zoo.parse_args([]).doc == zoo.DOC  # mmdet and mmpretrain: the original page
+    assert zoo.parse_args(['--family', 'mmseg::fcn']).packages == ['mmseg']
+    assert zoo.parse_args(['--family', 'mmdet::yolox']).packages == list(zoo.PACKAGES)
+    with pytest.raises(SystemExit):
+        zoo.parse_args(['--packages', 'mmnothing'])
+    pytest.importorskip('mmseg')
+    fams = dict(zoo.families(['mmseg']))
+    assert all(f.startswith('mmseg::') for f in fams)
+    # the first model of mmseg's metafile.yaml
+    assert fams['mmseg::segformer'] == ('mmseg::segformer/'
+                                        'segformer_mit-b0_8xb2-160k_ade20k-512x512.py')
+
+
+def test_segmentors_are_checked_at_the_zoo_size():
+    pytest.importorskip('mmseg')
+    cfg = zoo._load('mmseg::beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py')
+    assert zoo.classify(cfg) == ('semantic segmentation', None)
+    res = {}
+    zoo._seg_at_size(cfg, (128, 128), res)
+    assert cfg.model.data_preprocessor.size == (128, 128)
+    assert cfg.model.backbone.img_size == (128, 128) and '640' in res['adapted']

@@ -26,18 +26,14 @@ def rel(path: str) -> str:
 
 
 def registry(scope: str):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    elif scope == 'mmpretrain':
-        from mmpretrain.registry import MODELS
-    elif scope == 'mmyolo':
+    """The ``MODELS`` registry of a codebase (every OpenMMLab 2.x package has
+    ``<scope>.registry``)."""
+    import importlib
+    if scope == 'mmyolo':
         import mmgfp.yolo  # noqa: F401  (imports mmyolo past its version gate)
-        from mmyolo.registry import MODELS
-    elif scope == 'mmpose':
-        from mmpose.registry import MODELS
-    else:
-        raise AssertionError(f'unexpected default_scope {scope!r}')
-    return MODELS
+    assert scope in ('mmdet', 'mmpretrain', 'mmseg', 'mmpose', 'mmyolo'), \
+        f'unexpected default_scope {scope!r}'
+    return importlib.import_module(f'{scope}.registry').MODELS
 
 
 def walk(obj):

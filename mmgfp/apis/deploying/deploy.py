@@ -73,7 +73,8 @@ def compact_config(cfg: Config, spec_ref: str, checkpoint_ref: Optional[str]) ->
         model['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
     new.model = dict(type=COMPACT_TYPE, gfp_architecture=scoped_type(cfg),
                      gfp_channel_spec=spec_ref, **model)
-    imports = list((cfg.get('custom_imports') or {}).get('imports', []))
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    imports = [imports] if isinstance(imports, str) else list(imports)  # mmcv takes a name too
     if 'mmgfp' not in imports:
         imports.append('mmgfp')
     from mmgfp.codebases import codebases, config_scope
