@@ -3,6 +3,7 @@ import copy
 import os
 import os.path as osp
 import shutil
+from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
@@ -116,6 +117,12 @@ def load_strict(model: torch.nn.Module, state_dict: Dict, what: str) -> None:
         raise SpecError(f'{what} does not match the config: missing {missing[:3]}, unexpected '
                         f'{unexpected[:3]}, shape mismatches {shapes[:3]}. Use the config the '
                         'checkpoint was trained with.')
+    if getattr(state_dict, '_metadata', None) is None:
+        # Without torch's per-module versions, version-aware load hooks take the weights for an
+        # old checkpoint and "convert" them (MMPose's DEKR head rotates its heatmap channels):
+        # the keys and shapes match this model exactly, so its own versions are the right ones
+        state_dict = OrderedDict(state_dict)
+        state_dict._metadata = getattr(own, '_metadata', None)
     # exact by the check above; strict=False because some modules' load pre-hooks drop keys
     # they rebuild themselves (MMPretrain's Swin-V2 relative_coords_table), which torch's
     # strict mode would then call missing
