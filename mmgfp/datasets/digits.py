@@ -232,6 +232,18 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f'`{key}` must be a positive integer, but got {value!r}')
 
 
+def canvas_params(num_train: int, num_val: int, seed: int, canvas: int,
+                  digit_size: Sequence[int], max_digits: int, min_size: int = 6) -> dict:
+    """Check the arguments of a canvas data set and return them as the plain ``params`` that
+    mark a complete data root (the detection, keypoint and segmentation sets share them)."""
+    _check_positive(num_train=num_train, num_val=num_val, canvas=canvas, max_digits=max_digits)
+    if len(digit_size) != 2 or not min_size <= digit_size[0] <= digit_size[1] <= canvas:
+        raise ValueError(f'`digit_size` must be (min, max) with {min_size} <= min <= max <= '
+                         f'canvas ({canvas}), but got {tuple(digit_size)!r}')
+    return {'num_train': int(num_train), 'num_val': int(num_val), 'seed': int(seed),
+            'canvas': int(canvas), 'digit_size': [int(v) for v in digit_size],
+            'max_digits': int(max_digits)}
+
 # ---------------------------------------------------------------------------------------------
 # detection
 # ---------------------------------------------------------------------------------------------
@@ -355,13 +367,7 @@ def prepare_digits_det(root: str = DEFAULT_DET_ROOT,
     Returns:
         bool: True if the data was generated now, False if ``root`` was complete already.
     """
-    _check_positive(num_train=num_train, num_val=num_val, canvas=canvas, max_digits=max_digits)
-    if len(digit_size) != 2 or not 6 <= digit_size[0] <= digit_size[1] <= canvas:
-        raise ValueError('`digit_size` must be (min, max) with 6 <= min <= max <= canvas '
-                         f'({canvas}), but got {tuple(digit_size)!r}')
-    params = {'num_train': int(num_train), 'num_val': int(num_val), 'seed': int(seed),
-              'canvas': int(canvas), 'digit_size': [int(v) for v in digit_size],
-              'max_digits': int(max_digits)}
+    params = canvas_params(num_train, num_val, seed, canvas, digit_size, max_digits)
 
     def writer(out: str) -> None:
         images, labels = load_source_digits()

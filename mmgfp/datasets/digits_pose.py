@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .digits import (_digit_alpha, _draw_clutter, _dump_json, _overlap, _prepare, _save_png,
-                     _check_positive, load_source_digits, source_indices)
+                     canvas_params, load_source_digits, source_indices)
 
 DEFAULT_POSE_ROOT = osp.join('data', 'digits_pose')
 KEYPOINTS: Tuple[str, ...] = ('top', 'bottom', 'left', 'right', 'centre')
@@ -163,13 +163,7 @@ def prepare_digits_pose(root: str = DEFAULT_POSE_ROOT, num_train: int = 500,
     Returns:
         bool: True if the data was generated now, False if ``root`` was complete already.
     """
-    _check_positive(num_train=num_train, num_val=num_val, canvas=canvas, max_digits=max_digits)
-    if len(digit_size) != 2 or not 8 <= digit_size[0] <= digit_size[1] <= canvas:
-        raise ValueError('`digit_size` must be (min, max) with 8 <= min <= max <= canvas '
-                         f'({canvas}), but got {tuple(digit_size)!r}')
-    params = {'num_train': int(num_train), 'num_val': int(num_val), 'seed': int(seed),
-              'canvas': int(canvas), 'digit_size': [int(v) for v in digit_size],
-              'max_digits': int(max_digits)}
+    params = canvas_params(num_train, num_val, seed, canvas, digit_size, max_digits, 8)
 
     def writer(out: str) -> None:
         images, labels = load_source_digits()

@@ -25,8 +25,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .digits import (DIGIT_CLASSES, DIGIT_PALETTE, MARKER, _check_positive, _digit_alpha,
-                     _draw_clutter, _overlap, _prepare, _save_png, _tight_box,
+from .digits import (DIGIT_CLASSES, DIGIT_PALETTE, MARKER, _digit_alpha, _draw_clutter,
+                     _overlap, _prepare, _save_png, _tight_box, canvas_params,
                      load_source_digits, source_indices)
 
 #: Class 0 is the background; class ``1 + d`` is digit ``d``.
@@ -115,13 +115,8 @@ def prepare_digits_seg(root: str = DEFAULT_SEG_ROOT,
     Returns:
         bool: True if the data was generated now, False if ``root`` was complete already.
     """
-    _check_positive(num_train=num_train, num_val=num_val, canvas=canvas, max_digits=max_digits)
-    if len(digit_size) != 2 or not 6 <= digit_size[0] <= digit_size[1] <= canvas:
-        raise ValueError('`digit_size` must be (min, max) with 6 <= min <= max <= canvas '
-                         f'({canvas}), but got {tuple(digit_size)!r}')
-    params = {'num_train': int(num_train), 'num_val': int(num_val), 'seed': int(seed),
-              'canvas': int(canvas), 'digit_size': [int(v) for v in digit_size],
-              'max_digits': int(max_digits), 'mask_grow': MASK_GROW}
+    params = dict(canvas_params(num_train, num_val, seed, canvas, digit_size, max_digits),
+                  mask_grow=MASK_GROW)
 
     def writer(out: str) -> None:
         images, labels = load_source_digits()
