@@ -44,11 +44,11 @@ def test_given_versions_are_kept():
 def test_dekr_head_keeps_its_heatmap_channels():
     import pytest
     pytest.importorskip('mmpose')
+    from mmengine.registry import DefaultScope
     from mmpose.models.heads import DEKRHead
-    src = DEKRHead(in_channels=8, num_keypoints=3, num_heatmap_filters=4,
-                   num_displacement_filters_per_keypoint=2)
-    dst = DEKRHead(in_channels=8, num_keypoints=3, num_heatmap_filters=4,
-                   num_displacement_filters_per_keypoint=2)
+    with DefaultScope.overwrite_default_scope('mmpose'):  # its losses build in mmpose's scope
+        src, dst = (DEKRHead(in_channels=8, num_keypoints=3, num_heatmap_filters=4,
+                             num_displacement_filters_per_keypoint=2) for _ in range(2))
     load_strict(dst, dict(src.state_dict()), 'the DEKR head')
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k

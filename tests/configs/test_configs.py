@@ -112,8 +112,9 @@ def test_prune_config_loads_its_baseline(path):
     else:
         expected = f'work_dirs/{stem}/epoch_{base.train_cfg.max_epochs}.pth'
     assert cfg.load_from == expected
+    distilled = any(h.get('type') == 'GFPDistillHook' for h in cfg.custom_hooks)
     assert hook['delta'] in ('acts', 'flops', 'latency') and name.endswith(
-        f'_gfp_{hook["delta"]}.py')
+        f'_gfp_{hook["delta"]}{"_kd" if distilled else ""}.py')
     if hook['delta'] == 'latency':  # a latency target needs the table it is measured with
         assert hook['target_metric'] == 'latency' and hook.get('latency_table')
         from mmgfp.hooks import FisherPruningHook
