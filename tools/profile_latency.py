@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--out', help='the table (JSON); reused if it fits')
     p.add_argument('--export-plan', metavar='PLAN.json',
                    help='write the plan for runner.py instead of measuring here')
+    p.add_argument('--keep-weights', action='store_true',
+                   help="with --export-plan: keep the weights in the plan's model files "
+                   '(default: stripped, refilled with random values by runner.py)')
     p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
                    help='runtime to time in (default: torch eager)')
     p.add_argument('--providers', nargs='+', default=None,
@@ -95,11 +98,12 @@ def export_plan(args, cfg) -> int:
     from mmgfp.apis.latency.profile import plan_config
     plan = plan_config(cfg, args.config, args.export_plan, args.batch, args.input_size,
                        args.checkpoint, points=args.points, rounds=args.rounds, tol=args.tol,
-                       align=not args.no_align)
+                       align=not args.no_align, weights=args.keep_weights)
     folder = os.path.dirname(os.path.abspath(args.export_plan))
     print(f"wrote {args.export_plan}: {len(plan['layers'])} layers; beside it "
           f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')} "
-          f"(in {folder})\non the deploy device (torch only): python {runner.__file__} "
+          f"(in {folder})\non the deploy device (torch only; copy weightless.py too): "
+          f"python {runner.__file__} "
           f"{args.export_plan} --out table.json [--device cuda --dtype fp16 --batch N]")
     return 0
 

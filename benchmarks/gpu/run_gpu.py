@@ -34,6 +34,9 @@ import torch
 import torch.nn as nn
 
 HERE = osp.dirname(osp.abspath(__file__))
+# strip/refill: one copy for this script and mmgfp's latency runner (plain torch, no mmgfp import)
+sys.path.insert(0, osp.join(HERE, '..', '..', 'mmgfp', 'apis', 'latency'))
+from weightless import refill, strip  # noqa: E402,F401  (strip: used by pack.py)
 PACK_FORMAT = 'mmgfp-gpu-pack/1'
 SETTINGS = {'fp32': (torch.float32, False), 'fp32-cl': (torch.float32, True),
             'fp16': (torch.float16, False), 'fp16-cl': (torch.float16, True)}
@@ -75,62 +78,6 @@ def load_manifest(folder: str) -> Dict:
     return manifest
 
 
-def _set(module: nn.Module, name: str, value) -> None:
-    *path, leaf = name.split('.')
-    for part in path:
-        module = getattr(module, part)
-    setattr(module, leaf, value)
-
-
-def random_tensor(name: str, shape: List[int], dtype: torch.dtype,
-                  gen: torch.Generator) -> torch.Tensor:
-    """Plausible random values for a weight or buffer, judged by its name and shape."""
-    leaf = name.rsplit('.', 1)[-1]
-    if not dtype.is_floating_point:
-        return torch.zeros(shape, dtype=dtype)
-    if leaf == 'running_var':
-        return torch.rand(shape, generator=gen) + 0.5
-    if leaf == 'running_mean':
-        return torch.randn(shape, generator=gen) * 0.1
-    if len(shape) >= 2:  # conv / linear weight: unit-variance outputs whatever the width
-        fan_in = 1
-        for d in shape[1:]:
-            fan_in *= d
-        return torch.randn(shape, generator=gen) / max(fan_in, 1) ** 0.5
-    if leaf == 'bias':
-        return torch.randn(shape, generator=gen) * 0.01
-    if leaf == 'weight':  # norm affine
-        return torch.rand(shape, generator=gen) * 0.5 + 0.5
-    return torch.ones(shape)  # e.g. FCOS's per-level Scale
-
-
-def strip(module: nn.Module) -> Dict[str, Dict]:
-    """Replace every parameter and buffer by an empty tensor; returns their shapes and dtypes."""
-    shapes = {}
-    for kind, items in (('param', module.named_parameters()), ('buffer', module.named_buffers())):
-        for name, t in list(items):
-            shapes[name] = {'kind': kind, 'shape': list(t.shape), 'dtype': str(t.dtype)[6:]}
-            empty = torch.empty(0, dtype=t.dtype)
-            _set(module, name, nn.Parameter(empty, requires_grad=False) if kind == 'param'
-                 else empty)
-    return shapes
-
-
-def refill(module: nn.Module, shapes: Dict[str, Dict], seed: int = 0) -> nn.Module:
-    """Give a stripped module random weights and buffers of the recorded shapes."""
-    gen = torch.Generator().manual_seed(seed)
-    own = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
-    if own != set(shapes):
-        raise SystemExit(f'error: the shapes JSON does not match the TorchScript file: missing '
-                         f'{sorted(own - set(shapes))[:3]}, extra {sorted(set(shapes) - own)[:3]}'
-                         '; repack both with pack.py')
-    for name, info in shapes.items():
-        t = random_tensor(name, info['shape'], getattr(torch, info['dtype']), gen)
-        _set(module, name, nn.Parameter(t, requires_grad=False) if info['kind'] == 'param'
-             else t)
-    return module
-
-
 def load_variant(folder: str, entry: Dict, device: str, dtype: torch.dtype,
                  channels_last: bool, seed: int = 0) -> nn.Module:
     """Load one packed TorchScript model, refill it and move it to device/dtype/format."""
@@ -138,7 +85,10 @@ def load_variant(folder: str, entry: Dict, device: str, dtype: torch.dtype,
         warnings.simplefilter('ignore')  # TorchScript's deprecation notices
         model = torch.jit.load(osp.join(folder, entry['file']), map_location='cpu')
     with open(osp.join(folder, entry['shapes'])) as f:
-        refill(model, json.load(f), seed)
+        try:
+            refill(model, json.load(f), seed)
+        except ValueError as e:
+            raise SystemExit(f'error: {entry["file"]}: {e} (pack.py writes both)') from None
     model.eval()
     model.to(device=device, dtype=dtype)
     if channels_last:

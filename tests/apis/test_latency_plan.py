@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
 from core_toys import groups_of, inputs, make  # noqa: E402
-from mmgfp.apis.latency import runner  # noqa: E402
+from mmgfp.apis.latency import runner, weightless  # noqa: E402
 from mmgfp.apis.latency.plan import write_plan  # noqa: E402
 from mmgfp.apis.latency.profile import profile_latency  # noqa: E402
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
@@ -21,9 +21,10 @@ BLOCKED = ['mmgfp', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain']
 
 
 def run_isolated(args, cwd):
-    """runner.py copied alone to ``cwd`` and run with ``python -I`` (no PYTHONPATH, no user
+    """runner.py and weightless.py copied alone to ``cwd`` and run with ``python -I`` (no PYTHONPATH, no user
     site) and the OpenMMLab packages and mmgfp made unimportable."""
     shutil.copy(runner.__file__, cwd / 'runner.py')
+    shutil.copy(weightless.__file__, cwd / 'weightless.py')
     code = (f'import sys; sys.modules.update(dict.fromkeys({BLOCKED!r})); '
             f'sys.argv = ["runner.py"] + {list(args)!r}; import runpy; '
             'runpy.run_path("runner.py", run_name="__main__")')

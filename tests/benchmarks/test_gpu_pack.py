@@ -115,5 +115,5 @@ def test_bad_pack_and_cpu_graph_mode_are_named(tmp_path, packed, capsys):
     shapes.pop('fc.bias')
     with open(osp.join(folder, 'toy', 'acts.json'), 'w') as f:
         json.dump(shapes, f)
-    with pytest.raises(SystemExit, match='does not match the TorchScript file'):
+    with pytest.raises(SystemExit, match='do not match the TorchScript file'):
         run_gpu.main(['--device', 'cpu', '--pack', folder, '--rounds', '1'])

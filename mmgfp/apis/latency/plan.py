@@ -22,6 +22,7 @@ import torch.nn as nn
 from mmgfp.core import GroupSet
 from mmgfp.core.latency import module_widths, timed_layers
 from mmgfp.core.tracing import flatten
+from mmgfp.apis.latency import weightless
 from mmgfp.apis.latency.runner import PLAN_FORMAT
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid,
@@ -194,30 +195,43 @@ class Replay(nn.Module):
 
 
 def export_models(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], Any],
-                  stem: str, torchscript: bool = True) -> Dict:
+                  stem: str, torchscript: bool = True, weights: bool = True) -> Dict:
     """Write each model's call in ``forward_fn`` as ``{stem}.{name}.onnx`` (and ``.pt``,
-    TorchScript); returns the file names (relative to the folder) and the input shape."""
-    files = {}
+    TorchScript); returns the file names (relative to the folder) and the input shape.
+
+    With ``weights=False`` the files are written without their weights (see
+    :mod:`mmgfp.apis.latency.weightless`): the TorchScript files' parameter shapes are returned
+    under ``'shapes'`` (``{name: shapes}``) for the runner to refill.
+    """
+    files, shapes = {}, {}
     for name, model in models.items():
         rep = Replay(model.eval(), *capture_call(model, forward_fn)).eval()
         x = rep.example
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter('ignore')
             if torchscript:
-                torch.jit.save(torch.jit.trace(rep, (x, ), check_trace=False),
-                               f'{stem}.{name}.pt')
+                traced = torch.jit.trace(rep, (x, ), check_trace=False)
+                if not weights:
+                    shapes[name] = weightless.strip(traced)
+                torch.jit.save(traced, f'{stem}.{name}.pt')
                 files[name] = osp.basename(f'{stem}.{name}.pt')
             torch.onnx.export(rep, (x, ), f'{stem}.{name}.onnx', dynamo=False,
                               opset_version=17, input_names=['inputs'])
+        if not weights:
+            weightless.strip_onnx(f'{stem}.{name}.onnx')
         files[f'{name}_onnx'] = osp.basename(f'{stem}.{name}.onnx')
         files['input_shape'] = list(x.shape)
+    if not weights:
+        files['shapes'] = shapes
     return files
 
 
 def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], Any],
-               groups: GroupSet, key: Dict, settings: Dict) -> Dict:
+               groups: GroupSet, key: Dict, settings: Dict, weights: bool = False) -> Dict:
     """Write the plan of ``model`` to ``path`` (JSON) with the model and its half-width copy
-    beside it (``<path stem>.full.pt`` / ``.thin.pt`` / ``.quarter.pt`` and ``.onnx``)."""
+    beside it (``<path stem>.full.pt`` / ``.thin.pt`` / ``.quarter.pt`` and ``.onnx``), without
+    their weights unless ``weights`` (the runner refills random values: a few MB instead of
+    hundreds for a ResNet-50 detector)."""
     model.eval()
     names = timed_layers(groups)
     calls = capture_calls(model, forward_fn, names)
@@ -229,7 +243,10 @@ def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], An
             'calibration': {k: {n: list(w) for n, w in module_widths(m, names).items()}
                             for k, m in (('thin', thin), ('quarter', quarter))},
             'models': export_models({'full': model, 'thin': thin, 'quarter': quarter},
-                                    forward_fn, stem)}
+                                    forward_fn, stem, weights=weights)}
+    shapes = plan['models'].pop('shapes', None)
+    if shapes is not None:  # TorchScript parameter shapes; ONNX files keep theirs
+        plan['weightless'] = shapes
     with open(path, 'w') as f:
         json.dump(plan, f, indent=1)
     return plan

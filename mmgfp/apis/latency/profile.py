@@ -220,12 +220,14 @@ def profile_config(cfg, config: str, device: str = 'cpu', dtype: str = 'fp32',
 def plan_config(cfg, config: str, path: str, batch: int = 1,
                 input_size: Sequence[int] = (320, 320), checkpoint: Optional[str] = None,
                 seed: int = 0, points: int = 5, rounds: int = 5, warmup: int = 1,
-                tol: float = 0.1, max_points: int = 9, align: bool = True) -> Dict:
+                tol: float = 0.1, max_points: int = 9, align: bool = True,
+                weights: bool = False) -> Dict:
     """Write the latency plan of a config's model to ``path`` (see
-    :func:`mmgfp.apis.latency.plan.write_plan`) for :mod:`mmgfp.apis.latency.runner`."""
+    :func:`mmgfp.apis.latency.plan.write_plan`; model files without weights unless
+    ``weights``) for :mod:`mmgfp.apis.latency.runner`."""
     model, groups, fwd = config_model(cfg, batch, input_size, checkpoint, seed)
     key = {'batch': int(batch), 'input_size': [int(s) for s in input_size],
            'model': type(model).__name__, 'config': config}
     settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
                     max_points=max_points, align=align)
-    return write_plan(path, model.eval(), fwd, groups, key, settings)
+    return write_plan(path, model.eval(), fwd, groups, key, settings, weights)

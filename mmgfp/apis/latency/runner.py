@@ -1,10 +1,11 @@
 """Turn a latency plan into a latency table on the device itself: needs only torch (and
-onnxruntime for ``--backend onnxruntime``), no OpenMMLab and no mmgfp.
+onnxruntime and onnx for ``--backend onnxruntime``), no OpenMMLab and no mmgfp.
 
-Copy this one file and the plan (``tools/profile_latency.py CONFIG --export-plan plan.json``
-writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt`` / ``plan.quarter.pt``, the model
-and its half- and quarter-width copies as TorchScript, and their ``.onnx`` exports) to the
-deploy device, then::
+Copy this file, ``weightless.py`` beside it, and the plan (``tools/profile_latency.py CONFIG
+--export-plan plan.json`` writes ``plan.json`` with ``plan.full.pt`` / ``plan.thin.pt`` /
+``plan.quarter.pt``, the model and its half- and quarter-width copies as TorchScript, and their
+``.onnx`` exports, all without their weights unless ``--keep-weights``: a few MB) to the deploy
+device, then::
 
     python runner.py plan.json --out table.json [--device cuda] [--dtype fp16]
         [--channels-last] [--batch 32] [--threads 1] [--backend onnxruntime]
@@ -29,6 +30,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+
+try:
+    from mmgfp.apis.latency import weightless
+except ImportError:  # run as a script on a device without mmgfp: weightless.py lies beside it
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    import weightless
 
 PLAN_FORMAT = 'mmgfp-latency-plan/1'
 TABLE_FORMAT = 'mmgfp-latency/1'
@@ -363,8 +370,9 @@ def compare_calls(calls: Dict[str, Callable[[], Any]], device: str = 'cpu', roun
 
 # -- a plan from another machine ---------------------------------------------------------------
 def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]) -> Dict:
-    """``fn()`` of the plan's model and half-width copy in ``backend``."""
-    models = plan['models']
+    """``fn()`` of the plan's model and half-width copy in ``backend``, their weights refilled
+    with random values where the plan was written without them."""
+    models, shapes = plan['models'], plan.get('weightless')
     shape = list(models['input_shape'])
     if batch:
         shape[0] = batch
@@ -372,9 +380,16 @@ def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]
     calls = {}
     for tag in [t for t in ('full', 'thin', 'quarter') if t in models]:
         if backend.name == 'onnxruntime':
-            calls[tag] = backend.file_callable(osp.join(folder, models[tag + '_onnx']), x)
-        else:
-            calls[tag] = backend.callable(torch.jit.load(osp.join(folder, models[tag])), x)
+            onnx = osp.join(folder, models[tag + '_onnx'])
+            calls[tag] = backend.file_callable(
+                weightless.refill_onnx(onnx) if shapes is not None else onnx, x)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # TorchScript's deprecation notices
+            module = torch.jit.load(osp.join(folder, models[tag]))
+        if shapes is not None:
+            weightless.refill(module, shapes[tag])
+        calls[tag] = backend.callable(module, x)
     return calls
 
 
