@@ -102,8 +102,8 @@ def export_plan(args, cfg) -> int:
     folder = os.path.dirname(os.path.abspath(args.export_plan))
     print(f"wrote {args.export_plan}: {len(plan['layers'])} layers; beside it "
           f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')} "
-          f"(in {folder})\non the deploy device (torch only; copy weightless.py too): "
-          f"python {runner.__file__} "
+          f"(in {folder})\non the deploy device (torch only), with runner.py and weightless.py "
+          f"copied there from {os.path.dirname(runner.__file__)}: python runner.py "
           f"{args.export_plan} --out table.json [--device cuda --dtype fp16 --batch N]")
     return 0
 

@@ -34,9 +34,22 @@ import torch
 import torch.nn as nn
 
 HERE = osp.dirname(osp.abspath(__file__))
-# strip/refill: one copy for this script and mmgfp's latency runner (plain torch, no mmgfp import)
-sys.path.insert(0, osp.join(HERE, '..', '..', 'mmgfp', 'apis', 'latency'))
-from weightless import refill, strip  # noqa: E402,F401  (strip: used by pack.py)
+
+
+def _weightless():
+    """mmgfp/apis/latency/weightless.py, loaded from its file: one copy of strip/refill for
+    this script and mmgfp's latency runner, without importing mmgfp (not installed on the GPU
+    machine) or putting that folder on sys.path (its profile.py would hide the stdlib's)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'weightless', osp.join(HERE, '..', '..', 'mmgfp', 'apis', 'latency', 'weightless.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_WL = _weightless()
+refill, strip = _WL.refill, _WL.strip  # strip: used by pack.py
 PACK_FORMAT = 'mmgfp-gpu-pack/1'
 SETTINGS = {'fp32': (torch.float32, False), 'fp32-cl': (torch.float32, True),
             'fp16': (torch.float16, False), 'fp16-cl': (torch.float16, True)}

@@ -34,8 +34,11 @@ import torch.nn as nn
 try:
     from mmgfp.apis.latency import weightless
 except ImportError:  # run as a script on a device without mmgfp: weightless.py lies beside it
-    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    import weightless
+    import importlib.util
+    _spec = importlib.util.spec_from_file_location(
+        'weightless', osp.join(osp.dirname(osp.abspath(__file__)), 'weightless.py'))
+    weightless = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(weightless)
 
 PLAN_FORMAT = 'mmgfp-latency-plan/1'
 TABLE_FORMAT = 'mmgfp-latency/1'
