@@ -50,25 +50,13 @@ def parse_args(argv=None):
 
 def _check(args, cfg, deploy_cfg, onnx_file) -> bool:
     from mmgfp.apis.deploying import mmdeploy_export as md
-    ref = md.pytorch_detections(args.config, args.checkpoint, args.image)
-    got = md.onnxruntime_detections(args.config, deploy_cfg, onnx_file, args.image)
-    cut = md.comparable_score(cfg, ref, got)
-    res = md.compare_detections(ref, got, cut, md.min_bbox_size(cfg))
-    print(f'PyTorch: {len(ref["scores"])} detections, ONNX Runtime: {len(got["scores"])}; '
-          f'compared at score >= {cut:.4f}: {res["matched"]} matched (max box difference '
-          f'{res["max_box_diff"]:.2e} px, max score difference {res["max_score_diff"]:.2e})')
-    print('\n'.join(['PyTorch, top:'] + md.summary(ref) + ['ONNX Runtime, top:'] +
-                    md.summary(got)))
-    if not res['ok']:
-        print(f'CHECK FAILED: PyTorch detections {res["unmatched_ref"]} and ONNX Runtime '
-              f'detections {res["unmatched_got"]} have no partner')
-        return False
-    if res['matched'] == 0:
-        print('CHECK FAILED: no detection above the threshold on this image, nothing to compare: '
-              'use an image on which the model detects something')
-        return False
-    print('CHECK PASSED')
-    return True
+    ref = md.pytorch_prediction(args.config, args.checkpoint, args.image)
+    got = md.onnxruntime_prediction(args.config, deploy_cfg, onnx_file, args.image)
+    res = md.compare(cfg, ref, got)
+    lines = res['lines']
+    print('\n'.join(lines[:-1] if not res['ok'] else lines))
+    print(f'CHECK FAILED: {lines[-1]}' if not res['ok'] else 'CHECK PASSED')
+    return res['ok']
 
 
 def main(argv=None) -> int:
@@ -86,8 +74,7 @@ def main(argv=None) -> int:
         md.require_mmdeploy()
         md.check_model(args.config, args.checkpoint)
         cfg = Config.fromfile(args.config)
-        opset = args.opset or (16 if cfg.model.get('roi_head') else 11)
-        deploy_cfg = md.detection_deploy_config(cfg, args.static is None, args.static, opset)
+        deploy_cfg = md.deploy_config(cfg, args.static is None, args.static, args.opset)
         out = md.export(args.config, args.checkpoint, args.out, args.image, deploy_cfg)
         print(f"wrote {out['onnx']} and {out['deploy_cfg']}")
         if args.check and not _check(args, cfg, deploy_cfg, out['onnx']):
