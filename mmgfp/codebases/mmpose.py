@@ -1,5 +1,5 @@
-"""MMPose: demo batches whose targets the model's own codec encodes, and the input size of a
-config's codec.
+"""MMPose: demo batches whose targets the model's own codec encodes, the input size of a
+config's codec, and MMDeploy's PoseDetection task for top-down estimators.
 
 A pose model's loss reads targets its codec makes from keypoints: heatmaps for heatmap heads,
 SimCC labels for RTMPose's RTMCCHead, normalised coordinates for regression heads. The demo

@@ -1,4 +1,5 @@
-"""MMSegmentation: demo batches of label maps, at the crop size the config trains on.
+"""MMSegmentation: demo batches of label maps, at the crop size the config trains on, and
+MMDeploy's Segmentation task.
 
 Semantic segmentors (``EncoderDecoder``, ``CascadeEncoderDecoder``) need no tracer rules: the
 core follows their backbones, necks and decode heads as they are (pyramid pooling, ASPP,
