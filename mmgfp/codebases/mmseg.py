@@ -141,7 +141,8 @@ def pytorch_segmentation(config: str, checkpoint: str, image: str):
     from mmseg.apis import inference_model, init_model
     model = init_model(config, None, device='cpu')
     load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
-    model.test_cfg['mode'] = 'whole'
+    from mmengine.config import ConfigDict
+    model.test_cfg = ConfigDict(dict(model.test_cfg or {}, mode='whole'))
     return inference_model(model, image)
 
 
