@@ -9,9 +9,11 @@ constructor values after slicing, version bridges) lives in one module per codeb
 """
 import contextlib
 import importlib.util
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
+
+MMDEPLOY_ONNX_FILE = 'end2end.onnx'
 
 
 class CodebaseError(TypeError):
@@ -66,6 +68,45 @@ class Codebase:
         """Bridges needed to import or run the codebase on this stack (none by default)."""
         yield
 
+    # MMDeploy (tools/deploy_mmdeploy.py): a codebase is wired by overriding the four methods
+    # below; the defaults refuse with the list of codebases that are
+    def mmdeploy_config(self, cfg, dynamic: bool = True,
+                        input_shape: Optional[Sequence[int]] = None,
+                        opset: Optional[int] = None):
+        """MMDeploy's deploy config of a model config: end2end ONNX for ONNX Runtime.
+
+        Args:
+            cfg (Config): The model config.
+            dynamic (bool): Dynamic input axes (which ones: the codebase's choice, as
+                MMDeploy's ``*_onnxruntime_dynamic.py`` configs). Defaults to True.
+            input_shape (Sequence[int], optional): ``(width, height)`` of a static export.
+                Defaults to None.
+            opset (int, optional): ONNX opset; None for the codebase's default.
+
+        Returns:
+            Config: ``onnx_config``, ``codebase_config`` and ``backend_config``.
+        """
+        raise CodebaseError(_not_wired(self))
+
+    def mmdeploy_check(self, model: nn.Module) -> None:
+        """Raise :class:`CodebaseError` where MMDeploy cannot export ``model`` as wired here."""
+        raise CodebaseError(_not_wired(self))
+
+    def mmdeploy_reference(self, config: str, checkpoint: str, image: str):
+        """The codebase's own PyTorch inference of ``image`` (a data sample), computing what
+        the exported graph computes (test-time options it cannot export switched off)."""
+        raise CodebaseError(_not_wired(self))
+
+    def mmdeploy_compare(self, cfg, ref, got) -> Dict:
+        """Compare the PyTorch prediction ``ref`` with MMDeploy's ONNX Runtime prediction
+        ``got`` (data samples of one image).
+
+        Returns:
+            dict: ``ok`` (bool) and ``lines`` (list[str]: what was compared and the largest
+            differences, the reason where not ok).
+        """
+        raise CodebaseError(_not_wired(self))
+
     def prepare(self) -> None:
         """Import the codebase's package (inside :meth:`compat`), so that MMEngine's registries
         of its scope can import their modules; nothing where the package is missing."""
@@ -75,6 +116,55 @@ class Codebase:
 
 
 _CODEBASES: Dict[str, Codebase] = {}
+
+
+def mmdeploy_codebases() -> List[str]:
+    """Titles of the codebases wired to MMDeploy (they override
+    :meth:`Codebase.mmdeploy_config`)."""
+    return [cb.title for cb in _CODEBASES.values()
+            if type(cb).mmdeploy_config is not Codebase.mmdeploy_config]
+
+
+def _not_wired(cb: Codebase) -> str:
+    return (f'MMDeploy export is wired for {", ".join(mmdeploy_codebases())} models, not '
+            f'{cb.title} ones: export the model with tools/export_onnx.py (its tensor outputs, '
+            'no post-processing)')
+
+
+def onnxruntime_deploy_config(codebase_config: dict, output_names: Sequence[str],
+                              dynamic_axes: Optional[dict], input_shape: Optional[Sequence[int]],
+                              opset: int):
+    """A deploy config as MMDeploy's ``<task>_onnxruntime_{dynamic,static}.py`` give it: its
+    ``_base_/onnx_config.py`` with the task's outputs and axes, the ONNX Runtime backend.
+
+    Args:
+        codebase_config (dict): ``type`` (scope), ``task`` and the task's options.
+        output_names (Sequence[str]): Names of the graph outputs.
+        dynamic_axes (dict, optional): ONNX dynamic axes by input/output name.
+        input_shape (Sequence[int], optional): ``(width, height)``, None where dynamic.
+        opset (int): ONNX opset.
+    """
+    from mmengine.config import Config
+    onnx_config = dict(type='onnx', export_params=True, keep_initializers_as_inputs=False,
+                       opset_version=int(opset), save_file=MMDEPLOY_ONNX_FILE,
+                       input_names=['input'], output_names=list(output_names),
+                       input_shape=None if input_shape is None else [int(v) for v in
+                                                                     input_shape],
+                       optimize=True)
+    if dynamic_axes:
+        onnx_config['dynamic_axes'] = dynamic_axes
+    return Config(dict(onnx_config=onnx_config, codebase_config=dict(codebase_config),
+                       backend_config=dict(type='onnxruntime')))
+
+
+def static_shape(dynamic: bool, input_shape: Optional[Sequence[int]]) -> Optional[List[int]]:
+    """``input_shape`` as ``[width, height]`` for a static export, None for a dynamic one."""
+    if dynamic:
+        return None
+    if input_shape is None or len(input_shape) != 2:
+        raise ValueError('a static export needs `input_shape` as (width, height), but got '
+                         f'{input_shape!r}')
+    return [int(v) for v in input_shape]
 
 
 def register_codebase(cls):

@@ -1,5 +1,5 @@
-"""MMPose: demo batches whose targets the model's own codec encodes, and the input size of a
-config's codec.
+"""MMPose: demo batches whose targets the model's own codec encodes, the input size of a
+config's codec, and MMDeploy's PoseDetection task for top-down estimators.
 
 A pose model's loss reads targets its codec makes from keypoints: heatmaps for heatmap heads,
 SimCC labels for RTMPose's RTMCCHead, normalised coordinates for regression heads. The demo
@@ -7,7 +7,7 @@ batch draws random keypoints (with visibility) inside the image, encodes them wi
 head decodes with (``head.decoder``) and packs them with mmpose's ``PackPoseInputs``, as the
 training pipeline's ``GenerateTarget`` and ``PackPoseInputs`` do.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.nn as nn
@@ -151,3 +151,96 @@ class MMPose(Codebase):
             inputs.append(packed['inputs'])
             samples.append(packed['data_samples'])
         return {'inputs': inputs, 'data_samples': samples}
+
+    def mmdeploy_config(self, cfg, dynamic: bool = True,
+                        input_shape: Optional[Sequence[int]] = None,
+                        opset: Optional[int] = None):
+        """Task PoseDetection: SimCC vectors (``simcc_x``, ``simcc_y``) or heatmaps
+        (``output``) at the codec's input size; ``dynamic`` makes the batch dynamic."""
+        return pose_deploy_config(cfg, dynamic, input_shape, opset)
+
+    def mmdeploy_check(self, model: nn.Module) -> None:
+        from mmpose.models.pose_estimators import TopdownPoseEstimator
+        if not isinstance(model, TopdownPoseEstimator):
+            raise CodebaseError('mmgfp wires MMDeploy\'s PoseDetection task for top-down pose '
+                                f'estimators (TopdownPoseEstimator), not a {type(model).__name__}')
+
+    def mmdeploy_reference(self, config: str, checkpoint: str, image: str):
+        return pytorch_pose(config, checkpoint, image)
+
+    def mmdeploy_compare(self, cfg, ref, got) -> Dict:
+        return compare_pose(cfg, ref, got)
+
+
+# MMDeploy (task PoseDetection), as its configs/mmpose/pose-detection_{simcc_,}onnxruntime_*.py:
+# the graph ends at the head's outputs (SimCC vectors or heatmaps; export_postprocess=False)
+# and MMDeploy's End2EndModel decodes them with the config's codec. The input height and width
+# are the codec's (RTMPose's head flattens a feature map of fixed size), the batch is dynamic.
+POSE_OUTPUTS = {'SimCCLabel': ['simcc_x', 'simcc_y'], 'MSRAHeatmap': ['output'],
+                'UDPHeatmap': ['output'], 'MegviiHeatmap': ['output']}
+KEYPOINT_TOL = 1e-2  # image pixels; a SimCC bin or heatmap cell that flips moves far more
+SCORE_TOL = 1e-4  # relative to max(1, |score|): float32 sums in another order differ ~1e-6
+
+
+def pose_deploy_config(cfg, dynamic: bool = True, input_shape: Optional[Sequence[int]] = None,
+                       opset: Optional[int] = None):
+    """MMDeploy's deploy config of a top-down pose estimator (see :meth:`MMPose.mmdeploy_config`).
+
+    Raises:
+        CodebaseError: The config has no top-level ``codec`` (MMDeploy's model decodes with
+            it) or one MMDeploy does not decode as wired here.
+        ValueError: ``input_shape`` is not the codec's input size.
+    """
+    from .base import onnxruntime_deploy_config
+    codec = cfg.get('codec')
+    codec = codec[-1] if isinstance(codec, (list, tuple)) and codec else codec
+    kind = codec.get('type') if isinstance(codec, dict) else None
+    if kind not in POSE_OUTPUTS:
+        raise CodebaseError(
+            f'MMDeploy decodes a pose model with the `codec` of its config; this config has '
+            f'{"codec " + repr(kind) if kind else "none"}, and mmgfp wires the codecs '
+            f'{sorted(POSE_OUTPUTS)} (SimCC vectors or heatmaps)')
+    size = [int(v) for v in codec['input_size']]  # (W, H), MMDeploy's order too
+    if input_shape is not None and [int(v) for v in input_shape] != size:
+        raise ValueError(f'the pose head is built for {size[0]}x{size[1]} inputs (width x '
+                         f'height, the codec\'s input_size), not {list(input_shape)}: leave the '
+                         'static shape out or give exactly that')
+    names = POSE_OUTPUTS[kind]
+    axes = {n: {0: 'batch'} for n in ['input'] + names} if dynamic else None
+    return onnxruntime_deploy_config(
+        dict(type='mmpose', task='PoseDetection', export_postprocess=False), names, axes, size,
+        opset or 11)
+
+
+def pytorch_pose(config: str, checkpoint: str, image: str):
+    """MMPose's ``init_model`` + ``inference_topdown`` on ``image`` (one box: the whole
+    image, as MMDeploy's ``create_input``), without flip test (the graph has none)."""
+    from mmengine.runner import load_checkpoint
+    from mmpose.apis import inference_topdown, init_model
+    model = init_model(config, None, device='cpu')
+    load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    model.test_cfg['flip_test'] = False
+    return inference_topdown(model, image)[0]
+
+
+def compare_pose(cfg, ref, got) -> Dict:
+    """Keypoints within :data:`KEYPOINT_TOL` px and scores within :data:`SCORE_TOL`."""
+    kr, kg = (np.asarray(s.pred_instances.keypoints, np.float64) for s in (ref, got))
+    sr, sg = (np.asarray(s.pred_instances.keypoint_scores, np.float64) for s in (ref, got))
+    if kr.shape != kg.shape or sr.shape != sg.shape:
+        return {'ok': False, 'lines': [f'PyTorch gives keypoints {kr.shape}, ONNX Runtime '
+                                       f'{kg.shape}']}
+    far = np.abs(kr - kg).max(-1) > KEYPOINT_TOL
+    off = np.abs(sr - sg) / np.maximum(1.0, np.abs(sr)) > SCORE_TOL
+    res = {'ok': not far.any() and not off.any(), 'max_keypoint_diff': float(np.abs(
+        kr - kg).max(initial=0.)), 'max_score_diff': float((np.abs(sr - sg) / np.maximum(
+            1.0, np.abs(sr))).max(initial=0.))}
+    lines = [f'{sr.size} keypoints of {len(sr)} instance(s): largest keypoint difference '
+             f'{res["max_keypoint_diff"]:.2e} px (tolerance {KEYPOINT_TOL}), largest score '
+             f'difference {res["max_score_diff"]:.2e} (relative, tolerance {SCORE_TOL})']
+    if (cfg.model.get('test_cfg') or {}).get('flip_test'):
+        lines.append('PyTorch ran without the flip test of the config (the graph has none)')
+    if not res['ok']:
+        lines.append(f'keypoints {np.flatnonzero(far.reshape(-1) | off.reshape(-1)).tolist()} '
+                     'differ beyond the tolerance')
+    return dict(res, lines=lines)

@@ -1,4 +1,5 @@
-"""MMSegmentation: demo batches of label maps, at the crop size the config trains on.
+"""MMSegmentation: demo batches of label maps, at the crop size the config trains on, and
+MMDeploy's Segmentation task.
 
 Semantic segmentors (``EncoderDecoder``, ``CascadeEncoderDecoder``) need no tracer rules: the
 core follows their backbones, necks and decode heads as they are (pyramid pooling, ASPP,
@@ -7,12 +8,12 @@ heads run only in the loss: they are traced (and grouped with the layers they re
 loss forward the hook and ``check_model`` use, so their input channels are sliced with the
 backbone's; a deployed config keeps them, and they are simply not run at test time.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .base import Codebase, register_codebase
+from .base import Codebase, CodebaseError, register_codebase
 
 SEGMENTOR_INPUT_SIZE = (512, 512)  # when the config names no crop size
 
@@ -96,3 +97,94 @@ class MMSegmentation(Codebase):
             samples.append(sample)
         return {'inputs': random_images(model, batch_size, input_size, seed),
                 'data_samples': samples}
+
+    def mmdeploy_config(self, cfg, dynamic: bool = True,
+                        input_shape: Optional[Sequence[int]] = None,
+                        opset: Optional[int] = None):
+        """Task Segmentation: one label map ``output``; dynamic batch, height and width."""
+        return seg_deploy_config(cfg, dynamic, input_shape, opset)
+
+    def mmdeploy_check(self, model: nn.Module) -> None:
+        from mmseg.models.segmentors import EncoderDecoder
+        if not isinstance(model, EncoderDecoder):  # what MMDeploy rewrites
+            raise CodebaseError('MMDeploy\'s Segmentation task exports encoder-decoder '
+                                f'segmentors, not a {type(model).__name__}')
+
+    def mmdeploy_reference(self, config: str, checkpoint: str, image: str):
+        return pytorch_segmentation(config, checkpoint, image)
+
+    def mmdeploy_compare(self, cfg, ref, got) -> Dict:
+        return compare_segmentation(cfg, ref, got)
+
+
+# MMDeploy (task Segmentation), as its configs/mmseg/segmentation_onnxruntime_*.py: the graph
+# runs whole-image inference and ends with the argmax (``with_argmax=True``), one label map.
+LOGIT_TOL = 1e-4  # relative to max(1, |logit|): float32 kernels of ORT and PyTorch differ ~1e-6
+
+
+def seg_deploy_config(cfg, dynamic: bool = True, input_shape: Optional[Sequence[int]] = None,
+                      opset: Optional[int] = None):
+    """MMDeploy's deploy config of a segmentor (see :meth:`MMSegmentation.mmdeploy_config`)."""
+    from .base import onnxruntime_deploy_config, static_shape
+    shape = static_shape(dynamic, input_shape)
+    axes = None if shape else {n: {0: 'batch', 2: 'height', 3: 'width'}
+                               for n in ('input', 'output')}
+    return onnxruntime_deploy_config(
+        dict(type='mmseg', task='Segmentation', with_argmax=True), ['output'], axes, shape,
+        opset or 11)
+
+
+def pytorch_segmentation(config: str, checkpoint: str, image: str):
+    """MMSegmentation's ``init_model`` + ``inference_model`` on ``image``, whole-image
+    inference (MMDeploy's graph runs no sliding window)."""
+    from mmengine.runner import load_checkpoint
+    from mmseg.apis import inference_model, init_model
+    model = init_model(config, None, device='cpu')
+    load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    from mmengine.config import ConfigDict
+    model.test_cfg = ConfigDict(dict(model.test_cfg or {}, mode='whole'))
+    return inference_model(model, image)
+
+
+def _margins(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per pixel, how far PyTorch's label is from changing: the gap between the two best
+    logits, or for one output channel how far its sigmoid is from the threshold."""
+    if logits.shape[0] == 1:
+        return (logits[0].sigmoid() - threshold).abs()
+    top = logits.topk(2, dim=0).values
+    return top[0] - top[1]
+
+
+def compare_segmentation(cfg, ref, got) -> Dict:
+    """Same label at every pixel, except where PyTorch's two best logits are within
+    :data:`LOGIT_TOL` (a tie that rounding decides)."""
+    meta = got.metainfo
+    if tuple(meta.get('ori_shape', ())) != tuple(meta.get('img_shape', ())):
+        return {'ok': False, 'lines': [
+            f'the test pipeline resized the image from {meta.get("ori_shape")} to '
+            f'{meta.get("img_shape")}: MMDeploy resizes the label map back (nearest), '
+            'MMSegmentation the logits (bilinear), so labels differ along borders; check with '
+            'an image the pipeline does not resize']}
+    a, b = ref.pred_sem_seg.data.cpu(), got.pred_sem_seg.data.cpu()
+    if a.shape != b.shape:
+        return {'ok': False, 'lines': [f'PyTorch gives a {tuple(a.shape)} label map, ONNX '
+                                       f'Runtime {tuple(b.shape)}']}
+    logits = ref.seg_logits.data.cpu().float()
+    tol = LOGIT_TOL * max(1.0, float(logits.abs().max()))
+    head = cfg.model.decode_head
+    head = head[-1] if isinstance(head, (list, tuple)) else head
+    margin = _margins(logits, float(head.get('threshold') or 0.3))  # mmseg's default
+    differ = (a != b).reshape(margin.shape)
+    bad = differ & (margin > tol)
+    res = {'ok': not bool(bad.any()), 'pixels': int(a.numel()), 'differ': int(differ.sum()),
+           'min_margin': float(margin.min())}
+    ties = res['differ'] - int(bad.sum())
+    lines = [f'{res["pixels"]} pixels: {res["differ"]} labels differ ({ties} of them ties: '
+             f'the two best PyTorch logits within {tol:.1e}); smallest margin between the two '
+             f'best logits {res["min_margin"]:.2e}']
+    if (cfg.model.get('test_cfg') or {}).get('mode', 'whole') != 'whole':
+        lines.append('PyTorch ran whole-image inference, not the config\'s mode (the graph '
+                     'runs the whole image)')
+    if not res['ok']:
+        lines.append(f'{int(bad.sum())} pixels have another label beyond the tolerance')
+    return dict(res, lines=lines)

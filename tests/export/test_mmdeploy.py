@@ -23,6 +23,7 @@ import mmgfp  # noqa: E402,F401
 from mmgfp.apis.deploying import mmdeploy_export as md  # noqa: E402
 from mmgfp.apis.deploying.mmdeploy_compat import (  # noqa: E402
     apply_mmdeploy_compat, mmdeploy_compat, restore_mmdeploy_compat)
+from mmgfp.codebases import mmdet as det  # noqa: E402
 
 HEAD = ("bbox_head=dict(num_classes=10, in_channels=32, feat_channels=32, stacked_convs=2{norm}), "
         "test_cfg=dict(score_thr={thr}, max_per_img=100)")
@@ -152,10 +153,10 @@ def _onnx_facts(path: str) -> dict:
 
 def _detections(out, image):
     from mmengine.config import Config
-    ref = md.pytorch_detections(out['config'], out['checkpoint'], image)
-    got = md.onnxruntime_detections(out['config'], Config.fromfile(out['deploy_cfg']),
+    ref = md.pytorch_prediction(out['config'], out['checkpoint'], image)
+    got = md.onnxruntime_prediction(out['config'], Config.fromfile(out['deploy_cfg']),
                                     out['onnx'], image)
-    return ref, got
+    return det.as_arrays(ref), det.as_arrays(got)
 
 
 def _check_compact_onnx(out):
@@ -179,8 +180,8 @@ def test_matches_pytorch(name, tmp_path_factory, image):
         # opset 16: RoiAlign's half-pixel mode is mmcv's aligned=True (opset 11 approximates)
         assert facts['roi_align_modes'] and set(facts['roi_align_modes']) == {'half_pixel'}
     ref, got = _detections(out, image)
-    res = md.compare_detections(ref, got, MODELS[name][3],
-                                md.min_bbox_size(Config.fromfile(out['config'])))
+    res = det.compare_detections(ref, got, MODELS[name][3],
+                                det.min_bbox_size(Config.fromfile(out['config'])))
     assert res['ok'] and not res['unmatched_ref'] and not res['unmatched_got'], res
     # scores spread, below the cap: every PyTorch detection above the threshold has a partner
     # (MMDetection's FCOS also returns some below it: it thresholds before centerness)
@@ -268,14 +269,14 @@ def test_compare_detections():
     # (MMDeploy keeps those) differs
     got = _dets([[5, 5, 20.004, 20], [0, 0, 10, 10], [0, 0, 0, 5]],
                 [0.50002, 0.9, 0.7], [2, 1, 4])
-    res = md.compare_detections(ref, got, 0.3, min_bbox_size=0)
+    res = det.compare_detections(ref, got, 0.3, min_bbox_size=0)
     assert res['ok'] and res['matched'] == 2
     assert res['max_box_diff'] == pytest.approx(0.004) and res['max_score_diff'] < 3e-5
-    assert not md.compare_detections(ref, got, 0.3)['ok']  # without the size filter
+    assert not det.compare_detections(ref, got, 0.3)['ok']  # without the size filter
     for changed in ({'labels': [3, 1, 4]}, {'scores': [0.5003, 0.9, 0.7]},
                     {'bboxes': [[5, 5, 20.1, 20], [0, 0, 10, 10], [0, 0, 0, 5]]}):
         bad = dict(got, **{k: np.array(v) for k, v in changed.items()})
-        res = md.compare_detections(ref, bad, 0.3, min_bbox_size=0)
+        res = det.compare_detections(ref, bad, 0.3, min_bbox_size=0)
         # positions in the lists given
         assert not res['ok'] and res['unmatched_ref'] == [2] and res['unmatched_got'] == [0]
 
@@ -295,7 +296,8 @@ def test_tool_errors_are_clear(tmp_path, tmp_path_factory, image, monkeypatch):
     from mmgfp.apis.deploying.onnx_export import load_model
     torch.save({'state_dict': load_model(str(cls_config), None).state_dict()},
                str(tmp_path / 'resnet.pth'))
-    with pytest.raises(SystemExit, match='builds a ImageClassifier, not an MMDetection detector'):
+    with pytest.raises(SystemExit, match='builds a ImageClassifier: MMDeploy export is wired for '
+                       'MMDetection, MMPose, MMSegmentation models, not MMPretrain ones'):
         tool.main([str(cls_config), str(tmp_path / 'resnet.pth'), '--out', str(tmp_path / 'b'),
                    '--image', image])
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
