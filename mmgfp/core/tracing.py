@@ -54,6 +54,7 @@ def _tensors(obj: Any) -> List[torch.Tensor]:
     return [t for t in flatten(obj) if isinstance(t, torch.Tensor)]
 
 
+NETWORK_OUTPUT = 'network output'
 _LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 _LAYER_OPS = {'conv1d', 'conv2d', 'conv3d', 'conv_transpose1d', 'conv_transpose2d',
               'conv_transpose3d', 'linear'}
@@ -280,7 +281,7 @@ def trace(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
         with torch.enable_grad(), tracer:
             outputs = forward_fn(model)
         for t in _tensors(outputs):
-            tracer.mark(tracer.layout(t), 'network output')
+            tracer.mark(tracer.layout(t), NETWORK_OUTPUT)
         tracer.mark_foreign_uses()
         tracer.check_unseen_ops(outputs)
     finally:

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmgfp.core import (FisherPruner, GroupSet, apply_spec, build_groups, make_spec,
+from mmgfp.core import (FisherPruner, GroupSet, apply_spec, make_spec,
                         save_spec)
 from mmgfp.apis.deploying.deploy import (  # noqa: F401  (also public here)
     build_model, compact_config, load_strict)
-from mmgfp.apis.inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
+from mmgfp.apis.inputs import (clear_shape_errors, default_input_size, demo_batch, model_groups,
                                prepare_like_training, tensor_forward)
 from mmgfp.apis.checking.precision import equivalence, float64_diff
 from mmgfp.apis.checking.replay import Decisions
@@ -118,7 +118,7 @@ def analyze(cfg: Config, input_size: Optional[Sequence[int]] = None, batch_size:
     prepare_like_training(model)
     model.train()
     with clear_shape_errors(size):
-        gs = build_groups(model, loss_forward(data))
+        gs = model_groups(model, data)
     return {'model': model, 'groups': gs, 'data': data, 'input_size': size}
 
 
