@@ -158,9 +158,21 @@ def _classify_mmpose(cfg) -> tuple:
     return None, f'model type {mtype} is not a 2D pose estimator'
 
 
+def _classify_mmyolo(cfg) -> tuple:
+    mtype = str(cfg.model.get('type', '')).split('.')[-1]
+    if mtype != 'YOLODetector':
+        return None, f'model type {mtype} is not a YOLO detector'
+    head = str(cfg.model.get('bbox_head', {}).get('type', '')).split('.')[-1]
+    if 'Rotated' in head:
+        return None, f'rotated boxes ({head}): needs MMRotate, which is not installed here'
+    if 'Pose' in head:
+        return 'bottom-up pose', None
+    return ('instance segmentation' if 'Ins' in head else 'detection'), None
+
+
 # The task of a config, per package (add a package here to run its families).
 TASKS = {'mmdet': _classify_mmdet, 'mmpretrain': _classify_mmpretrain,
-         'mmseg': _classify_mmseg, 'mmpose': _classify_mmpose}
+         'mmseg': _classify_mmseg, 'mmpose': _classify_mmpose, 'mmyolo': _classify_mmyolo}
 
 
 def _unprunable(groups: list) -> list:
@@ -239,7 +251,8 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
         _seg_at_size(cfg, size, res)
     # 512x512 or 640x640 codecs: half of it is enough, except for CID, whose test-time head
     # samples features at the heatmap size of its own codec
-    if res['task'] == 'bottom-up pose' and family != 'mmpose::body_2d_keypoint/cid':
+    if res['task'] == 'bottom-up pose' and cfg.default_scope == 'mmpose' and \
+            family != 'mmpose::body_2d_keypoint/cid':
         size = tuple(s // 2 for s in size)
     res['input_size'] = list(size)
     rep = _check(cfg, res, args)
