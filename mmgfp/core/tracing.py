@@ -84,6 +84,8 @@ class _Tracer(TorchFunctionMode):
         self.untraced_passthrough: Dict[str, int] = {}
         self.vouch_stop: List[set] = []
         self.foreign_uses: Dict[str, str] = {}  # layer -> op reading its weight elsewhere
+        # id of a torch.Size -> (id of the tensor it was read from, its layout, the Size)
+        self.shape_sources: Dict[int, Tuple[int, Optional[Layout], torch.Size]] = {}
         for mname, mod in model.named_modules():
             self.result.modules[mname] = mod
             for pname, p in list(mod.named_parameters(recurse=False)) + list(
