@@ -250,7 +250,7 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
         size = (args.seg_size,) * 2
         _seg_at_size(cfg, size, res)
     # 512x512 or 640x640 codecs: half of it is enough, except for CID, whose test-time head
-    # samples features at the heatmap size of its own codec
+    # samples features at the heatmap size of its own codec (one image: MMPose.test_batch)
     if res['task'] == 'bottom-up pose' and cfg.default_scope == 'mmpose' and \
             family != 'mmpose::body_2d_keypoint/cid':
         size = tuple(s // 2 for s in size)
