@@ -1,9 +1,11 @@
 """Check that mmgfp handles an architecture: group, prune at random, compact, rebuild, compare."""
 import copy
 import os.path as osp
+import random
 import tempfile
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
@@ -151,6 +153,8 @@ def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
     if not 0 <= ratio < 1:
         raise ValueError(f'`ratio` must lie in [0, 1), but got {ratio!r}')
     torch.manual_seed(seed)
+    random.seed(seed)  # batch augments that draw with Python's or NumPy's generator
+    np.random.seed(seed)  # (PPYOLOE's random resize of training batches: FLOPs follow it)
     found = analyze(cfg, input_size, batch_size, seed)
     model, gs, data = found['model'], found['groups'], found['data']
     randomize_norms(model, seed)
