@@ -39,6 +39,20 @@ SKIP = {
                                          'hand type): demo batches are 2D keypoints',
     'mmpose::body_2d_keypoint/edpose': 'a new-style config (read_base) whose base files the '
                                        'mmpose 1.3.2 wheel does not ship (mmpose/configs/_base_)',
+    'mmyolo::deploy': 'MMDeploy backend configs (no model of their own)',
+    'mmyolo::deploy/model': 'MMDeploy backend configs (no model of their own)',
+    'mmyolo::razor/subnets': 'MMRazor NAS subnets (MMRazor does not import on this stack)',
+    'mmyolo::rtmdet/distillation': 'MMRazor knowledge distillation of RTMDet (MMRazor does '
+                                   'not import on this stack; RTMDet itself: mmyolo::rtmdet)',
+    'mmyolo::rtmdet/cspnext_imagenet_pretrain': 'ImageNet pretraining of the CSPNeXt backbone '
+        'from mmcls:: base files (MMClassification, superseded by mmpretrain and not '
+        'installable next to it); the backbone is checked in mmyolo::rtmdet',
+    'mmyolo::yolov5/voc': 'the YOLOv5 models of mmyolo::yolov5 on Pascal VOC (a data set '
+                          'variant)',
+    'mmyolo::yolov5/crowdhuman': 'the YOLOv5 models of mmyolo::yolov5 on CrowdHuman (a data '
+                                 'set variant)',
+    'mmyolo::yolov5/mask_refine': 'the YOLOv5 models of mmyolo::yolov5 trained on boxes '
+                                  'refined from masks (a data pipeline variant)',
     'mmseg::dsdl': 'data set description configs (needs the DSDL data)',
     'mmseg::san': 'multimodal: needs the CLIP text encoder weights (download)',
     'mmseg::vpd': 'depth estimation on a Stable Diffusion backbone (needs its weights)',
@@ -72,6 +86,11 @@ PICK = {
     'mmpretrain::eva': 'benchmarks/vit-base-p16_8xb128-coslr-100e_in1k.py',
     # the canonical MMPose model (the metafile lists AlexNet first)
     'mmpose::body_2d_keypoint/topdown_heatmap': 'td-hm_hrnet-w32_8xb64-210e_coco-256x192.py',
+    # the smallest model of the folder (the metafile lists the large one first)
+    'mmyolo::yolov5/ins_seg': 'yolov5_ins_n-v61_syncbn_fast_8xb16-300e_coco_instance.py',
+    'mmyolo::yolov5/yolov5u': 'yolov5u_n_syncbn_fast_8xb16-300e_coco.py',
+    'mmyolo::yolox/pose': 'yolox-pose_tiny_8xb32-300e-rtmdet-hyp_coco.py',
+    'mmyolo::rtmdet/rotated': 'rtmdet-r_s_fast_1xb8-36e_dota.py',
 }
 
 
@@ -158,11 +177,15 @@ def families(packages=PACKAGES) -> list:
             out += _pose_families(root)
             continue
         for name in sorted(os.listdir(root)):
-            folder = osp.join(root, name)
-            if name in NOT_FAMILIES or not osp.isdir(folder):
+            if name in NOT_FAMILIES or not osp.isdir(osp.join(root, name)):
                 continue
-            fam = f'{pkg}::{name}'
-            cfg = PICK.get(fam) or pick_config(folder)
-            if cfg is not None:
-                out.append((fam, f'{pkg}::{name}/{cfg}'))
+            # mmyolo keeps variants in sub-folders (yolov5/ins_seg, rtmdet/rotated, yolox/pose)
+            subs = sorted(d for d in os.listdir(osp.join(root, name))
+                          if osp.isdir(osp.join(root, name, d)) and d != '__pycache__') \
+                if pkg == 'mmyolo' else []
+            for rel in [name] + [f'{name}/{d}' for d in subs]:
+                fam = f'{pkg}::{rel}'
+                cfg = PICK.get(fam) or pick_config(osp.join(root, rel))
+                if cfg is not None:
+                    out.append((fam, f'{pkg}::{rel}/{cfg}'))
     return out

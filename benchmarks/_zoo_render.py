@@ -76,7 +76,7 @@ def _details(r: dict) -> list:
 
 
 VERSIONS = {'mmdet': 'mmdet 3.3.0', 'mmpretrain': 'mmpretrain 1.2.0',
-            'mmseg': 'mmsegmentation 1.2.2', 'mmpose': 'mmpose 1.3.2'}
+            'mmseg': 'mmsegmentation 1.2.2', 'mmpose': 'mmpose 1.3.2', 'mmyolo': 'mmyolo 0.6.0'}
 # how each package's demo input size is chosen (``sizes``: the zoo's --det-size, --seg-size)
 SIZE_RULES = {
     'mmdet': 'detectors at {det}x{det} (128, 256 or 320 where a detector needs larger maps: '
@@ -86,6 +86,8 @@ SIZE_RULES = {
              'size instead of the crop size)',
     'mmpose': 'pose models at the input size of their codec (256x192 for COCO top-down; '
               'bottom-up models at half of it)',
+    'mmyolo': 'YOLO detectors at {det}x{det} (128 where a model needs larger maps: the Input '
+              'column)',
 }
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _zoo_families import NOT_FAMILIES, PACKAGES, PICK, SKIP, families  # noqa: E402,F401
 from _zoo_render import render_doc  # noqa: E402
+from _zoo_tasks import TASKS  # noqa: E402
 
 RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'zoo')
 DOC = osp.join(ROOT, 'docs', 'en', 'model_zoo.md')
@@ -105,62 +106,6 @@ def _load(config: str):
 def classify(cfg) -> tuple:
     """``(task, None)``, or ``(None, why the family is skipped)``, from the config's model."""
     return TASKS[cfg.get('default_scope') or 'mmdet'](cfg)
-
-
-def _classify_mmpretrain(cfg) -> tuple:
-    mtype = str(cfg.model.get('type', ''))
-    if mtype.split('.')[-1] == 'ImageClassifier' and cfg.model.get('head') is None:
-        return None, 'a headless backbone config (no classification head to train)'
-    if mtype.split('.')[-1] == 'ImageClassifier':
-        return 'classification', None
-    return None, (f'model type {mtype} is not an image classifier (self-supervised, '
-                  'retrieval or multimodal)')
-
-
-def _classify_mmdet(cfg) -> tuple:
-    mtype = str(cfg.model.get('type', ''))
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope('mmdet')
-    cls = MODELS.get(mtype)
-    where = getattr(cls, '__module__', '')
-    if any(f'.{k}.' in where for k in ('mot', 'vis', 'reid', 'trackers', 'tracking_heads')):
-        return None, f'model type {mtype} is a tracker (not det/seg/cls)'
-    text = str(cfg.model)
-    if 'num_stuff_classes' in text and "'num_stuff_classes': 0" not in text:
-        return None, f'model type {mtype} is configured for panoptic segmentation'
-    if mtype == 'FastRCNN':
-        return None, 'Fast R-CNN reads precomputed proposals from the data set'
-    if 'Semi' in mtype or 'teacher' in text.lower():
-        return None, f'model type {mtype} needs a trained teacher model'
-    from mmdet.models.detectors.single_stage_instance_seg import \
-        SingleStageInstanceSegmentor
-    if (cls is not None and issubclass(cls, SingleStageInstanceSegmentor)) or any(
-            k in text for k in ('mask_head', 'InsHead', 'MaskFormer', 'Mask2Former', 'SOLO')):
-        return 'instance segmentation', None
-    return 'detection', None
-
-
-def _classify_mmseg(cfg) -> tuple:
-    mtype = str(cfg.model.get('type', '')).split('.')[-1]
-    if mtype in ('EncoderDecoder', 'CascadeEncoderDecoder'):
-        return 'semantic segmentation', None
-    return None, f'model type {mtype} is not a semantic segmentor (depth, multimodal)'
-
-
-def _classify_mmpose(cfg) -> tuple:
-    mtype = str(cfg.model.get('type', '')).split('.')[-1]
-    if mtype == 'TopdownPoseEstimator':
-        return 'top-down pose', None
-    if mtype == 'BottomupPoseEstimator':
-        return 'bottom-up pose', None
-    if mtype == 'PoseLifter':
-        return None, '3D pose lifting from 2D keypoint sequences (no image input)'
-    return None, f'model type {mtype} is not a 2D pose estimator'
-
-
-# The task of a config, per package (add a package here to run its families).
-TASKS = {'mmdet': _classify_mmdet, 'mmpretrain': _classify_mmpretrain,
-         'mmseg': _classify_mmseg, 'mmpose': _classify_mmpose}
 
 
 def _unprunable(groups: list) -> list:
@@ -238,8 +183,9 @@ def run_family(family: str, config: str, args, res: dict) -> dict:
         size = (args.seg_size,) * 2
         _seg_at_size(cfg, size, res)
     # 512x512 or 640x640 codecs: half of it is enough, except for CID, whose test-time head
-    # samples features at the heatmap size of its own codec
-    if res['task'] == 'bottom-up pose' and family != 'mmpose::body_2d_keypoint/cid':
+    # samples features at the heatmap size of its own codec (one image: MMPose.test_batch)
+    if res['task'] == 'bottom-up pose' and cfg.default_scope == 'mmpose' and \
+            family != 'mmpose::body_2d_keypoint/cid':
         size = tuple(s // 2 for s in size)
     res['input_size'] = list(size)
     rep = _check(cfg, res, args)

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from mmgfp.codebases import codebase_of, config_scope
+from mmgfp.core import GroupSet, build_groups
 
 
 def loss_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
@@ -37,6 +38,37 @@ def tensor_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
         return model(*data, mode='tensor')
 
     return fn
+
+
+def output_forward(data_batch: Any) -> Callable[[nn.Module], Any]:
+    """:func:`tensor_forward` in eval mode (the model's mode restored after): the pass whose
+    outputs a deployed model returns."""
+    run = tensor_forward(data_batch)
+
+    def fn(model):
+        was_training = model.training
+        model.eval()
+        try:
+            return run(model)
+        finally:
+            model.train(was_training)
+
+    return fn
+
+
+def model_groups(model: nn.Module, data_batch: Any, skip: Sequence[str] = ()) -> GroupSet:
+    """The groups the pruning hook prunes: traced on the loss pass of ``data_batch``, with the
+    channels that the tensor pass returns un-reduced kept whole (MMPose's RTMO returns its pose
+    features, which its loss pass feeds to a linear layer).
+
+    Args:
+        model (nn.Module): The model, in the mode the loss pass runs in.
+        data_batch: A batch as the dataloader gives it.
+        skip (Sequence[str]): Layer name patterns kept whole (see
+            :func:`mmgfp.core.build_groups`). Defaults to ().
+    """
+    return build_groups(model, loss_forward(data_batch), skip=skip,
+                        output_fn=output_forward(data_batch))
 
 
 def demo_batch(model: nn.Module, batch_size: int = 2, input_size: Sequence[int] = (128, 128),

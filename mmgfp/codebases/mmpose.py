@@ -171,6 +171,22 @@ class MMPose(Codebase):
     def mmdeploy_compare(self, cfg, ref, got) -> Dict:
         return compare_pose(cfg, ref, got)
 
+    def test_batch(self, model: nn.Module, data_batch):
+        """The first image only, for CID: its tensor forward decodes instances from the heatmaps
+        of the whole batch flattened as one image (so its coordinates run past the feature map;
+        mmpose's CID configs test one image per batch). Other batches unchanged."""
+        inputs = data_batch.get('inputs') if isinstance(data_batch, dict) else None
+        if type(getattr(model, 'head', None)).__name__ != 'CIDHead' or inputs is None or \
+                len(inputs) < 2:
+            return data_batch
+        from mmengine.logging import print_log
+        print_log(f'mmgfp: CID decodes one image per tensor forward: ran the first of '
+                  f'{len(inputs)} images', logger='current')
+        batch = dict(data_batch, inputs=inputs[:1])
+        if data_batch.get('data_samples') is not None:
+            batch['data_samples'] = data_batch['data_samples'][:1]
+        return batch
+
 
 # MMDeploy (task PoseDetection), as its configs/mmpose/pose-detection_{simcc_,}onnxruntime_*.py:
 # the graph ends at the head's outputs (SimCC vectors or heatmaps; export_postprocess=False)

@@ -108,6 +108,23 @@ def _random_boxes(gen: torch.Generator, batch_size: int, input_size: Sequence[in
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def _box_masks(boxes: torch.Tensor, batch_size: int, input_size: Sequence[int],
+               overlap: bool, ratio: int = 4) -> torch.Tensor:
+    """Masks filling the boxes at ``1/ratio`` of the image size, as ``yolov5_collate`` gives
+    YOLOv5-ins: one map per image whose pixels hold the box's index in its image plus one
+    (``overlap``, later boxes on top), else one binary map per box."""
+    h, w = (max(1, s // ratio) for s in input_size)
+    maps = torch.zeros(batch_size if overlap else len(boxes), h, w)
+    count = [0] * batch_size
+    for k, (img, _, x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        img = int(img)
+        count[img] += 1
+        rows = slice(int(y1 / ratio), max(int(y1 / ratio) + 1, int(y2 / ratio)))
+        cols = slice(int(x1 / ratio), max(int(x1 / ratio) + 1, int(x2 / ratio)))
+        maps[img if overlap else k, rows, cols] = count[img] if overlap else 1
+    return maps
+
+
 @register_codebase
 class MMYOLO(Codebase):
     """YOLO detectors (YOLOv5/v6/v7/v8, YOLOX, RTMDet, PPYOLOE): training batches in the
@@ -153,8 +170,17 @@ class MMYOLO(Codebase):
         gen = torch.Generator().manual_seed(seed + 1)
         boxes = _random_boxes(gen, batch_size, input_size, num_classes)
         ppyoloe = _is(model.data_preprocessor, 'PPYOLOEDetDataPreprocessor')
-        return {'inputs': images if ppyoloe else torch.stack(images),
-                'data_samples': {'bboxes_labels': boxes}}
+        samples = {'bboxes_labels': boxes}
+        head = getattr(model, 'bbox_head', None)
+        if hasattr(head, 'mask_overlap'):  # YOLOv5-ins
+            samples['masks'] = _box_masks(boxes, batch_size, input_size, head.mask_overlap)
+        if hasattr(head, 'num_keypoints'):  # YOLOX-Pose: keypoints inside each box
+            x1, y1, x2, y2 = boxes[:, 2:].T[..., None]
+            frac = torch.rand(len(boxes), head.num_keypoints, 2, generator=gen)
+            samples['keypoints'] = torch.stack(
+                [x1 + frac[..., 0] * (x2 - x1), y1 + frac[..., 1] * (y2 - y1)], -1)
+            samples['keypoints_visible'] = torch.ones(len(boxes), head.num_keypoints)
+        return {'inputs': images if ppyoloe else torch.stack(images), 'data_samples': samples}
 
     def test_batch(self, model: nn.Module, data_batch: dict) -> dict:
         """A ``yolov5_collate`` batch as mmyolo's test dataloader gives it (a list of images

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from .tracing import LayerCall, trace
+from .tracing import NETWORK_OUTPUT, LayerCall, trace
 
 
 @dataclass
@@ -121,7 +121,8 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 def build_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
                  num_samples: Optional[int] = None,
-                 skip: Sequence[str] = ()) -> GroupSet:
+                 skip: Sequence[str] = (),
+                 output_fn: Optional[Callable[[nn.Module], Any]] = None) -> GroupSet:
     """Trace ``model`` and merge coupled channel spaces into groups.
 
     Args:
@@ -131,6 +132,12 @@ def build_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
             the first layer call.
         skip (Sequence[str]): ``fnmatch`` patterns of layer names; a group with a producer,
             consumer or norm matching one is kept whole. Defaults to ().
+        output_fn (callable, optional): A second forward pass, ``output_fn(model)``, whose
+            returned tensors are what the deployed model outputs (e.g. inference, when
+            ``forward_fn`` returns a loss). It is traced only to find the layers whose output
+            channels reach a returned tensor un-reduced: their groups are kept whole (pruning
+            them would change the shape of an output). Defaults to None: the tensors
+            ``forward_fn`` returns are the outputs.
 
     Returns:
         GroupSet: The groups, prunable or not, with reasons.
@@ -179,6 +186,10 @@ def build_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
                                    roles.get('consumers', []), roles.get('passthrough', []),
                                    roles.get('params', []), reasons)
 
+    if output_fn is not None:
+        for key in _output_groups(model, output_fn, keys, res.producers, spaces):
+            groups[key].reasons.append(OUTPUT_REASON)
+
     def channels(lay) -> LayerChannels:
         return LayerChannels(tuple((keys[spaces.find(s)], n) for s, n in lay.segs), lay.inner,
                              lay.ch_dim)
@@ -200,6 +211,24 @@ def build_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
         passthrough={n: channels(lay) for n, lay in res.passthrough.items()},
         params={n: (channels(lay), d) for n, (lay, d) in res.params.items()},
         layers=layers, layer_types=types, calls=res.calls, num_samples=res.num_samples)
+
+
+OUTPUT_REASON = ("the channels reach an output of the model's output pass un-reduced "
+                 '(pruning them would change the shape of that output)')
+
+
+def _output_groups(model: nn.Module, output_fn: Callable[[nn.Module], Any],
+                   keys: Dict[int, str], producers: Dict[str, int], spaces) -> List[str]:
+    """Keys of the groups (of the main trace) whose producers' channels reach a tensor that
+    ``output_fn`` returns (found in a trace of its own, matched by producer name)."""
+    out = trace(model, output_fn)
+    found = []
+    for name, sid in out.producers.items():
+        if NETWORK_OUTPUT in out.spaces.info(sid).reasons and name in producers:
+            key = keys[spaces.find(producers[name])]
+            if key not in found:
+                found.append(key)
+    return found
 
 
 def _first_use(roles: Dict[str, List[str]]) -> str:

@@ -16,12 +16,12 @@ RULES: Dict[str, Callable] = {}
 
 # Ops that only read metadata or make value-independent tensors: they use no channel values.
 META = {
-    'size', 'dim', 'ndimension', 'numel', 'nelement', 'is_contiguous', 'stride', 'element_size',
+    'dim', 'ndimension', 'numel', 'nelement', 'is_contiguous', 'stride', 'element_size',
     'data_ptr', 'get_device', 'is_floating_point', 'is_complex', '__len__', '__hash__', '__repr__',
     '__format__', 'new_zeros', 'new_ones', 'new_empty', 'new_full', 'zeros_like', 'ones_like',
     'empty_like', 'full_like', 'rand_like', 'randn_like', 'register_hook', 'retain_grad',
     'has_names', 'storage_offset', 'untyped_storage', '__reduce_ex__', '__deepcopy__', 'type',
-    'property:shape', 'property:dtype', 'property:device', 'property:ndim', 'property:requires_grad',
+    'property:dtype', 'property:device', 'property:ndim', 'property:requires_grad',
     'property:is_cuda', 'property:grad_fn', 'property:is_leaf', 'property:layout', 'property:names',
     'property:is_sparse', 'property:is_quantized', 'property:is_meta', 'property:_version',
     'property:is_mkldnn', 'property:itemsize', 'property:nbytes', 'property:grad',

@@ -25,6 +25,40 @@ def _view_layout(lay: Layout, src: Sequence[int], dst: Sequence[int]) -> Optiona
     return None
 
 
+@rule('property:shape', 'size', always=True)
+def _shape(tr, name, args, kwargs, out):
+    """Remember which tensor a ``torch.Size`` came from: a view to that shape (DPT's
+    ``x.reshape(feature_shape)``) fixes its channel count to that tensor's."""
+    if isinstance(out, torch.Size) and args and isinstance(args[0], torch.Tensor):
+        tr.shape_sources[id(out)] = (id(args[0]), tr.layout(args[0]), out)
+
+
+def _shape_source(tr, name, args, kwargs, x: torch.Tensor):
+    """``(layout, 'what')`` of the other tensor whose shape a view takes (``view_as(other)``
+    or a ``torch.Size`` read from ``other``); None for shapes of ``x`` itself or literals."""
+    shape = _arg(args, kwargs, 1, 'other' if name.endswith('_as') else 'shape')
+    if name in ('view', 'reshape') and shape is None:
+        shape = kwargs.get('size')
+    if isinstance(shape, torch.Tensor) and name.endswith('_as'):
+        return None if shape is x else (tr.layout(shape), f"'{name}' another tensor")
+    src = tr.shape_sources.get(id(shape)) if isinstance(shape, torch.Size) else None
+    if src is None or src[0] == id(x):
+        return None
+    return src[1], f"'{name}' to the shape of another tensor"
+
+
+def _couple_to_source(tr, name, args, kwargs, x, new: Layout) -> None:
+    """A view to another tensor's shape keeps the channel count equal to that tensor's:
+    couple both channel axes, or keep the channels whole where they do not line up."""
+    src = _shape_source(tr, name, args, kwargs, x)
+    if src is None:
+        return
+    other, what = src
+    if other is None or other.ch_dim != new.ch_dim or not tr.union(new, other, what):
+        tr.mark(new, f'{what} fixes the channel count to {new.size} (taken from a tensor '
+                'whose channel axis is elsewhere or not traced)')
+
+
 @rule('view', 'reshape', 'flatten', 'view_as', 'reshape_as', 'unflatten', 'squeeze',
       'squeeze_', 'unsqueeze', 'unsqueeze_', 'ravel', 'expand', 'expand_as', 'broadcast_to')
 def _view(tr, name, args, kwargs, out):
@@ -41,6 +75,8 @@ def _view(tr, name, args, kwargs, out):
     if new is None:
         return tr.mark(lay, f"'{name}' from {tuple(x.shape)} to {tuple(out.shape)} mixes the "
                        'channel axis with others')
+    if name in ('view', 'reshape', 'view_as', 'reshape_as'):
+        _couple_to_source(tr, name, args, kwargs, x, new)
     tr.set_layout(out, new)
 
 

@@ -54,6 +54,7 @@ def _tensors(obj: Any) -> List[torch.Tensor]:
     return [t for t in flatten(obj) if isinstance(t, torch.Tensor)]
 
 
+NETWORK_OUTPUT = 'network output'
 _LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 _LAYER_OPS = {'conv1d', 'conv2d', 'conv3d', 'conv_transpose1d', 'conv_transpose2d',
               'conv_transpose3d', 'linear'}
@@ -83,6 +84,8 @@ class _Tracer(TorchFunctionMode):
         self.untraced_passthrough: Dict[str, int] = {}
         self.vouch_stop: List[set] = []
         self.foreign_uses: Dict[str, str] = {}  # layer -> op reading its weight elsewhere
+        # id of a torch.Size -> (id of the tensor it was read from, its layout, the Size)
+        self.shape_sources: Dict[int, Tuple[int, Optional[Layout], torch.Size]] = {}
         for mname, mod in model.named_modules():
             self.result.modules[mname] = mod
             for pname, p in list(mod.named_parameters(recurse=False)) + list(
@@ -280,7 +283,7 @@ def trace(model: nn.Module, forward_fn: Callable[[nn.Module], Any],
         with torch.enable_grad(), tracer:
             outputs = forward_fn(model)
         for t in _tensors(outputs):
-            tracer.mark(tracer.layout(t), 'network output')
+            tracer.mark(tracer.layout(t), NETWORK_OUTPUT)
         tracer.mark_foreign_uses()
         tracer.check_unseen_ops(outputs)
     finally:

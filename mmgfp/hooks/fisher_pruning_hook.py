@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.apis.inputs import loss_forward, tensor_forward
+from mmgfp.apis.inputs import model_groups, tensor_forward
 from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
 from mmgfp.core.spec import atomic_write, save_spec
 from .latency_source import check_source, profile_at_start
@@ -117,7 +117,7 @@ class FisherPruningHook(Hook):
 
     def _build(self, runner, data_batch) -> None:
         model = self._model(runner)
-        groups = build_groups(model, loss_forward(data_batch), skip=self.skip)
+        groups = model_groups(model, data_batch, skip=self.skip)
         if not groups.prunable:
             reasons = sorted({r for g in groups.groups.values() for r in g.reasons})[:8]
             raise RuntimeError(

@@ -89,3 +89,23 @@ def test_onnx_export_of_a_pose_model(heatmap_model, tmp_path):
     export_onnx(model, path, (64, 64), logger=lambda *a: None)
     diffs = check_onnx(model, path, (64, 64))
     assert diffs and max(diffs.values()) < 1e-4
+
+
+def test_cid_tests_one_image_per_batch(heatmap_model):
+    """CID's tensor forward flattens the batch's heatmaps as one image (instance coordinates
+    then run past the feature map): its test batches hold the first image only."""
+    from mmpose.models.heads import CIDHead
+    data = demo_batch(heatmap_model, 3, (64, 64), seed=0)
+    pose = codebase_of(heatmap_model)
+    assert pose.test_batch(heatmap_model, data) is data  # other heads: unchanged
+
+    class Cid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = CIDHead.__new__(CIDHead)
+            torch.nn.Module.__init__(self.head)
+
+    one = pose.test_batch(Cid(), data)
+    assert len(one['inputs']) == 1 and one['inputs'][0] is data['inputs'][0]
+    assert one['data_samples'] == data['data_samples'][:1]
+    assert len(data['inputs']) == 3  # the caller's batch is untouched

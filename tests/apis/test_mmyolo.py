@@ -122,3 +122,29 @@ def test_compact_yolov6_reparameterises():
     with torch.no_grad():
         out = tensor_forward(pair['data'])(rebuilt)
     assert rel_diff(out, pair['reference'].outputs) < 1e-4
+
+
+@pytest.mark.parametrize('path, keys', [
+    ('mmyolo::yolov5/ins_seg/yolov5_ins_n-v61_syncbn_fast_8xb16-300e_coco_instance.py',
+     ['masks']),
+    ('mmyolo::yolox/pose/yolox-pose_tiny_8xb32-300e-rtmdet-hyp_coco.py',
+     ['keypoints', 'keypoints_visible'])], ids=['yolov5-ins', 'yolox-pose'])
+def test_demo_batch_has_the_targets_of_the_head(path, keys):
+    """YOLOv5-ins reads instance masks and YOLOX-Pose keypoints from the collated batch."""
+    model = build_model(load_config(path))
+    batch = demo_batch(model, 2, (64, 64), seed=0)
+    samples = batch['data_samples']
+    rows = samples['bboxes_labels']
+    assert [k for k in samples if k != 'bboxes_labels'] == keys
+    if 'masks' in samples:  # overlap maps at 1/4 size: pixel = index of the box in its image + 1
+        assert samples['masks'].shape == (2, 16, 16)
+        per_image = [int((rows[:, 0] == i).sum()) for i in range(2)]
+        assert [int(m.max()) for m in samples['masks']] == per_image
+    else:
+        kpts = samples['keypoints']
+        assert kpts.shape == (len(rows), model.bbox_head.num_keypoints, 2)
+        assert (kpts[..., 0] >= rows[:, None, 2]).all()
+        assert (kpts[..., 1] <= rows[:, None, 5]).all()
+    model.train()
+    losses = loss_forward(batch)(model)
+    assert torch.isfinite(sum(v.sum() for v in losses.values()))

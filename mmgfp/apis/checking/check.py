@@ -1,18 +1,20 @@
 """Check that mmgfp handles an architecture: group, prune at random, compact, rebuild, compare."""
 import copy
 import os.path as osp
+import random
 import tempfile
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmgfp.core import (FisherPruner, GroupSet, apply_spec, build_groups, make_spec,
+from mmgfp.core import (FisherPruner, GroupSet, apply_spec, make_spec,
                         save_spec)
 from mmgfp.apis.deploying.deploy import (  # noqa: F401  (also public here)
     build_model, compact_config, load_strict)
-from mmgfp.apis.inputs import (clear_shape_errors, default_input_size, demo_batch, loss_forward,
+from mmgfp.apis.inputs import (clear_shape_errors, default_input_size, demo_batch, model_groups,
                                prepare_like_training, tensor_forward)
 from mmgfp.apis.checking.precision import equivalence, float64_diff
 from mmgfp.apis.checking.replay import Decisions
@@ -118,7 +120,7 @@ def analyze(cfg: Config, input_size: Optional[Sequence[int]] = None, batch_size:
     prepare_like_training(model)
     model.train()
     with clear_shape_errors(size):
-        gs = build_groups(model, loss_forward(data))
+        gs = model_groups(model, data)
     return {'model': model, 'groups': gs, 'data': data, 'input_size': size}
 
 
@@ -151,6 +153,8 @@ def compact_pair(cfg: Config, ratio: float = 0.5, seed: int = 0,
     if not 0 <= ratio < 1:
         raise ValueError(f'`ratio` must lie in [0, 1), but got {ratio!r}')
     torch.manual_seed(seed)
+    random.seed(seed)  # batch augments that draw with Python's or NumPy's generator
+    np.random.seed(seed)  # (PPYOLOE's random resize of training batches: FLOPs follow it)
     found = analyze(cfg, input_size, batch_size, seed)
     model, gs, data = found['model'], found['groups'], found['data']
     randomize_norms(model, seed)

@@ -146,12 +146,10 @@ def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
 
 def _groups(model: nn.Module, cfg, seed: int) -> GroupSet:
     """The model's groups as the pruning hook finds them (loss path, train mode, its skip)."""
-    from mmgfp.core import build_groups
-    from mmgfp.apis.inputs import demo_batch, loss_forward
+    from mmgfp.apis.inputs import demo_batch, model_groups
     from mmgfp.apis.latency.profile import hook_skip
     model.train()
-    gs = build_groups(model, loss_forward(demo_batch(model, 2, (128, 128), seed=seed)),
-                      skip=hook_skip(cfg))
+    gs = model_groups(model, demo_batch(model, 2, (128, 128), seed=seed), skip=hook_skip(cfg))
     model.eval()
     return gs
 

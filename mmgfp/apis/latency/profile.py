@@ -189,9 +189,8 @@ def config_model(cfg, batch: int = 1, input_size: Sequence[int] = (320, 320),
     batch; ``forward_fn`` runs the tensor path at ``batch`` x ``input_size``."""
     from mmengine.runner import load_checkpoint
 
-    from mmgfp.core import build_groups
     from mmgfp.apis.checking.check import build_model
-    from mmgfp.apis.inputs import demo_batch, loss_forward, prepare_like_training, tensor_forward
+    from mmgfp.apis.inputs import demo_batch, model_groups, prepare_like_training, tensor_forward
     torch.manual_seed(seed)
     model = build_model(cfg, init=checkpoint is None)
     if checkpoint:
@@ -199,8 +198,7 @@ def config_model(cfg, batch: int = 1, input_size: Sequence[int] = (320, 320),
     prepare_like_training(model)
     model.train()
     small = (min(input_size[0], 128), min(input_size[1], 128))
-    groups = build_groups(model, loss_forward(demo_batch(model, 2, small, seed=seed)),
-                          skip=hook_skip(cfg))
+    groups = model_groups(model, demo_batch(model, 2, small, seed=seed), skip=hook_skip(cfg))
     return model, groups, tensor_forward(demo_batch(model, batch, input_size, seed=seed))
 
 
