@@ -11,12 +11,15 @@ On a machine other jobs load, add ``--threads 1``: two OpenMP threads fighting o
 for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thread.
 
 One baseline of ``--config`` (default: RetinaNet-R18,
-``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector config with an
-iteration-based schedule, its data and its CocoMetric/VOCMetric test evaluator taken as
-written), trained here once or given as ``--baseline CKPT``, is brought to ``--targets`` of its
-FLOPs (default 0.5) by each method, for every seed. Before anything trains, the config is
-checked (single-stage model; the train/val/test data sets load and their first image exists;
-the test evaluator builds and gives bbox mAP) and a clear error names what to fix. Each
+``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector, top-down
+mmpose estimator or mmseg encoder-decoder config, e.g. ``configs/digits/td-hm_r18_digits.py``
+and ``configs/digits/fcn_r18-d8_digits.py``, with its data and test evaluator taken as written:
+bbox mAP, keypoint AP or PCK, mIoU; see ``_accuracy_tasks.py``), trained here once (an
+epoch-based config needs ``--baseline-iters``) or given as ``--baseline CKPT``, is brought to
+``--targets`` of its FLOPs (default 0.5) by each method, for every seed. Before anything
+trains, the config is checked (the kind of model; the train/val/test data sets load and their
+first image exists; the test evaluator builds and gives the task's metric) and a clear error
+names what to fix. Each
 training and test run prints its iterations and ETA every ``--progress`` seconds. ``--quick``
 uses a tiny generated digits set for the embedded digits data, and the first few images of
 any other data set.
@@ -642,8 +645,10 @@ def main(argv=None) -> dict:
     else:
         seed_txt = '; '.join(f'{t:g}: seed{"s" if len(v) > 1 else ""} {" ".join(map(str, v))}'
                              for t, v in seeds.items())
-    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline '
-              f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), {seed_txt}')
+    thin = (f' (thin: {ctx["baseline_iters"] + args.iters} from scratch)'
+            if 'thin' in args.methods else '')
+    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline'
+              f'{thin}, {seed_txt}')
     print(f'\n{task.headers[0]} on the test split of {osp.basename(args.config)} at '
           f'{"/".join(map(str, args.targets))} of the FLOPs; budget: {budget}; mean ± std over '
           'seeds')
