@@ -21,9 +21,24 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-import _common as C
 
-INPUT_SIZE = (128, 128)  # the digits canvases
+INPUT_SIZE = (128, 128)  # the digits canvases of the detectors; set_task() changes it
+TASK = None  # the _accuracy_tasks.Task of the benchmarked config; set_task() sets it
+
+
+def set_task(task, input_size: Sequence[int]) -> None:
+    """Measure, prune and evaluate models of ``task`` (an ``_accuracy_tasks.Task``) at
+    ``input_size`` (the config's own, ``mmgfp.apis.inputs.default_input_size``)."""
+    global TASK, INPUT_SIZE
+    TASK, INPUT_SIZE = task, tuple(input_size)
+
+
+def task():
+    """The task set by :func:`set_task` (detection when none was set)."""
+    if TASK is None:
+        from _accuracy_tasks import Detection
+        set_task(Detection(), INPUT_SIZE)
+    return TASK
 
 
 # --------------------------------------------------------------------------- models, costs
@@ -42,11 +57,14 @@ def build(cfg, checkpoint: Optional[str] = None) -> nn.Module:
     return model
 
 
-def measure(model: nn.Module, input_size: Sequence[int] = INPUT_SIZE) -> Dict[str, float]:
+def measure(model: nn.Module, input_size: Optional[Sequence[int]] = None
+            ) -> Dict[str, float]:
     """FLOPs (MACs) and activations per image by mmgfp's cost model, and parameters.
 
     Traced on a copy in eval mode (tensor path), so the model's BN statistics stay untouched.
+    ``input_size`` defaults to the task's (:func:`set_task`).
     """
+    input_size = input_size or INPUT_SIZE
     from mmgfp.apis.inputs import demo_batch, tensor_forward
     from mmgfp.core import build_groups, count
     m = copy.deepcopy(model).eval()
@@ -80,16 +98,28 @@ def runner(cfg, model: Optional[nn.Module] = None):
 
 
 def scale_schedule(schedulers: List[dict], old_iters: int, new_iters: int) -> List[dict]:
-    """The same LR schedule stretched from ``old_iters`` to ``new_iters`` iterations."""
+    """The same LR schedule stretched from ``old_iters`` to ``new_iters`` iterations (a
+    scheduler that ends with the training starts at the same fraction of it)."""
     out = []
     for s in copy.deepcopy(list(schedulers)):
         if s.get('end') == old_iters:
             s['end'] = new_iters
+            s['begin'] = round(s.get('begin', 0) * new_iters / old_iters)
         if 'milestones' in s:
             s['milestones'] = [max(1, round(m * new_iters / old_iters)) for m in s['milestones']]
         if 'T_max' in s:
             s['T_max'] = max(1, round(s['T_max'] * new_iters / old_iters))
         out.append(s)
+    return out
+
+
+def iter_based(schedulers: List[dict]) -> List[dict]:
+    """Epoch-based schedulers converted to iterations (``convert_to_iter_based``): the
+    benchmark trains by iterations, where an epoch-based scheduler would never step."""
+    out = copy.deepcopy(list(schedulers))
+    for s in out:
+        if s.get('by_epoch', True):
+            s['convert_to_iter_based'] = True
     return out
 
 
@@ -198,7 +228,8 @@ def finetune_schedule(iters: int) -> List[dict]:
 
 
 def evaluate(model: nn.Module, base, work_dir: str, name: str, log_level: str) -> Dict:
-    """bbox mAP and mAP@0.5 of ``model`` on the test split with mmdet's CocoMetric."""
+    """The task's metric and its companion (e.g. bbox mAP and mAP@0.5) of ``model`` on the
+    test split, by the config's test evaluator."""
     cfg = _named(base, work_dir, name, log_level)
     cfg.default_hooks = dict(checkpoint=None)
     cfg.custom_hooks = [progress(name.rsplit('_', 3)[0])]
@@ -208,21 +239,8 @@ def evaluate(model: nn.Module, base, work_dir: str, name: str, log_level: str) -
         cfg[key] = None
     metrics = runner(cfg, model).test()
     if not metrics:  # CocoMetric returns nothing when no box passes the score threshold
-        return {'mAP': 0.0, 'mAP50': 0.0}
-    return read_map(metrics)
-
-
-# (mAP, mAP@0.5) keys of the evaluators the benchmark reads: mmdet's CocoMetric, VOCMetric
-MAP_KEYS = (('coco/bbox_mAP', 'coco/bbox_mAP_50'), ('pascal_voc/mAP', 'pascal_voc/AP50'))
-
-
-def read_map(metrics: Dict) -> Dict[str, float]:
-    """bbox mAP and mAP@0.5 from the metrics of a CocoMetric or VOCMetric evaluator."""
-    for key, key50 in MAP_KEYS:
-        if key in metrics:
-            return {'mAP': float(metrics[key]), 'mAP50': float(metrics.get(key50, 'nan'))}
-    raise KeyError(f'the test evaluator gave no bbox mAP (looked for '
-                   f'{[k for k, _ in MAP_KEYS]}), only {sorted(metrics)}')
+        return task().empty()
+    return task().read(metrics)
 
 
 # --------------------------------------------------------------------------- GFP
@@ -277,12 +295,9 @@ def _example(model: nn.Module, input_size: Sequence[int]):
 
 
 def output_layers(model: nn.Module) -> List[nn.Module]:
-    """Layers whose output channels are predictions (never pruned by any method).
-
-    mmdet's single-stage heads keep their prediction convs as direct children of the head
-    (``retina_cls``, ``conv_centerness``, ``atss_reg``, ...); the shared towers live in lists.
-    """
-    return [m for m in model.bbox_head.children() if isinstance(m, nn.Conv2d)]
+    """Layers whose output channels are predictions (never pruned by any method): the
+    task's (e.g. the prediction convs of an mmdet head, a segmentor's ``conv_seg``)."""
+    return task().output_layers(model)
 
 
 def taylor_gradients(model: nn.Module, batches: Sequence[dict]) -> None:
@@ -301,17 +316,21 @@ def taylor_gradients(model: nn.Module, batches: Sequence[dict]) -> None:
 
 
 def tp_prune(model: nn.Module, importance: str, ratio: float, global_pruning: bool,
-             input_size: Sequence[int] = INPUT_SIZE) -> nn.Module:
-    """Prune ``model`` in place with Torch-Pruning's MetaPruner at channel ratio ``ratio``."""
+             input_size: Optional[Sequence[int]] = None) -> nn.Module:
+    """Prune ``model`` in place with Torch-Pruning's MetaPruner at channel ratio ``ratio``.
+
+    Torch-Pruning traces the task's forward (:meth:`Task.tp_forward`: every layer the loss
+    trains, e.g. a segmentor's auxiliary heads) at ``input_size`` (default: the task's).
+    """
     import torch_pruning as tp
     imps = {'l1': lambda: tp.importance.GroupMagnitudeImportance(p=1),
             'taylor': lambda: tp.importance.GroupTaylorImportance()}
     if importance not in imps:
         raise ValueError(f'`importance` must be one of {sorted(imps)}, but got {importance!r}')
     model.eval()
-    x, samples = _example(model, input_size)
+    x, samples = _example(model, input_size or INPUT_SIZE)
     pruner = tp.pruner.MetaPruner(
-        C.TensorPath(model, samples), x, importance=imps[importance](), pruning_ratio=ratio,
+        task().tp_forward(model, samples), x, importance=imps[importance](), pruning_ratio=ratio,
         global_pruning=global_pruning, ignored_layers=output_layers(model))
     pruner.step()
     model.zero_grad(set_to_none=True)
@@ -374,7 +393,7 @@ def tp_prune_to(model: nn.Module, importance: str, target: float, full_flops: fl
 
 # --------------------------------------------------------------------------- random groups
 def random_prune(model: nn.Module, target: float, seed: int,
-                 input_size: Sequence[int] = INPUT_SIZE) -> Dict:
+                 input_size: Optional[Sequence[int]] = None) -> Dict:
     """Remove units of mmgfp's groups in random order until ``target`` of the FLOPs remains.
 
     Every unit of every prunable group is equally likely (each group keeps at least one), so
@@ -384,7 +403,7 @@ def random_prune(model: nn.Module, target: float, seed: int,
     from mmgfp.core import FisherPruner, apply_spec, build_groups, count, make_spec
     from mmgfp.codebases import fix_compact
     model.eval()
-    gs = build_groups(model, tensor_forward(demo_batch(model, 1, input_size)))
+    gs = build_groups(model, tensor_forward(demo_batch(model, 1, input_size or INPUT_SIZE)))
     pruner = FisherPruner(model, gs, 'flops')
     keep = pruner.masker.keep
     pool = [(k, u) for k in sorted(keep) for u in range(keep[k].numel())]

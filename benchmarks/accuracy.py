@@ -11,12 +11,15 @@ On a machine other jobs load, add ``--threads 1``: two OpenMP threads fighting o
 for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thread.
 
 One baseline of ``--config`` (default: RetinaNet-R18,
-``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector config with an
-iteration-based schedule, its data and its CocoMetric/VOCMetric test evaluator taken as
-written), trained here once or given as ``--baseline CKPT``, is brought to ``--targets`` of its
-FLOPs (default 0.5) by each method, for every seed. Before anything trains, the config is
-checked (single-stage model; the train/val/test data sets load and their first image exists;
-the test evaluator builds and gives bbox mAP) and a clear error names what to fix. Each
+``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector, top-down
+mmpose estimator or mmseg encoder-decoder config, e.g. ``configs/digits/td-hm_r18_digits.py``
+and ``configs/digits/fcn_r18-d8_digits.py``, with its data and test evaluator taken as written:
+bbox mAP, keypoint AP or PCK, mIoU; see ``_accuracy_tasks.py``), trained here once (an
+epoch-based config needs ``--baseline-iters``) or given as ``--baseline CKPT``, is brought to
+``--targets`` of its FLOPs (default 0.5) by each method, for every seed. Before anything
+trains, the config is checked (the kind of model; the train/val/test data sets load and their
+first image exists; the test evaluator builds and gives the task's metric) and a clear error
+names what to fix. Each
 training and test run prints its iterations and ETA every ``--progress`` seconds. ``--quick``
 uses a tiny generated digits set for the embedded digits data, and the first few images of
 any other data set.
@@ -99,8 +102,9 @@ def parse_args(argv=None):
     p.add_argument('--targets', type=float, nargs='+', default=[0.5],
                    help='fractions of the baseline FLOPs to keep (several give curves)')
     p.add_argument('--tol', type=float, help='FLOPs tolerance of the TP/thin search (0.01)')
-    p.add_argument('--lr', type=float, default=2e-4, help='LR after the baseline (all methods '
-                   "but thin, which uses the baseline's schedule)")
+    p.add_argument('--lr', type=float, help='LR after the baseline (all methods but thin, '
+                   "which uses the baseline's schedule; default: 0.1 x the config's, 2e-4 "
+                   'for the digits detectors)')
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
@@ -151,20 +155,26 @@ def parse_args(argv=None):
 def base_config(args):
     """The baseline config as written, checked before anything trains (tiny data for --quick).
 
+    Also tells the methods module which task (``_accuracy_tasks``) and input size it runs.
+
     Raises:
         SystemExit: naming what cannot work (model, data files, evaluator, schedule, thin)
             and how to fix it, before the baseline trains for minutes and fails later.
     """
+    import _accuracy_methods as M
     import _accuracy_thin as thin
+    from _accuracy_tasks import task_of
     from mmgfp.apis.checking.check import load_config
+    from mmgfp.apis.inputs import default_input_size
     try:
         cfg = load_config(args.config)
     except FileNotFoundError as e:
         raise SystemExit(f'error: --config: {e}') from None
     _fail = _failer(args.config)
-    check_model(cfg, _fail)
+    task = task_of(cfg)
+    check_model(cfg, task, _fail)
     if args.quick:
-        quick_data(cfg, args.work_dir)
+        quick_data(cfg, task, args.work_dir)
     if args.baseline_iters is None and (cfg.get('train_cfg') or {}).get('max_iters') is None:
         _fail(f'it trains by epochs (train_cfg={dict(cfg.get("train_cfg") or {})}) but the '
               'benchmark counts iterations: give --baseline-iters N (the iterations the '
@@ -173,7 +183,10 @@ def base_config(args):
     if 'thin' in args.methods and (why := thin.thin_problem(cfg)):
         _fail(f'the thin method cannot scale its widths: {why}. Leave thin out of --methods')
     cfg.custom_hooks = []
-    check_data(cfg, _fail)
+    check_data(cfg, task, _fail)
+    if args.lr is None:  # as the pruning configs do: a tenth of the baseline's LR
+        args.lr = round(0.1 * cfg.optim_wrapper.optimizer.lr, 12)
+    M.set_task(task, tuple(default_input_size(cfg)))
     return cfg
 
 
@@ -183,53 +196,55 @@ def _failer(config: str):
     return fail
 
 
-def check_model(cfg, fail) -> None:
-    """The config must build a single-stage mmdet detector (one ``bbox_head``, no RoI head)."""
-    from mmdet.models.detectors import SingleStageDetector
-    from mmdet.registry import MODELS
+def check_model(cfg, task, fail) -> None:
+    """The config must build the kind of model ``task`` measures (e.g. a single-stage mmdet
+    detector: one ``bbox_head``, no RoI head)."""
     from mmengine.registry import init_default_scope
-    init_default_scope(cfg.get('default_scope') or 'mmdet')
+
+    from mmgfp.codebases.base import prepare_scope
+    prepare_scope(task.scope)
+    init_default_scope(cfg.get('default_scope') or task.scope)
     model = cfg.get('model') or {}
-    cls = MODELS.get(model.get('type')) if model.get('type') else None
+    cls = task.registry('MODELS').get(model.get('type')) if model.get('type') else None
     if cls is None:
-        fail(f'model type {model.get("type")!r} is not a registered mmdet model')
-    if not issubclass(cls, SingleStageDetector) or 'bbox_head' not in model or \
-            'roi_head' in model:
-        fail(f'model {model.get("type")!r} is not a single-stage detector (the benchmark '
-             'prunes and measures one bbox_head, e.g. RetinaNet, FCOS, ATSS, RTMDet)')
+        fail(f'model type {model.get("type")!r} is not a registered {task.scope} model')
+    why = task.model_problem(model, cls)
+    if why:
+        fail(f'model {model.get("type")!r} {why}: the benchmark prunes and measures '
+             f'{task.what}')
 
 
-def quick_data(cfg, work_dir: str) -> None:
+def quick_data(cfg, task, work_dir: str) -> None:
     """--quick: a few images per split, one per batch.
 
-    The embedded digits set is generated tiny into ``WORK_DIR/data_quick`` (evaluator
-    annotation paths under the old data root follow it); any other data set keeps its files
-    and uses its first images (``indices``).
+    The embedded digits set of the task is generated tiny into ``WORK_DIR/data_quick``
+    (evaluator annotation paths under the old data root follow it); any other data set keeps
+    its files and uses its first images (``indices``).
     """
     splits = [k for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')
               if cfg.get(k)]
-    digits = all(cfg[k].dataset.get('type') == 'DigitsCocoDataset' for k in splits)
+    digits = all(cfg[k].dataset.get('type') == task.digits for k in splits)
     root = osp.join(osp.abspath(work_dir), 'data_quick') + '/'
     for k in splits:
         ds = cfg[k].dataset
         if digits:
-            old, ds.data_root = ds.get('data_root', 'data/digits_det/'), root
+            old, ds.data_root = ds.get('data_root', ''), root
             ds.generate_cfg = dict(num_train=8, num_val=4, seed=0)
             for ev in ('val_evaluator', 'test_evaluator'):
                 ann = (cfg.get(ev) or {}).get('ann_file')
-                if isinstance(ann, str) and ann.startswith(old):
+                if old and isinstance(ann, str) and ann.startswith(old):
                     cfg[ev].ann_file = root + ann[len(old):]
         elif 'ann_file' in ds:  # a plain data set, not a wrapper
             ds.indices = 8 if k == 'train_dataloader' else 4
         cfg[k].batch_size = 1
 
 
-def check_data(cfg, fail) -> None:
+def check_data(cfg, task, fail) -> None:
     """Train/val/test data sets load, have images on disk, and the test evaluator builds."""
     import copy
 
-    from mmdet.registry import DATASETS
     from mmengine.evaluator import Evaluator
+    datasets = task.registry('DATASETS')
     seen = []
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(key)
@@ -241,7 +256,7 @@ def check_data(cfg, fail) -> None:
             continue
         seen.append(loader.dataset)
         try:
-            ds = DATASETS.build(copy.deepcopy(loader.dataset))
+            ds = datasets.build(copy.deepcopy(loader.dataset))
         except Exception as e:  # noqa: BLE001  (re-raised as a message naming the key)
             fail(f'{key}.dataset cannot be loaded ({type(e).__name__}: {e}). Fix its '
                  'data_root / ann_file / data_prefix')
@@ -250,27 +265,22 @@ def check_data(cfg, fail) -> None:
         img = ds.get_data_info(0).get('img_path')
         if img and not osp.isfile(img):
             fail(f'{key}.dataset: image {img} does not exist. Fix its data_prefix')
-    _check_evaluator(cfg, fail, Evaluator)
+    _check_evaluator(cfg, task, fail, Evaluator)
 
 
-def _check_evaluator(cfg, fail, Evaluator) -> None:
+def _check_evaluator(cfg, task, fail, Evaluator) -> None:
     import copy
-
-    from mmdet.evaluation import CocoMetric, VOCMetric
     ev = cfg.get('test_evaluator')
     if not ev:
-        fail('it has no test_evaluator (the benchmark reports its bbox mAP)')
+        fail(f'it has no test_evaluator (the benchmark reports its {task.headers[0]})')
     try:
         metrics = Evaluator(copy.deepcopy(ev)).metrics
     except Exception as e:  # noqa: BLE001
         fail(f'test_evaluator cannot be built ({type(e).__name__}: {e}). Fix its ann_file / '
              'settings')
-    ok = [m for m in metrics
-          if (isinstance(m, CocoMetric) and 'bbox' in m.metrics and not m.format_only)
-          or (isinstance(m, VOCMetric) and m.metric == 'mAP')]
-    if not ok:
-        fail(f'test_evaluator {[type(m).__name__ for m in metrics]} gives no bbox mAP: use '
-             "mmdet's CocoMetric (metric='bbox', format_only=False) or VOCMetric (metric='mAP')")
+    if not any(task.metric_ok(m) for m in metrics):
+        fail(f'test_evaluator {[type(m).__name__ for m in metrics]} gives no '
+             f'{task.headers[0]}: use {task.evaluator_hint}')
 
 
 def train_baseline(base, args, work_dir: str) -> str:
@@ -285,8 +295,9 @@ def train_baseline(base, args, work_dir: str) -> str:
                          '--baseline CKPT or the --work-dir of the earlier runs')
     print(f'[accuracy] training the baseline for {iters} iterations', flush=True)
     cfg = M.train_cfg(base, work_dir, iters, 0, _stamp('baseline'), _log_level(args),
-                      M.scale_schedule(base.param_scheduler,
-                                       base.train_cfg.get('max_iters', iters), iters))
+                      M.iter_based(M.scale_schedule(base.param_scheduler,
+                                                    base.train_cfg.get('max_iters', iters),
+                                                    iters)))
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters,
                                         max_keep_ckpts=1)
     M.runner(cfg).train()
@@ -412,23 +423,26 @@ def _mean_std(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float('nan'))
 
 
-def summarize(runs: list, baseline: dict) -> list:
-    rows = [dict(baseline, method='baseline', n=1, mAP_std=float('nan'),
-                 mAP50_std=float('nan'), target=1.0)]
-    keys = []
+def summarize(runs: list, baseline: dict, keys=('mAP', 'mAP50')) -> list:
+    """One row per (target, method): means and stds over seeds of the costs and of the
+    task's metric ``keys`` (the first also right after one-shot pruning)."""
+    k1, k2 = keys
+    rows = [dict(baseline, method='baseline', n=1, target=1.0,
+                 **{k1 + '_std': float('nan'), k2 + '_std': float('nan')})]
+    cells = []
     for r in runs:
-        if (r['target'], r['method']) not in keys:
-            keys.append((r['target'], r['method']))
-    for target, method in sorted(keys, key=lambda k: (-k[0], METHODS.index(k[1]))):
+        if (r['target'], r['method']) not in cells:
+            cells.append((r['target'], r['method']))
+    for target, method in sorted(cells, key=lambda k: (-k[0], METHODS.index(k[1]))):
         ok = [r for r in runs if r['method'] == method and r['target'] == target and
               'error' not in r]
         bad = [r for r in runs if r['method'] == method and r['target'] == target and
                'error' in r]
         row = {'method': method, 'target': target, 'n': len(ok), 'failed': len(bad),
                'seeds': [r['seed'] for r in ok]}
-        for k in ('flops', 'params', 'acts', 'mAP', 'mAP50', 'seconds'):
+        for k in ('flops', 'params', 'acts', k1, k2, 'seconds'):
             row[k], row[k + '_std'] = _mean_std([r[k] for r in ok])
-        row['pruned_mAP'] = _mean_std([r['info']['pruned_eval']['mAP'] for r in ok
+        row['pruned_' + k1] = _mean_std([r['info']['pruned_eval'][k1] for r in ok
                                        if 'pruned_eval' in r.get('info', {})])[0]
         row['error'] = bad[0]['error'] if bad else ''
         rows.append(row)
@@ -441,30 +455,39 @@ def _pm(mean, std, digits=3):
     return f'{mean:.{digits}f}' + ('' if std != std else f' ± {std:.{digits}f}')
 
 
-def format_tables(rows: list) -> str:
+def format_tables(rows: list, keys=('mAP', 'mAP50'), headers=('bbox mAP', 'mAP@0.5')) -> str:
+    """The main table (costs and metric per method) and the details (one-shot, time)."""
+    k1, k2 = keys
     main, detail = [], []
     for r in rows:
         main.append({'method': LABELS[r['method']], 'flops': f'{100 * r["flops"]:.1f}',
                      'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',
-                     'map': _pm(r['mAP'], r['mAP_std']), 'map50': _pm(r['mAP50'],
-                                                                       r['mAP50_std']),
+                     'map': _pm(r[k1], r[k1 + '_std']), 'map50': _pm(r[k2],
+                                                                     r[k2 + '_std']),
                      'n': f'{r["n"]}' + (f' ({r.get("failed")} failed)' if r.get('failed')
                                          else '')})
         if r['method'] != 'baseline':
             detail.append({'method': LABELS[r['method']], 'target': f'{r["target"]:.2f}',
-                           'pruned': _pm(r['pruned_mAP'], float('nan')),
+                           'pruned': _pm(r['pruned_' + k1], float('nan')),
                            'secs': f'{r["seconds"]:.0f}', 'error': r.get('error', '')})
     out = C.table(main, ['method', 'flops', 'params', 'acts', 'map', 'map50', 'n'],
-                  ['method', 'FLOPs %', 'params %', 'acts %', 'bbox mAP', 'mAP@0.5', 'seeds'])
+                  ['method', 'FLOPs %', 'params %', 'acts %', *headers, 'seeds'])
     out += '\n\n' + C.table(detail, ['method', 'target', 'pruned', 'secs', 'error'],
-                            ['method', 'FLOPs target', 'mAP right after one-shot pruning',
+                            ['method', 'FLOPs target',
+                             f'{headers[0]} right after one-shot pruning',
                              's per run', 'error'])
     return out
 
 
-def plot(rows: list, runs: list, path: str, title: str) -> None:
-    """Left: mAP vs FLOPs (a curve per method when there are several targets). Right: the
-    mAP of every method at each target, mean ± std with the single seeds as dots."""
+def _err(std: float) -> float:
+    return 0 if std != std else std
+
+
+def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
+         label: str = 'bbox mAP') -> None:
+    """Left: the metric ``key`` (e.g. mAP) vs FLOPs (a curve per method when there are several
+    targets). Right: the metric of every method at each target, mean ± std with the single
+    seeds as dots. ``label`` names the metric on the axes."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -474,7 +497,7 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
     markers = dict(zip(METHODS, 'ohsD^vXP'))
     ax = axes[0]
-    ax.plot([100.0], [base['mAP']], 'k*', ms=12, label=LABELS['baseline'])
+    ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     # curves end at the unpruned model with the same training budget when it was measured
     end = next((r for r in rows if r['method'] == 'unpruned' and r['n']), base)
     for i, method in enumerate(methods):
@@ -484,15 +507,15 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
         if len(rs) > 1 and method != 'unpruned':
             # through the targets and on to the unpruned model, except for the thin networks:
             # their full-width counterpart (trained from scratch as long) is not measured
-            tail = [] if method == 'thin' else [(100.0, end['mAP'])]
-            pts = [(100 * r['flops'], r['mAP']) for r in rs] + tail
+            tail = [] if method == 'thin' else [(100.0, end[key])]
+            pts = [(100 * r['flops'], r[key]) for r in rs] + tail
             ax.plot([p[0] for p in pts], [p[1] for p in pts], '-', color=colour, alpha=0.5)
-        ax.errorbar([100 * r['flops'] for r in rs], [r['mAP'] for r in rs],
-                    yerr=[0 if r['mAP_std'] != r['mAP_std'] else r['mAP_std'] for r in rs],
+        ax.errorbar([100 * r['flops'] for r in rs], [r[key] for r in rs],
+                    yerr=[_err(r[key + '_std']) for r in rs],
                     fmt=markers[method], color=colour, capsize=3, label=LABELS[method])
-    ax.axhline(base['mAP'], color='grey', ls='--', lw=1)
+    ax.axhline(base[key], color='grey', ls='--', lw=1)
     ax.set_xlabel('FLOPs (% of the baseline, mmgfp cost model)')
-    ax.set_ylabel('bbox mAP (digits val)')
+    ax.set_ylabel(f'{label} (test split)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower center', ncol=2)
     ax = axes[1]
@@ -505,18 +528,17 @@ def plot(rows: list, runs: list, path: str, title: str) -> None:
                 continue
             x = i + (j - (len(targets) - 1) / 2) * width
             colour = f'C{METHODS.index(method)}'
-            ax.errorbar([x], [r['mAP']], yerr=[0 if r['mAP_std'] != r['mAP_std'] else
-                                               r['mAP_std']],
+            ax.errorbar([x], [r[key]], yerr=[_err(r[key + '_std'])],
                         fmt=markers[method], color=colour, capsize=4, ms=8)
-            seeds = [s['mAP'] for s in runs if s['method'] == method and
+            seeds = [s[key] for s in runs if s['method'] == method and
                      s['target'] == target and 'error' not in s]
             ax.plot([x + 0.12] * len(seeds), seeds, '.', color=colour, alpha=0.5)
-            ax.annotate(f'{100 * r["flops"]:.0f}%', (x, r['mAP']), textcoords='offset points',
+            ax.annotate(f'{100 * r["flops"]:.0f}%', (x, r[key]), textcoords='offset points',
                         xytext=(-10, -14), fontsize=7, color='dimgrey')
-    ax.axhline(base['mAP'], color='grey', ls='--', lw=1)
+    ax.axhline(base[key], color='grey', ls='--', lw=1)
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels([LABELS[m] for m in methods], rotation=20, ha='right', fontsize=8)
-    ax.set_ylabel('bbox mAP (mean ± std; dots: seeds; label: FLOPs)')
+    ax.set_ylabel(f'{label} (mean ± std; dots: seeds; label: FLOPs)')
     ax.grid(alpha=0.3, axis='y')
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -557,6 +579,8 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
+    task = M.task()
+    k1, k2 = task.keys
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
@@ -579,8 +603,9 @@ def main(argv=None) -> dict:
                         settings=sig, full=full)
         save(base_path, base_res)
     del base_model
-    print(f'[accuracy] baseline {baseline}: bbox mAP {base_res["mAP"]:.3f}, '
-          f'{full["flops"] / 1e9:.3f} GMACs per 128x128 image', flush=True)
+    print(f'[accuracy] baseline {baseline}: {task.headers[0]} {base_res[k1]:.3f}, '
+          f'{full["flops"] / 1e9:.3f} GMACs per {"x".join(map(str, M.INPUT_SIZE))} image',
+          flush=True)
 
     runs, missing = [], []
     jobs = [(1.0, seed, 'unpruned') for seed in args.seeds if 'unpruned' in args.methods]
@@ -609,10 +634,10 @@ def main(argv=None) -> dict:
             save(path, res)
         if 'error' not in res:
             print(f'[accuracy]   {method} seed {seed}: FLOPs {100 * res["flops"]:.1f}%,'
-                  f' mAP {res["mAP"]:.3f} ({res["seconds"]:.0f} s)', flush=True)
+                  f' {task.headers[0]} {res[k1]:.3f} ({res["seconds"]:.0f} s)', flush=True)
         runs.append(res)
 
-    rows = summarize(runs, base_res)
+    rows = summarize(runs, base_res, task.keys)
     total = time.perf_counter() - t_start
     seeds = {t: sorted({r['seed'] for r in runs if r['target'] == t}) for t in args.targets}
     if len({tuple(v) for v in seeds.values()}) == 1:
@@ -620,23 +645,27 @@ def main(argv=None) -> dict:
     else:
         seed_txt = '; '.join(f'{t:g}: seed{"s" if len(v) > 1 else ""} {" ".join(map(str, v))}'
                              for t, v in seeds.items())
-    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline '
-              f'(thin: {ctx["baseline_iters"] + args.iters} from scratch), {seed_txt}')
-    print(f'\nbbox mAP on the test split of {osp.basename(args.config)} at '
+    thin = (f' (thin: {ctx["baseline_iters"] + args.iters} from scratch)'
+            if 'thin' in args.methods else '')
+    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline'
+              f'{thin}, {seed_txt}')
+    print(f'\n{task.headers[0]} on the test split of {osp.basename(args.config)} at '
           f'{"/".join(map(str, args.targets))} of the FLOPs; budget: {budget}; mean ± std over '
           'seeds')
     print(C.env_line())
-    print(format_tables(rows))
+    print(format_tables(rows, task.keys, task.headers))
     if missing:
         print(f'left out ({len(missing)} not stored): ' +
               ', '.join(f'{m} {t:g} s{sd}' for m, t, sd in missing))
     print(f'total time {total:.0f} s')
     payload = {'benchmark': 'accuracy', 'args': vars(args), 'budget': budget,
+               'task': task.scope, 'metric': dict(zip(task.keys, task.headers)),
                'baseline': base_res, 'rows': rows, 'runs': runs, 'total_s': total,
                'missing': [dict(method=m, target=t, seed=sd) for m, t, sd in missing]}
     C.write_json(args.json, payload)
     if args.plot:
-        plot(rows, runs, args.plot, f'{osp.basename(args.config)}, {budget}')
+        plot(rows, runs, args.plot, f'{osp.basename(args.config)}, {budget}', k1,
+             task.headers[0])
     return payload
 
 

@@ -24,7 +24,7 @@ custom_hooks = [
 max_iters = 300
 train_cfg = dict(max_iters=max_iters, val_interval=150)
 
-optim_wrapper = dict(optimizer=dict(lr=5e-4))
+optim_wrapper = dict(optimizer=dict(lr=5e-3))  # a tenth of the baseline's
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=max_iters,
