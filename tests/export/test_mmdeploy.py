@@ -87,24 +87,15 @@ def _trained_like(model: nn.Module, seed: int, cls_scale: float) -> None:
 
 
 def _compact(name: str, tmp) -> dict:
-    from mmengine.config import Config
-
-    from mmgfp.apis.checking.check import analyze, random_masks
+    from export_utils import random_pruned
     from mmgfp.apis.deploying.deploy import deploy
-    from mmgfp.core import FisherPruner, make_spec
     base, model_cfg, cls_scale, thr = MODELS[name]
     config = str(tmp / f'{name}.py')
     with open(config, 'w') as f:
         f.write(CONFIG.format(base=base, model=model_cfg.replace('{norm}', '').replace(
             '{thr}', str(thr))))
-    found = analyze(Config.fromfile(config), input_size=(64, 64), batch_size=2, seed=0)
-    model = found['model']
-    _trained_like(model, seed=1, cls_scale=cls_scale)
-    pruner = FisherPruner(model, found['groups'])
-    random_masks(pruner, 0.5, seed=2)
-    ckpt = str(tmp / 'pruned.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {},
-                'mmgfp': {'spec': make_spec(pruner.masker)}}, ckpt)
+    model, _, ckpt = random_pruned(config, (64, 64), tmp,
+                                   lambda m: _trained_like(m, seed=1, cls_scale=cls_scale))
     out = deploy(config, ckpt, str(tmp / 'compact'), logger=lambda *a: None)
     out.update(original_conv=_conv_shapes(model), pruning_config=config, pruning_ckpt=ckpt)
     return out
@@ -127,16 +118,8 @@ _DONE = {}
 
 def _deployed(name, tmp_path_factory, image):
     """Prune, deploy, export with the tool (--check); keep what the tests compare."""
-    if name not in _DONE:
-        import tools.deploy_mmdeploy as tool
-        tmp = tmp_path_factory.mktemp(name)
-        out = _compact(name, tmp)
-        out['rc'] = tool.main([out['config'], out['checkpoint'], '--out', str(tmp / 'mmdeploy'),
-                               '--image', image, '--check'])
-        out['onnx'] = str(tmp / 'mmdeploy' / md.ONNX_FILE)
-        out['deploy_cfg'] = str(tmp / 'mmdeploy' / md.DEPLOY_CFG_FILE)
-        _DONE[name] = out
-    return _DONE[name]
+    from export_utils import deployed_with_tool
+    return deployed_with_tool(name, tmp_path_factory, image, _compact, _DONE)
 
 
 def _onnx_facts(path: str) -> dict:

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 
 import mmgfp  # noqa: F401
-from mmgfp.apis.checking.check import analyze, randomize_norms, random_masks, rel_diff
+from mmgfp.apis.checking.check import randomize_norms, rel_diff
 from mmgfp.apis.deploying.deploy import deploy
 from mmgfp.apis.deploying.onnx_export import (ExportError, check_onnx, export_onnx, flatten_outputs,
                                               load_model)
-from mmgfp.core import FisherPruner, make_spec
+from export_utils import random_pruned  # noqa: E402  (tests/export)
 
 DET = '''
 _base_ = 'mmdet::{base}'
@@ -86,21 +86,17 @@ def exported(request, tmp_path_factory):
 
 def _prune_deploy_export(name, tmp_path_factory):
     import tools.export_onnx as tool
-    from mmengine.config import Config
     template, base, size, _ = CASES[name]
     tmp = tmp_path_factory.mktemp(name)
     config = str(tmp / f'{name}.py')
     with open(config, 'w') as f:
         f.write(template.format(base=base))
-    found = analyze(Config.fromfile(config), input_size=size, batch_size=2, seed=0)
-    model = found['model']
-    _spread_weights(model, seed=1)
-    randomize_norms(model, seed=1)
-    pruner = FisherPruner(model, found['groups'])
-    random_masks(pruner, 0.5, seed=2)
-    ckpt = str(tmp / 'pruned.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {},
-                'mmgfp': {'spec': make_spec(pruner.masker)}}, ckpt)
+
+    def prepare(model):
+        _spread_weights(model, seed=1)
+        randomize_norms(model, seed=1)
+
+    model, pruner, ckpt = random_pruned(config, size, tmp, prepare)
     pruner.masker.attach()
     model.eval()
     inputs = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(3))
