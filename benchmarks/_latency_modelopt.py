@@ -130,6 +130,7 @@ def search(orig: nn.Module, x, samples, flops_target: float, checkpoint=None):
     mtp, mtn = import_modelopt()
     net = TensorNet(copy.deepcopy(orig).eval(), samples)
     score = OutputAgreement(net, x)
+    resumed = bool(checkpoint) and osp.isfile(checkpoint)  # its sensitivity map is reused
     t0 = time.perf_counter()
     with _quiet():
         net, state = mtp.prune(net, mode='fastnas',
@@ -139,6 +140,7 @@ def search(orig: nn.Module, x, samples, flops_target: float, checkpoint=None):
     seconds = time.perf_counter() - t0
     best = state['best']
     stats = {'search_s': seconds, 'score_calls': score.calls,
+             'resumed_from': checkpoint if resumed else None,
              'score': best.get('metric'), 'constraints': best.get('constraints')}
     return net.model.eval(), dict(best['config']), stats
 
