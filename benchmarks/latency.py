@@ -30,6 +30,12 @@ For each model (random initialisation, no pretrained weights):
 4. ``make_spec`` + ``apply_spec`` on a deep copy gives the compact model; its tensor-mode output
    is checked against the masked model's (relative difference, should be ~1e-6).
 
+The ``modelopt`` variant is a peer, not GFP: NVIDIA ModelOpt 0.47 FastNAS searches widths (in
+multiples of 32) at ``--target`` of the FLOPs, scored by agreement with the original's outputs
+(``benchmarks/_latency_modelopt.py``; ModelOpt comes from ``.venv/modelopt``, which
+``tools/setup_env.sh`` fills, or ``$MMGFP_MODELOPT_DIR``). ``--save-specs`` stores its widths as
+``<model>__modelopt.json`` and ``--reuse-specs`` rebuilds the compact from them without a search.
+
 Then the original and the compact models run ``tensor_forward`` (``mode='tensor'``: the raw
 network outputs, no NMS/post-processing) in eval mode under ``torch.no_grad`` at the
 *latency* input size, for every batch size, interleaved (every round times each model once, in
