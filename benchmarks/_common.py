@@ -62,7 +62,7 @@ def environment() -> Dict[str, str]:
     from importlib import metadata
     for mod, dist in (('mmengine', 'mmengine'), ('mmcv', 'mmcv'), ('mmdet', 'mmdet'),
                       ('mmpretrain', 'mmpretrain'), ('mmgfp', 'mmgfp'),
-                      ('torch_pruning', 'torch-pruning')):
+                      ('torch_pruning', 'torch-pruning'), ('modelopt', 'nvidia-modelopt')):
         try:  # the distribution's version (torch_pruning 1.6.1 says 1.6.0 in __version__)
             info[mod] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -84,7 +84,7 @@ def _cpu_name() -> str:
 def env_line() -> str:
     e = environment()
     keys = ('cpu', 'cores', 'threads', 'torch', 'mmengine', 'mmdet', 'mmpretrain', 'mmgfp',
-            'torch_pruning')
+            'torch_pruning', 'modelopt')
     return ', '.join(f'{k} {e[k]}' for k in keys if k in e)
 
 

@@ -30,6 +30,12 @@ For each model (random initialisation, no pretrained weights):
 4. ``make_spec`` + ``apply_spec`` on a deep copy gives the compact model; its tensor-mode output
    is checked against the masked model's (relative difference, should be ~1e-6).
 
+The ``modelopt`` variant is a peer, not GFP: NVIDIA ModelOpt 0.47 FastNAS searches widths (in
+multiples of 32) at ``--target`` of the FLOPs, scored by agreement with the original's outputs
+(``benchmarks/_latency_modelopt.py``; ModelOpt comes from ``.venv/modelopt``, which
+``tools/setup_env.sh`` fills, or ``$MMGFP_MODELOPT_DIR``). ``--save-specs`` stores its widths as
+``<model>__modelopt.json`` and ``--reuse-specs`` rebuilds the compact from them without a search.
+
 Then the original and the compact models run ``tensor_forward`` (``mode='tensor'``: the raw
 network outputs, no NMS/post-processing) in eval mode under ``torch.no_grad`` at the
 *latency* input size, for every batch size, interleaved (every round times each model once, in
@@ -127,7 +133,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', default=MODELS, choices=MODELS)
     p.add_argument('--variants', nargs='+', default=['acts', 'flops', 'latency'],
-                   choices=list(VARIANTS))
+                   choices=list(VARIANTS) + ['modelopt'],
+                   help='GFP variants (see the docstring) and `modelopt` (NVIDIA ModelOpt '
+                        'FastNAS at --target FLOPs, see benchmarks/_latency_modelopt.py)')
     p.add_argument('--target', type=float, default=0.5, help='FLOPs fraction to keep')
     p.add_argument('--latency-target', type=float, default=0.5,
                    help='predicted latency fraction to keep (latency variants)')
@@ -170,7 +178,7 @@ def parse_args(argv=None):
                    help='first wait up to this long for other processes to go quiet')
     p.add_argument('--json', help='write the results here')
     args = p.parse_args(argv)
-    needs_table = [v for v in args.variants if VARIANTS[v]['delta'] == 'latency']
+    needs_table = [v for v in args.variants if VARIANTS.get(v, {}).get('delta') == 'latency']
     if args.no_table and needs_table:
         p.error(f'--variants {needs_table} need a latency table; drop --no-table')
     if args.time_core is not None and args.time_core not in os.sched_getaffinity(0):
@@ -178,6 +186,12 @@ def parse_args(argv=None):
                 f'({sorted(os.sched_getaffinity(0))})')
     if args.time_core is not None and args.threads != 1:
         p.error(f'--time-core pins one thread; use --threads 1 (got {args.threads})')
+    if 'modelopt' in args.variants:
+        import _latency_modelopt as LMO
+        try:
+            LMO.import_modelopt()
+        except LMO.ModelOptMissing as e:
+            p.error(str(e))
     return args
 
 
@@ -207,7 +221,10 @@ def prune_variants(orig, groups, name, args, table=None):
     compacts, info = {}, {}
     for v in args.variants:
         stored = os.path.join(args.reuse_specs or '', f'{name}__{v}.json')
-        if args.reuse_specs and os.path.isfile(stored):
+        if v == 'modelopt':  # its own search, cache and file format
+            import _latency_modelopt as LMO
+            compacts[v], info[v] = LMO.variant(orig, groups, name, args, table)
+        elif args.reuse_specs and os.path.isfile(stored):
             print(f'[latency] {name} {v}: channel spec from {stored} (not pruned again)')
             compacts[v], info[v] = from_spec(orig, groups, v, load_spec(stored), table)
         else:
@@ -217,7 +234,7 @@ def prune_variants(orig, groups, name, args, table=None):
               f'{i["channels_pruned"]} channels, {i["prune_s"]:.0f} s, remaining '
               f'{fmt_rem(i["remaining"])}, compact vs masked rel diff {i["rel_diff"]:.1e}',
               flush=True)
-        if args.save_specs:
+        if args.save_specs and i['spec'] is not None:
             from mmgfp.core import save_spec
             os.makedirs(args.save_specs, exist_ok=True)
             save_spec(i['spec'], os.path.join(args.save_specs, f'{name}__{v}.json'))

@@ -80,4 +80,15 @@ pip install -q --no-deps "mmdeploy==1.3.1" || log "mmdeploy 1.3.1 not installed 
   "for x86-64 Linux only): tests/export/test_mmdeploy.py will be skipped"
 # MMYOLO for tests/apis/test_mmyolo.py and tests/hooks/test_hook_yolo.py (the `yolo` extra)
 pip install -q "mmyolo==0.6.0"
+# NVIDIA ModelOpt 0.47 (FastNAS) for the `modelopt` variant of benchmarks/latency.py, kept OUT of
+# the venv: `--target .venv/modelopt --no-deps` with the pins of requirements/modelopt.txt (~15 s),
+# so its dependencies cannot change the venv; the benchmark appends that folder to sys.path.
+if ! PYTHONPATH="$VENV/modelopt" python -c "import modelopt.torch.prune, torchprofile.profile as p; assert hasattr(p, 'handlers')" 2>/dev/null; then
+  rm -rf "$VENV/modelopt.partial"
+  if pip install -q --no-deps --target "$VENV/modelopt.partial" -r "$ROOT/requirements/modelopt.txt"; then
+    rm -rf "$VENV/modelopt" && mv "$VENV/modelopt.partial" "$VENV/modelopt"
+  else
+    log "ModelOpt not installed: the modelopt variant of benchmarks/latency.py and its test skip"
+  fi
+fi
 python -c "import torch, mmcv.ops, mmengine, mmdet, mmpretrain, mmseg, mmgfp; print('[setup_env] ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__, 'mmseg', mmseg.__version__, 'mmgfp', mmgfp.__version__)"
