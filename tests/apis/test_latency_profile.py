@@ -73,7 +73,7 @@ def test_grid_axes_follow_what_can_be_pruned():
     assert all(w % 4 == 0 for w in table.layers['g.0'].entry['width'])
 
 
-def test_the_table_is_cached_by_key(tmp_path):
+def test_the_table_is_cached_by_key(tmp_path, capsys):
     out = str(tmp_path / 'chain.json')
     _, gs, first, calls = _profile('chain', out=out)
     assert calls and osp.isfile(out)
@@ -81,8 +81,11 @@ def test_the_table_is_cached_by_key(tmp_path):
     assert calls == [] and again.to_dict() == first.to_dict()  # reused, nothing ran
     _, _, _, calls = _profile('chain', out=out, force=True)
     assert calls
+    capsys.readouterr()
     _, _, other, calls = _profile('chain', out=out, batch=4)  # another key: measured again
     assert calls and other.key['batch'] == 4 and LatencyTable.load(out).key['batch'] == 4
+    # said even with progress=False (FAST): the stored file is replaced
+    assert 'does not fit' in capsys.readouterr().err
     _, _, _, calls = _profile('residual', out=out)  # another model's layers: measured again
     assert calls and 'stem.0' in LatencyTable.load(out).layers
 

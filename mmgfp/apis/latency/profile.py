@@ -59,8 +59,9 @@ def _cached(out: Optional[str], key: Dict, gs: GroupSet, force: bool, log) -> Op
         table = LatencyTable.load(out)
         table.check_key(key)
         table.check_groups(gs)
-    except LatencyTableError as e:
-        log(f'[profile_latency] {out} does not fit ({e}); profiling again')
+    except LatencyTableError as e:  # said even without progress: the file is replaced
+        print(f'[profile_latency] {out} does not fit ({e}); profiling again and replacing it',
+              file=sys.stderr, flush=True)
         return None
     log(f'[profile_latency] reusing {out} (same device and settings; --force to re-measure)')
     return table
