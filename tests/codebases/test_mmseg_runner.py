@@ -5,7 +5,7 @@ The config is configs/digits/fcn_r18-d8_digits.py (an FCN with the auxiliary hea
 with) on a tiny generated set.
 """
 import os.path as osp
-import uuid
+import sys
 
 import pytest
 import torch
@@ -13,11 +13,13 @@ import torch
 pytest.importorskip('mmseg')
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmgfp  # noqa: E402,F401
 from mmgfp.apis.checking.check import rel_diff  # noqa: E402
 from mmgfp.apis.inputs import tensor_forward  # noqa: E402
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'hooks'))
+from runner_utils import hook_masks, pruning_hook, train_runner  # noqa: E402  (tests/hooks)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'digits', 'fcn_r18-d8_digits.py')
@@ -57,38 +59,19 @@ custom_hooks = [{HOOK}]
     return path
 
 
-def _train(config, work_dir, **overrides):
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    cfg.merge_from_dict(overrides)
-    cfg.experiment_name = f'seg_{uuid.uuid4().hex[:8]}'
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
-
-
-def _hook(runner):
-    from mmgfp.hooks import FisherPruningHook
-    return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
-
-
-def _masks(runner):
-    return {k: v.clone() for k, v in _hook(runner).pruner.masker.keep.items()}
-
-
 def test_segmentor_prune_resume_deploy_test(tmp_path, seg_data):
     config = _config(tmp_path, seg_data)
-    full = _train(config, tmp_path / 'full')
-    hook = _hook(full)
+    full = train_runner(config, tmp_path / 'full')
+    hook = pruning_hook(full)
     assert hook.steps >= 1 and hook.pruner.remaining()['flops'] < 1
     aux = [k for k in hook.pruner.masker.keep if k.startswith('auxiliary_head')]
     assert aux, 'the auxiliary head (loss only) is traced and grouped'
     # killed after 4 iterations (mid-pruning) and resumed: the same masks
-    _train(config, tmp_path / 'part', **{'train_cfg.max_iters': 4})
+    train_runner(config, tmp_path / 'part', **{'train_cfg.max_iters': 4})
     assert torch.load(tmp_path / 'part' / 'iter_4.pth',
                       weights_only=True)['mmgfp']['finished'] is False
-    resumed = _train(config, tmp_path / 'part', resume=True)
-    a, b = _masks(full), _masks(resumed)
+    resumed = train_runner(config, tmp_path / 'part', resume=True)
+    a, b = hook_masks(full), hook_masks(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     import tools.deploy_pruned as deploy_tool

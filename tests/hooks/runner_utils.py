@@ -1,6 +1,8 @@
-"""Small real configs for end-to-end tests: mmdet/mmpretrain configs on generated digits."""
+"""Small real configs for end-to-end tests (mmdet/mmpretrain configs on generated digits), and
+what every Runner end-to-end test does with them: train, find the pruning hook, read its masks."""
 import os.path as osp
 import textwrap
+import uuid
 
 DET_TEMPLATE = '''
 _base_ = 'mmdet::{base}'
@@ -105,3 +107,29 @@ def det_config(tmp_path, data_root, base='retinanet/retinanet_r18_fpn_1x_coco.py
 def cls_config(tmp_path, data_root, base='resnet/resnet18_8xb32_in1k.py', name='cls', **kw):
     return write_config(osp.join(str(tmp_path), f'{name}.py'), CLS_TEMPLATE, base=base,
                         data_root=data_root, gen=CLS_GEN, **kw)
+
+
+def train_runner(config: str, work_dir, **overrides):
+    """Build a Runner from ``config`` (with ``overrides`` merged), train it and return it."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(config)
+    cfg.work_dir = str(work_dir)
+    cfg.merge_from_dict(overrides)
+    # MMEngine names a run's logger and visualizer '<config name>_<timestamp in seconds>': two
+    # runs of same-named configs started within one second would share them (and one log file).
+    cfg.experiment_name = f'{osp.splitext(osp.basename(config))[0]}_{uuid.uuid4().hex[:8]}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def pruning_hook(runner):
+    """The runner's FisherPruningHook."""
+    from mmgfp.hooks import FisherPruningHook
+    return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
+
+
+def hook_masks(runner):
+    """A copy of the pruning hook's keep masks."""
+    return {k: v.clone() for k, v in pruning_hook(runner).pruner.masker.keep.items()}

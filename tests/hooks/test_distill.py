@@ -1,30 +1,21 @@
 """GFPDistillHook with real MMEngine Runners on digits: losses, teacher, checkpoints, Fisher."""
-import os.path as osp
-import uuid
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 import mmgfp  # noqa: F401
 from mmgfp.hooks import FisherPruningHook, GFPDistillHook
 from mmgfp.hooks.distill_hook import TEACHER_KEY
-from runner_utils import cls_config, det_config
+from runner_utils import cls_config, det_config, train_runner
 
 NO_VAL = dict(val_dataloader=None, val_cfg=None, val_evaluator=None)
 
 
 def _train(config, work_dir, hooks=None, **overrides):
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    cfg.merge_from_dict(dict(NO_VAL, **overrides))
-    if hooks is not None:
-        cfg.custom_hooks = hooks
-    cfg.experiment_name = f'{osp.splitext(osp.basename(config))[0]}_{uuid.uuid4().hex[:8]}'
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
+    """Train without validation, with ``hooks`` as the custom hooks when given."""
+    given = {} if hooks is None else {'custom_hooks': hooks}
+    return train_runner(config, work_dir, **dict(NO_VAL, **given, **overrides))
 
 
 def _hook(runner, cls):

@@ -6,45 +6,22 @@ Each test builds its config from a config that mmdet or mmpretrain ships (``mmde
 import glob
 import json
 import os.path as osp
-import uuid
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 
 import mmgfp  # noqa: F401
 from mmgfp.apis.checking.check import rel_diff
 from mmgfp.apis.inputs import tensor_forward
-from runner_utils import cls_config, det_config
+from runner_utils import cls_config, det_config, hook_masks, pruning_hook, train_runner
 
 pytestmark = pytest.mark.slow
 
 
-def _train(config, work_dir, **overrides):
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    cfg.merge_from_dict(overrides)
-    # MMEngine names a run's logger and visualizer '<config name>_<timestamp in seconds>': two
-    # runs of same-named configs started within one second would share them (and one log file).
-    cfg.experiment_name = f'{osp.splitext(osp.basename(config))[0]}_{uuid.uuid4().hex[:8]}'
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
-
-
-def _hook(runner):
-    from mmgfp.hooks import FisherPruningHook
-    return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
-
-
-def _masks(runner):
-    return {k: v.clone() for k, v in _hook(runner).pruner.masker.keep.items()}
-
-
 def _check_pruned_run(runner, work_dir):
-    hook = _hook(runner)
+    hook = pruning_hook(runner)
     assert hook.pruner is not None and hook.steps >= 1
     assert hook.finished, 'a target of 0.97 FLOPs must be reached within the run'
     rem = hook.pruner.remaining()
@@ -104,7 +81,7 @@ def test_detector_prune_deploy_test(tmp_path, det_data, base):
         base = base.replace('fcos_r18', 'fcos_r50-caffe')
     config = det_config(tmp_path, det_data, base=base)
     work = tmp_path / 'work'
-    runner = _train(config, work)
+    runner = train_runner(config, work)
     _check_pruned_run(runner, str(work))
     out = _deploy_and_compare(config, str(work / 'iter_12.pth'), tmp_path / 'deploy', runner)
     # mmdet's own test loop on the compact config, through tools/test.py
@@ -132,19 +109,19 @@ def test_detector_prune_deploy_test(tmp_path, det_data, base):
 def test_detector_resume_matches_uninterrupted(tmp_path, det_data):
     config = det_config(tmp_path, det_data, max_iters=12, interval=2, target=0.7, per_step=4,
                         ckpt_interval=6)
-    full = _train(config, tmp_path / 'full')
+    full = train_runner(config, tmp_path / 'full')
     # the same run, killed after 6 iterations (mid-pruning) and resumed
-    _train(config, tmp_path / 'part', **{'train_cfg.max_iters': 6})
+    train_runner(config, tmp_path / 'part', **{'train_cfg.max_iters': 6})
     part_hook_ckpt = torch.load(tmp_path / 'part' / 'iter_6.pth', weights_only=True)
     assert part_hook_ckpt['mmgfp']['finished'] is False, 'the kill must fall mid-pruning'
     assert part_hook_ckpt['mmgfp']['pruner']['recorder']  # accumulated statistics are saved
-    resumed = _train(config, tmp_path / 'part', resume=True)
+    resumed = train_runner(config, tmp_path / 'part', resume=True)
     assert resumed.iter == 12
-    a, b = _masks(full), _masks(resumed)
+    a, b = hook_masks(full), hook_masks(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f'group {k} differs after resume'
-    assert _hook(full).steps == _hook(resumed).steps
+    assert pruning_hook(full).steps == pruning_hook(resumed).steps
     for (n, p), (_, q) in zip(full.model.state_dict().items(),
                               resumed.model.state_dict().items()):
         if p.is_floating_point():
@@ -154,11 +131,11 @@ def test_detector_resume_matches_uninterrupted(tmp_path, det_data):
 def test_load_from_restores_masks(tmp_path, det_data):
     """`load_from` a pruned checkpoint: masks are restored and pruning continues from them."""
     config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.85, per_step=8)
-    first = _train(config, tmp_path / 'a')
-    kept_a = {k: int(v.sum()) for k, v in _masks(first).items()}
-    second = _train(config, tmp_path / 'b', load_from=str(tmp_path / 'a' / 'iter_6.pth'),
+    first = train_runner(config, tmp_path / 'a')
+    kept_a = {k: int(v.sum()) for k, v in hook_masks(first).items()}
+    second = train_runner(config, tmp_path / 'b', load_from=str(tmp_path / 'a' / 'iter_6.pth'),
                     **{'custom_hooks.0.target': 0.7})
-    kept_b = {k: int(v.sum()) for k, v in _masks(second).items()}
+    kept_b = {k: int(v.sum()) for k, v in hook_masks(second).items()}
     assert all(kept_b[k] <= kept_a[k] for k in kept_a)
     assert sum(kept_b.values()) < sum(kept_a.values())
 
@@ -169,7 +146,7 @@ def test_finetune_keeps_the_saved_masks(tmp_path, det_data):
     weights train, the final checkpoint carries them, and it deploys. With no pruning state in
     the loaded weights, `init_spec` alone sets the same masks."""
     config = det_config(tmp_path, det_data)
-    _train(config, tmp_path / 'prune')
+    train_runner(config, tmp_path / 'prune')
     saved = torch.load(tmp_path / 'prune' / 'pruned_flops_0.98.pth', weights_only=True)
     saved_masks = saved['mmgfp']['pruner']['masks']
     assert any(not bool(v.all()) for v in saved_masks.values())
@@ -177,11 +154,11 @@ def test_finetune_keeps_the_saved_masks(tmp_path, det_data):
                                       init_spec=str(tmp_path / 'prune' /
                                                     'pruned_flops_0.98.json'))],
                 'train_cfg.max_iters': 4}
-    ft = _train(config, tmp_path / 'ft', load_from=str(tmp_path / 'prune' /
+    ft = train_runner(config, tmp_path / 'ft', load_from=str(tmp_path / 'prune' /
                                                         'pruned_flops_0.98.pth'), **finetune)
-    hook = _hook(ft)
+    hook = pruning_hook(ft)
     assert hook.steps == 0 and hook.finished
-    masks = _masks(ft)
+    masks = hook_masks(ft)
     assert masks.keys() == saved_masks.keys()
     for k in masks:
         assert torch.equal(masks[k], saved_masks[k]), f'group {k} changed while fine-tuning'
@@ -193,8 +170,8 @@ def test_finetune_keeps_the_saved_masks(tmp_path, det_data):
         assert torch.equal(final['mmgfp']['pruner']['masks'][k], saved_masks[k])
     _deploy_and_compare(config, str(tmp_path / 'ft' / 'iter_4.pth'), tmp_path / 'deploy', ft)
     # init_spec alone (e.g. the baseline's weights under a given channel spec)
-    spec_only = _train(config, tmp_path / 'spec', **dict(finetune, **{'train_cfg.max_iters': 1}))
-    for k, v in _masks(spec_only).items():
+    spec_only = train_runner(config, tmp_path / 'spec', **dict(finetune, **{'train_cfg.max_iters': 1}))
+    for k, v in hook_masks(spec_only).items():
         assert torch.equal(v, saved_masks[k]), f'group {k} differs from the spec'
 
 
@@ -204,7 +181,7 @@ def test_classifier_prune_deploy_test(tmp_path, cls_data, base):
     config = cls_config(tmp_path, cls_data, base=base, optimizer='AdamW', lr=0.001,
                         per_step=128)
     work = tmp_path / 'work'
-    runner = _train(config, work)
+    runner = train_runner(config, work)
     _check_pruned_run(runner, str(work))
     out = _deploy_and_compare(config, str(work / 'iter_12.pth'), tmp_path / 'deploy', runner)
     import tools.test as test_tool

@@ -5,7 +5,6 @@ The config is configs/digits/td-hm_r18_digits.py (a small top-down heatmap model
 digits keypoint canvases generated into a temporary folder.
 """
 import os.path as osp
-import uuid
 
 import pytest
 
@@ -14,11 +13,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmgfp  # noqa: E402,F401
 from mmgfp.apis.checking.check import rel_diff  # noqa: E402
 from mmgfp.apis.inputs import tensor_forward  # noqa: E402
+from runner_utils import pruning_hook, train_runner  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -55,32 +54,17 @@ def pose_config(tmp_path_factory):
     return path
 
 
-def _train(config, work_dir, **overrides):
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    cfg.merge_from_dict(overrides)
-    cfg.experiment_name = f'pose_{uuid.uuid4().hex[:8]}'
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
-
-
-def _hook(runner):
-    from mmgfp.hooks import FisherPruningHook
-    return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
-
-
 def test_pose_prune_resume_deploy_test_infer(tmp_path, pose_config):
     work = tmp_path / 'work'
-    runner = _train(pose_config, work)
-    hook = _hook(runner)
+    runner = train_runner(pose_config, work)
+    hook = pruning_hook(runner)
     assert hook.finished and hook.pruner.remaining()['flops'] <= 0.9
     assert osp.isfile(work / 'pruned_flops_0.95.pth')
     # killed after 4 iterations and resumed: the same masks as the uninterrupted run
-    _train(pose_config, tmp_path / 'part', **{'train_cfg.max_iters': 4})
-    resumed = _train(pose_config, tmp_path / 'part', resume=True)
+    train_runner(pose_config, tmp_path / 'part', **{'train_cfg.max_iters': 4})
+    resumed = train_runner(pose_config, tmp_path / 'part', resume=True)
     assert resumed.iter == 8
-    full, res = hook.pruner.masker.keep, _hook(resumed).pruner.masker.keep
+    full, res = hook.pruner.masker.keep, pruning_hook(resumed).pruner.masker.keep
     assert full.keys() == res.keys() and all(torch.equal(full[k], res[k]) for k in full)
 
     import tools.deploy_pruned as deploy_tool

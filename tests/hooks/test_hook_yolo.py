@@ -4,7 +4,6 @@ MMYOLO's test loop and MMDetection's inference API on the compact config."""
 import glob
 import importlib.util
 import os.path as osp
-import uuid
 
 import pytest
 import torch
@@ -12,12 +11,11 @@ import torch
 if importlib.util.find_spec('mmyolo') is None:  # importing it needs mmgfp's bridge
     pytest.skip('mmyolo is not installed (pip install -e .[yolo])', allow_module_level=True)
 from mmengine.config import Config  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 import mmgfp  # noqa: F401,E402
 from mmgfp.apis.checking.check import rel_diff  # noqa: E402
 from mmgfp.apis.inputs import tensor_forward  # noqa: E402
-from runner_utils import DET_GEN  # noqa: E402
+from runner_utils import DET_GEN, hook_masks, pruning_hook, train_runner  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -43,25 +41,6 @@ custom_hooks = [dict(type='FisherPruningHook', interval=2, delta='acts', target=
 '''
 
 
-def _train(config, work_dir, **overrides):
-    cfg = Config.fromfile(config)
-    cfg.work_dir = str(work_dir)
-    cfg.merge_from_dict(overrides)
-    cfg.experiment_name = f'yolo_{uuid.uuid4().hex[:8]}'
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
-
-
-def _hook(runner):
-    from mmgfp.hooks import FisherPruningHook
-    return next(h for h in runner.hooks if isinstance(h, FisherPruningHook))
-
-
-def _masks(runner):
-    return {k: v.clone() for k, v in _hook(runner).pruner.masker.keep.items()}
-
-
 def _compact(out):
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(out['config'])
@@ -75,16 +54,16 @@ def test_yolov5_prune_resume_deploy_test(tmp_path, det_data):
     config = str(tmp_path / 'yolov5_n.py')
     with open(config, 'w') as f:
         f.write(CHILD.format(base=BASE, gen=DET_GEN, root=det_data))
-    runner = _train(config, tmp_path / 'work')
-    hook = _hook(runner)
+    runner = train_runner(config, tmp_path / 'work')
+    hook = pruning_hook(runner)
     assert hook.finished and hook.steps >= 1
     assert hook.pruner.remaining()['flops'] <= 0.9
     assert osp.isfile(tmp_path / 'work' / 'pruned_flops_0.95.json')
     # resumed from the checkpoint of iteration 4: the same masks and weights at iteration 8
-    resumed = _train(config, tmp_path / 'resumed', resume=True,
+    resumed = train_runner(config, tmp_path / 'resumed', resume=True,
                      load_from=str(tmp_path / 'work' / 'iter_4.pth'))
     assert resumed.iter == 8
-    a, b = _masks(runner), _masks(resumed)
+    a, b = hook_masks(runner), hook_masks(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     import tools.deploy_pruned as deploy_tool
