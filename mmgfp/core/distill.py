@@ -66,9 +66,10 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.shape != teacher.shape:
         raise ValueError(
             f'student output {tuple(student.shape)} and teacher output '
-            f'{tuple(teacher.shape)} differ: distillation compares the masked model with the '
-            'unpruned one, whose shapes are equal; a deployed (sliced) student cannot be '
-            'distilled this way, fine-tune the masked checkpoint instead')
+            f'{tuple(teacher.shape)} differ: a sliced student has fewer channels than the '
+            'unpruned teacher where it was pruned. Distil an output whose shape does not '
+            "depend on the width (type='kl' on classifier logits, 'sigmoid_kl' on a "
+            "detector head's class scores), or fine-tune the masked model instead")
 
 
 def producer_group(feature: torch.Tensor, producers: Dict[int, str],

@@ -9,6 +9,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from mmgfp.core.distill import LOSSES, flat_tensors, producer_group
+from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 
 TEACHER_KEY = 'mmgfp_teacher'
 
@@ -55,17 +56,26 @@ class GFPDistillHook(Hook):
             else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults to None.
         teacher (str, optional): Checkpoint of the unpruned model to distil from instead of the
             loaded weights; needed when those are already pruned (fine-tuning) and carry no
-            teacher. Defaults to None.
+            teacher. When its shapes fit the student, the teacher is a copy of the student
+            with these weights; when they do not (a sliced student), the teacher is built from
+            the unpruned model's config (``teacher_cfg``, else the checkpoint's
+            ``meta['cfg']``, else the Runner's ``cfg.model``) and the weights are loaded into
+            it strictly. Defaults to None.
         save_teacher (bool): Store the teacher's weights in checkpoints. Defaults to True.
+        teacher_cfg (str | dict, optional): The unpruned model's config, for a sliced
+            student: a config path, a config (dict) with ``model``, or a model dict with
+            ``type`` (built in the current default scope). Defaults to None.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
-                 save_teacher: bool = True):
+                 save_teacher: bool = True, teacher_cfg=None):
         self.losses = None if losses is None else [_check_loss(dict(l)) for l in losses]
         if teacher is not None and not isinstance(teacher, str):
             raise ValueError(f'`teacher` is a checkpoint path, but got {teacher!r}')
         self.teacher_ckpt = teacher
+        config_of(teacher_cfg)  # a wrong kind of config fails here, not when training starts
+        self.teacher_cfg = teacher_cfg
         self.save_teacher = save_teacher
         self.teacher: Optional[nn.Module] = None
         self._loaded_teacher: Optional[Dict] = None
@@ -83,16 +93,28 @@ class GFPDistillHook(Hook):
     def before_train(self, runner) -> None:
         from .fisher_pruning_hook import FisherPruningHook
         prune_hook = next((h for h in runner.hooks if isinstance(h, FisherPruningHook)), None)
-        self.attach(_unwrap(runner.model), prune_hook)
+        cfg = runner.cfg if isinstance(runner.cfg.get('model'), dict) else None
+        self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
             for s in self.losses) + f' from {self._source}')
 
-    def attach(self, model: nn.Module, prune_hook=None) -> None:
-        """Copy the teacher from ``model`` (or the loaded teacher) and wrap ``model.loss``.
+    def attach(self, model: nn.Module, prune_hook=None, teacher_model: Optional[nn.Module] = None,
+               model_cfg=None) -> None:
+        """Make the teacher and wrap ``model.loss``.
 
         What ``before_train`` does, without a Runner (the overhead benchmark calls it). The
         distillation terms are added while ``active`` is set (each training iteration).
+
+        Args:
+            model (nn.Module): The student (unwrapped), masked or sliced.
+            prune_hook (FisherPruningHook, optional): For the masks. Defaults to None.
+            teacher_model (nn.Module, optional): A ready teacher (e.g. the unpruned model
+                built and loaded by the caller); it is set to eval mode and frozen, and
+                ``teacher`` / ``teacher_cfg`` are not used. Defaults to None.
+            model_cfg (optional): Config of the unpruned model, used after ``teacher_cfg``
+                and the checkpoint's ``meta['cfg']`` when the student is sliced (the Runner's
+                ``cfg``). Defaults to None.
         """
         self._prune_hook = prune_hook
         if self.losses is None:
@@ -103,7 +125,7 @@ class GFPDistillHook(Hook):
                 raise ValueError(f"GFPDistillHook: the model has no module {spec['module']!r} "
                                  f'to distil; give `losses` naming one of its modules, e.g. '
                                  f'{[n for n, _ in model.named_children()]}')
-        self.teacher = self._build_teacher(model)
+        self.teacher = self._build_teacher(model, teacher_model, model_cfg)
         for spec in self.losses:
             name = spec['module']
             self._handles.append(modules[name].register_forward_hook(
@@ -121,28 +143,28 @@ class GFPDistillHook(Hook):
         self._handles = []
         self.active = False
 
-    def _build_teacher(self, model: nn.Module) -> nn.Module:
+    def _build_teacher(self, model: nn.Module, teacher_model: Optional[nn.Module],
+                       model_cfg) -> nn.Module:
         if self._prune_hook is not None and self._prune_hook.pruner is not None:
             raise RuntimeError('GFPDistillHook: the masks are already on the model, so a copy '
                                'would be a pruned teacher; the teacher is copied when training '
                                'starts, before FisherPruningHook masks the model')
-        teacher = copy.deepcopy(model)
-        teacher.__dict__.pop('loss', None)
-        state = self._loaded_teacher
+        if teacher_model is not None:
+            self._source = f'the given {type(teacher_model).__name__}'
+            return teacher_model.eval().requires_grad_(False)
+        state, cfg = self._loaded_teacher, None
         self._source = 'the checkpoint\'s teacher'
         if state is None and self.teacher_ckpt is not None:
-            from mmengine.runner import load_checkpoint
-            load_checkpoint(teacher, self.teacher_ckpt, map_location='cpu', strict=True)
+            from mmgfp.apis.deploying.deploy import read_checkpoint
+            ckpt = read_checkpoint(self.teacher_ckpt)
+            state, cfg = state_of(ckpt), checkpoint_config(ckpt)
             self._source = self.teacher_ckpt
         elif state is None:
             self._check_unpruned()
             self._source = 'the model as loaded'
-        else:
-            teacher.load_state_dict(state, strict=True)
         self._loaded_teacher = None
-        teacher.eval()
-        teacher.requires_grad_(False)
-        return teacher
+        cfg = config_of(self.teacher_cfg) or cfg or config_of(model_cfg)
+        return make_teacher(model, state, cfg, self._source)
 
     def _check_unpruned(self) -> None:
         hook = self._prune_hook
