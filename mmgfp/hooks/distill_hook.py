@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.core.distill import LOSSES, flat_tensors, producer_group
+from mmgfp.core.distill import LOSSES, POOLED, flat_tensors, producer_group
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 
 TEACHER_KEY = 'mmgfp_teacher'
@@ -49,11 +49,15 @@ class GFPDistillHook(Hook):
     model.
 
     Args:
-        losses (Sequence[dict], optional): Each ``dict(module=NAME, type='kl'|'cwd',
-            weight=1.0, tau=1.0)``: ``'kl'`` compares class distributions (classifier logits),
-            ``'cwd'`` feature maps channel by channel; pruned channels of the student are left
-            out of ``'cwd'``. None: ``kl`` on ``head`` (tau 4) for mmpretrain classifiers,
-            else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults to None.
+        losses (Sequence[dict], optional): Each ``dict(module=NAME, type=TYPE, weight=1.0,
+            tau=1.0, output=None)``: ``'kl'`` compares class distributions (classifier logits),
+            ``'sigmoid_kl'`` dense sigmoid class scores (a detector head's), ``'mse'`` dense
+            regression maps, ``'cwd'`` feature maps channel by channel; pruned channels of the
+            student are left out of ``'cwd'``. ``output=i`` distils element ``i`` of the
+            module's output tuple only (``dict(module='bbox_head', type='sigmoid_kl',
+            output=0)``: the class scores of every level). None: ``kl`` on ``head`` (tau 4)
+            for mmpretrain classifiers, else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults
+            to None.
         teacher (str, optional): Checkpoint of the unpruned model to distil from instead of the
             loaded weights; needed when those are already pruned (fine-tuning) and carry no
             teacher. When its shapes fit the student, the teacher is a copy of the student
@@ -71,6 +75,10 @@ class GFPDistillHook(Hook):
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
                  save_teacher: bool = True, teacher_cfg=None):
         self.losses = None if losses is None else [_check_loss(dict(l)) for l in losses]
+        keys = [_key(spec) for spec in self.losses or []]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f'two `losses` entries would both log as {keys}: give each '
+                             'module and type once')
         if teacher is not None and not isinstance(teacher, str):
             raise ValueError(f'`teacher` is a checkpoint path, but got {teacher!r}')
         self.teacher_ckpt = teacher
@@ -126,8 +134,7 @@ class GFPDistillHook(Hook):
                                  f'to distil; give `losses` naming one of its modules, e.g. '
                                  f'{[n for n, _ in model.named_children()]}')
         self.teacher = self._build_teacher(model, teacher_model, model_cfg)
-        for spec in self.losses:
-            name = spec['module']
+        for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
                 lambda m, a, out, _n=name: self._note(_n, out)))
         self._own_loss = model.__dict__.get('loss')  # another tool's replacement, if any
@@ -204,7 +211,7 @@ class GFPDistillHook(Hook):
             losses = orig(inputs, data_samples, *args, **kwargs)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
-                key = f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
+                key = _key(spec)
                 losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
             self._student = {}
             return losses
@@ -212,36 +219,49 @@ class GFPDistillHook(Hook):
         return loss
 
     def _run_teacher(self, inputs, data_samples) -> Dict[str, list]:
+        """The teacher's outputs of the distilled modules, as many calls as the student made.
+
+        The modules' ``forward`` is wrapped on the instance rather than hooked: MMDetection's
+        tensor path calls ``self.bbox_head.forward(x)``, which runs no forward hooks.
+        """
         want = {s['module']: len(self._student.get(s['module'], [])) for s in self.losses}
         got: Dict[str, list] = {n: [] for n in want}
         modules = dict(self.teacher.named_modules())
 
-        def note(name, out):
-            got[name].append(out)
-            if all(len(got[n]) >= k for n, k in want.items()):
-                raise _TeacherDone
+        def tapped(name, forward):
+            def run(*args, **kwargs):
+                got[name].append(forward(*args, **kwargs))
+                if all(len(got[n]) >= k for n, k in want.items()):
+                    raise _TeacherDone
+                return got[name][-1]
+            return run
 
-        handles = [modules[n].register_forward_hook(lambda m, a, out, _n=n: note(_n, out))
-                   for n in want]
+        own = {n: modules[n].__dict__.get('forward') for n in want}
+        for n in want:
+            modules[n].forward = tapped(n, modules[n].forward)
         try:
             with torch.no_grad():
                 self.teacher(inputs, data_samples, mode='tensor')
         except _TeacherDone:
             pass
         finally:
-            for h in handles:
-                h.remove()
+            for n, forward in own.items():
+                modules[n].__dict__.pop('forward')
+                if forward is not None:
+                    modules[n].forward = forward
         return got
 
     def _term(self, spec: dict, teacher_outs: list) -> torch.Tensor:
         name = spec['module']
-        s_list = [t for out in self._student.get(name, []) for t in flat_tensors(out)]
-        t_list = [t for out in teacher_outs for t in flat_tensors(out)]
+        s_list = _tensors(spec, self._student.get(name, []))
+        t_list = _tensors(spec, teacher_outs)
         if not s_list or len(s_list) != len(t_list):
             raise RuntimeError(f'GFPDistillHook: module {name!r} gave {len(s_list)} tensors in '
                                f'the student\'s loss forward and {len(t_list)} in the '
                                "teacher's tensor forward; distil a module both paths run")
         fn = LOSSES[spec['type']]
+        if spec['type'] in POOLED:
+            return fn(s_list, t_list, spec['tau'])
         terms = []
         for i, (s, t) in enumerate(zip(s_list, t_list)):
             if spec['type'] == 'cwd':
@@ -285,6 +305,28 @@ def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
     return producer_group(feature, producers)
 
 
+def _key(spec: dict) -> str:
+    return f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
+
+
+def _tensors(spec: dict, outputs: list) -> List[torch.Tensor]:
+    """The tensors of a module's outputs (one per call), of element ``spec['output']`` of
+    each when given."""
+    index = spec.get('output')
+    if index is None:
+        return [t for out in outputs for t in flat_tensors(out)]
+    picked = []
+    for out in outputs:
+        if not isinstance(out, (tuple, list)) or not -len(out) <= index < len(out):
+            what = (f'a tuple of {len(out)}' if isinstance(out, (tuple, list))
+                    else f'a {type(out).__name__}')
+            raise ValueError(f"GFPDistillHook: output={index} of module {spec['module']!r}, "
+                             f'but it returns {what}; give an index into its output tuple, '
+                             'or leave `output` out to distil all its tensors')
+        picked.extend(flat_tensors(out[index]))
+    return picked
+
+
 def _check_loss(spec: dict) -> dict:
     if not isinstance(spec.get('module'), str):
         raise ValueError(f'every entry of `losses` needs module=NAME (a module of the model), '
@@ -296,7 +338,12 @@ def _check_loss(spec: dict) -> dict:
     spec.setdefault('tau', 1.0)
     if not spec['tau'] > 0 or spec['weight'] < 0:
         raise ValueError(f'`losses` needs tau > 0 and weight >= 0, got {spec!r}')
-    extra = set(spec) - {'module', 'type', 'weight', 'tau'}
+    spec.setdefault('output', None)
+    if spec['output'] is not None and (isinstance(spec['output'], bool)
+                                       or not isinstance(spec['output'], int)):
+        raise ValueError(f"`losses` output is an index into the module's output tuple (an "
+                         f"int), got {spec['output']!r}")
+    extra = set(spec) - {'module', 'type', 'weight', 'tau', 'output'}
     if extra:
         raise ValueError(f'unknown keys {sorted(extra)} in `losses` entry {spec!r}')
     return spec
