@@ -278,6 +278,7 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
             'target_reached': bool(rem[target_metric] <= target), 'hook_remaining': rem,
             'channels_pruned': sum(len(r.units) * pruner.groups.groups[r.key].block
                                    for r in pruner.history)}
+    info.update(_distilled(run))
     model = unwrap(run.model)
     spec = make_spec(pruner.masker)
     pruner.masker.detach()
@@ -285,6 +286,17 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     apply_spec(model, spec)
     fix_compact(model)
     return model, info
+
+
+def _distilled(run) -> Dict:
+    """``{'kd': {'losses': ..., 'during': ...}}``: what the run's GFPDistillHook distilled
+    (the hook's defaults resolved), or ``{}`` without one."""
+    from mmgfp.hooks.distill_hook import GFPDistillHook
+    hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
+    if hook is None:
+        return {}
+    return {'kd': {'losses': copy.deepcopy(hook.losses),
+                   'during': getattr(hook, 'during', None)}}
 
 
 # --------------------------------------------------------------------------- Torch-Pruning

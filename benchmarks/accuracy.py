@@ -29,7 +29,8 @@ gfp_acts       FisherPruningHook, delta='acts', prunes while training from the b
 gfp_flops      the same with delta='flops'
 gfp_acts_kd    gfp_acts with GFPDistillHook's defaults (channel-wise distillation of the FPN
                outputs from the baseline, pruned channels left out) while pruning and
-               fine-tuning
+               fine-tuning; ``--kd-losses JSON`` / ``--kd-during`` / ``--kd-weight`` choose
+               another recipe (``_accuracy_kd.py``), named in the table
 tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
                ranked across layers (``--tp-scope global``, like GFP) by default
 tp_taylor      Torch-Pruning MetaPruner, GroupTaylorImportance from ``--taylor-batches``
@@ -66,6 +67,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
+import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 
 METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random', 'thin',
@@ -108,8 +110,7 @@ def parse_args(argv=None):
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
-    p.add_argument('--kd-weight', type=float, help="gfp_acts_kd: weight of the CWD term on the "
-                   "neck (default: GFPDistillHook's)")
+    K.add_args(p)
     p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
                    help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
                         'GFP) or the same ratio in every layer')
@@ -145,6 +146,7 @@ def parse_args(argv=None):
             p.error(f'--targets are fractions of the FLOPs to keep, in (0, 1); got {t}')
     if args.stored_only and args.force:
         p.error('--stored-only and --force contradict each other: pick one')
+    K.check_args(p, args)
     if args.baseline and not osp.isfile(args.baseline):
         p.error(f'--baseline {args.baseline} does not exist: give a checkpoint of --config, '
                 'or leave it out to train the baseline here')
@@ -319,9 +321,7 @@ def settings(args, baseline: str) -> dict:
             'tp_scope', 'tol', 'quick', 'baseline_iters')
     sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
-    if args.kd_weight is not None:  # only then: runs stored before the option still match
-        sig['kd_weight'] = args.kd_weight
-    return sig
+    return K.add_signature(sig, args)  # the kd options only when given
 
 
 # ------------------------------------------------------------------------------ one run
@@ -347,7 +347,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         out['train_iters'] = args.iters
     elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
-                            args.gfp_channels_per_step, distill=_distill(method, args))
+                            args.gfp_channels_per_step, distill=K.hook_args(method, args))
         out['train_iters'] = args.iters
     elif method == 'thin':
         base_iters = ctx['baseline_iters']
@@ -381,15 +381,6 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     return out
 
 
-def _distill(method: str, args) -> Optional[dict]:
-    """GFPDistillHook's arguments for a ``*_kd`` method (None: no distillation)."""
-    if not method.endswith('_kd'):
-        return None
-    if args.kd_weight is None:
-        return {}
-    return dict(losses=[dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)])
-
-
 def _batches(base, seed: int, num: int) -> list:
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(base.train_dataloader, seed=seed)
@@ -401,12 +392,18 @@ def _batches(base, seed: int, num: int) -> list:
     return batches
 
 
-def stored(path: str, sig: dict):
+def stored(path: str, sig: dict, method: Optional[str] = None):
+    """The run stored at ``path`` if made with settings ``sig`` (None: missing, other
+    settings or failed). With ``method``, only the settings that method uses are compared
+    (the distillation options only for ``*_kd``)."""
     if not osp.isfile(path):
         return None
     with open(path) as f:
         res = json.load(f)
-    return res if res.get('settings') == sig and 'error' not in res else None
+    have = res.get('settings') or {}
+    if method is not None:
+        have, sig = K.run_signature(have, method), K.run_signature(sig, method)
+    return res if have == sig and 'error' not in res else None
 
 
 def save(path: str, res: dict) -> None:
@@ -445,6 +442,9 @@ def summarize(runs: list, baseline: dict, keys=('mAP', 'mAP50')) -> list:
         row['pruned_' + k1] = _mean_std([r['info']['pruned_eval'][k1] for r in ok
                                        if 'pruned_eval' in r.get('info', {})])[0]
         row['error'] = bad[0]['error'] if bad else ''
+        kd = next((r['info']['kd'] for r in ok if 'kd' in r.get('info', {})), None)
+        if kd:  # the distillation recipe that ran
+            row['kd'] = kd
         rows.append(row)
     return rows
 
@@ -460,7 +460,10 @@ def format_tables(rows: list, keys=('mAP', 'mAP50'), headers=('bbox mAP', 'mAP@0
     k1, k2 = keys
     main, detail = [], []
     for r in rows:
-        main.append({'method': LABELS[r['method']], 'flops': f'{100 * r["flops"]:.1f}',
+        label = LABELS[r['method']]
+        if r.get('kd'):
+            label += f" ({K.recipe(r['kd']['losses'], r['kd'].get('during'))})"
+        main.append({'method': label, 'flops': f'{100 * r["flops"]:.1f}',
                      'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',
                      'map': _pm(r[k1], r[k1 + '_std']), 'map50': _pm(r[k2],
                                                                      r[k2 + '_std']),
@@ -576,6 +579,7 @@ def start(args):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     M = start(args)
+    K.check_hook(args)
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
@@ -591,7 +595,7 @@ def main(argv=None) -> dict:
            'baseline_iters': args.baseline_iters or base.train_cfg.max_iters}
     LABELS['thin'] = f'thin {base.model.type} (scratch)'
     base_path = osp.join(wd, 'baseline_eval.json')
-    base_res = stored(base_path, sig)
+    base_res = stored(base_path, sig, 'baseline')
     if base_res is None and args.stored_only:
         raise SystemExit(f'error: --stored-only, but {base_path} is missing or was made with '
                          'other settings (iters, lr, config, baseline...): give the same '
@@ -600,7 +604,7 @@ def main(argv=None) -> dict:
         base_res = dict(M.evaluate(base_model, base, osp.join(wd, 'baseline_eval'),
                                    _stamp('baseline_test'), _log_level(args)),
                         flops=1.0, params=1.0, acts=1.0, seconds=float('nan'),
-                        settings=sig, full=full)
+                        settings=K.run_signature(sig, 'baseline'), full=full)
         save(base_path, base_res)
     del base_model
     print(f'[accuracy] baseline {baseline}: {task.headers[0]} {base_res[k1]:.3f}, '
@@ -615,7 +619,7 @@ def main(argv=None) -> dict:
     for target, seed, method in jobs:
         path = osp.join(wd, 'runs', f'{method}_t{round(target * 100)}_s{seed}',
                         'result.json')
-        res = None if args.force else stored(path, sig)
+        res = None if args.force else stored(path, sig, method)
         if res is None and args.stored_only:
             print(f'[accuracy] {method}, target {target}, seed {seed}: no stored run '
                   'with these settings, left out', flush=True)
@@ -630,7 +634,7 @@ def main(argv=None) -> dict:
                 traceback.print_exc()
                 res = {'method': method, 'seed': seed, 'target': target,
                        'error': f'{type(e).__name__}: {e}'[:300]}
-            res['settings'] = sig
+            res['settings'] = K.run_signature(sig, method)
             save(path, res)
         if 'error' not in res:
             print(f'[accuracy]   {method} seed {seed}: FLOPs {100 * res["flops"]:.1f}%,'

@@ -1,0 +1,108 @@
+"""The distillation options of ``benchmarks/accuracy.py``: which GFPDistillHook a ``*_kd`` run gets.
+
+``--kd-weight W`` (the default CWD term on the neck with weight ``W``), ``--kd-losses JSON`` (a
+JSON list of GFPDistillHook ``losses`` entries) and ``--kd-during {all,pruning,finetuning}``
+(the hook's ``during``) choose the recipe; with none of them a ``*_kd`` run gets the hook's
+defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
+runs, so runs stored before the option existed, and runs of the other methods, still match.
+"""
+import json
+from typing import List, Optional
+
+KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during')
+DURING = ('all', 'pruning', 'finetuning')
+
+
+def add_args(p) -> None:
+    """The distillation options on the argument parser ``p``."""
+    p.add_argument('--kd-weight', type=float, help="*_kd: weight of the CWD term on the "
+                   "neck (default: GFPDistillHook's)")
+    p.add_argument('--kd-losses', metavar='JSON', help='*_kd: GFPDistillHook `losses` as a '
+                   'JSON list, e.g. \'[{"module": "bbox_head", "type": "sigmoid_kl", '
+                   '"output": 0}]\' (default: the hook\'s defaults)')
+    p.add_argument('--kd-during', choices=DURING, help="*_kd: GFPDistillHook's `during` "
+                   '(default: the hook\'s)')
+
+
+def check_args(p, args) -> None:
+    """Parse ``--kd-losses`` into a list of dicts (``p.error`` names what is wrong)."""
+    if args.kd_losses is None:
+        return
+    if args.kd_weight is not None:
+        p.error('--kd-weight sets the weight of the default CWD term; with --kd-losses give '
+                'each entry its "weight" instead')
+    try:
+        losses = json.loads(args.kd_losses)
+    except json.JSONDecodeError as e:
+        p.error(f'--kd-losses is not valid JSON ({e}): give a list such as '
+                '\'[{"module": "neck", "type": "cwd"}]\'')
+    if not isinstance(losses, list) or not losses or \
+            not all(isinstance(x, dict) and isinstance(x.get('module'), str) for x in losses):
+        p.error(f'--kd-losses must be a non-empty JSON list of objects with a "module" '
+                f'name, got {args.kd_losses}')
+    args.kd_losses = losses
+
+
+def is_kd(method: str) -> bool:
+    return method.endswith('_kd')
+
+
+def hook_args(method: str, args) -> Optional[dict]:
+    """GFPDistillHook's arguments for ``method`` (None: no distillation; ``{}``: defaults)."""
+    if not is_kd(method):
+        return None
+    out = {}
+    if args.kd_losses is not None:
+        out['losses'] = [dict(x) for x in args.kd_losses]
+    elif args.kd_weight is not None:
+        out['losses'] = [dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)]
+    if args.kd_during is not None:
+        out['during'] = args.kd_during
+    return out
+
+
+def check_hook(args) -> None:
+    """Build the hook once with the options given, so a bad entry fails before any training.
+
+    Raises:
+        SystemExit: Naming the option and the hook's complaint.
+    """
+    if not any(is_kd(m) for m in args.methods):
+        return
+    from mmgfp.hooks.distill_hook import GFPDistillHook
+    kwargs = hook_args('gfp_acts_kd', args)
+    try:
+        GFPDistillHook(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight: GFPDistillHook '
+                         f'refuses {kwargs}: {e}') from None
+
+
+def add_signature(sig: dict, args) -> dict:
+    """``sig`` with the distillation options that were given (a copy)."""
+    sig = dict(sig)
+    for k in KD_KEYS:
+        if getattr(args, k) is not None:
+            sig[k] = getattr(args, k)
+    return sig
+
+
+def run_signature(sig: dict, method: str) -> dict:
+    """What a stored run of ``method`` must match: ``sig`` without the distillation options
+    unless ``method`` distils."""
+    if is_kd(method):
+        return dict(sig)
+    return {k: v for k, v in sig.items() if k not in KD_KEYS}
+
+
+def recipe(losses: Optional[List[dict]], during: Optional[str] = None) -> str:
+    """A short text for a table: ``cwd neck w1 tau1; finetuning``."""
+    if not losses:
+        return ''
+    parts = []
+    for x in losses:
+        extra = ''.join(f' {k}{x[k]}' for k in sorted(x)
+                        if k not in ('module', 'type', 'weight', 'tau'))
+        parts.append(f"{x.get('type', 'cwd')} {x['module']} w{x.get('weight', 1.0):g} "
+                     f"tau{x.get('tau', 1.0):g}{extra}")
+    return ', '.join(parts) + (f'; {during}' if during else '')

@@ -1,0 +1,74 @@
+"""benchmarks/accuracy.py: the distillation options (--kd-losses, --kd-during, --kd-weight).
+
+Each enters a stored run's signature only when given and only for the ``*_kd`` methods, so runs
+stored before the options existed, and runs of the other methods, are still reused.
+"""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+
+import _accuracy_kd as K  # noqa: E402
+import accuracy  # noqa: E402  (imports no torch at module level)
+
+SIGMOID = '[{"module": "bbox_head", "type": "sigmoid_kl", "output": 0}]'
+
+
+def _sig(tmp_path, *argv):
+    ckpt = tmp_path / 'iter_2.pth'
+    ckpt.write_bytes(b'0')
+    return accuracy.settings(accuracy.parse_args(list(argv)), str(ckpt))
+
+
+def test_signature_changes_only_with_the_options_given(tmp_path):
+    plain = _sig(tmp_path)
+    assert not set(K.KD_KEYS) & set(plain)  # runs stored before the options still match
+    losses = _sig(tmp_path, '--kd-losses', SIGMOID)
+    assert losses['kd_losses'] == json.loads(SIGMOID) and 'kd_during' not in losses
+    during = _sig(tmp_path, '--kd-losses', SIGMOID, '--kd-during', 'finetuning')
+    assert during['kd_during'] == 'finetuning'
+    assert len({json.dumps(s, sort_keys=True) for s in (plain, losses, during)}) == 3
+    assert _sig(tmp_path, '--kd-weight', '1')['kd_weight'] == 1.0
+    # a method that does not distil is compared without them
+    assert K.run_signature(during, 'gfp_acts') == K.run_signature(plain, 'gfp_acts') == plain
+    assert K.run_signature(during, 'gfp_acts_kd') == during
+
+
+def test_stored_runs_match_by_method(tmp_path):
+    plain = _sig(tmp_path)
+    kd = _sig(tmp_path, '--kd-losses', SIGMOID)
+    path = str(tmp_path / 'run.json')
+    accuracy.save(path, {'settings': K.run_signature(plain, 'gfp_acts'), 'mAP': 0.5})
+    assert accuracy.stored(path, kd, 'gfp_acts')['mAP'] == 0.5
+    accuracy.save(path, {'settings': K.run_signature(plain, 'gfp_acts_kd'), 'mAP': 0.5})
+    assert accuracy.stored(path, kd, 'gfp_acts_kd') is None  # another recipe: rerun
+    assert accuracy.stored(path, plain, 'gfp_acts_kd')['mAP'] == 0.5
+
+
+def test_hook_arguments_and_table_recipe():
+    args = accuracy.parse_args(['--kd-losses', SIGMOID, '--kd-during', 'pruning'])
+    assert K.hook_args('gfp_acts', args) is None
+    assert K.hook_args('gfp_acts_kd', args) == {'losses': json.loads(SIGMOID),
+                                                'during': 'pruning'}
+    assert K.hook_args('gfp_acts_kd', accuracy.parse_args([])) == {}
+    weight = K.hook_args('gfp_acts_kd', accuracy.parse_args(['--kd-weight', '0.5']))
+    assert weight['losses'][0]['weight'] == 0.5 and weight['losses'][0]['module'] == 'neck'
+    assert K.recipe(json.loads(SIGMOID), 'pruning') == \
+        'sigmoid_kl bbox_head w1 tau1 output0; pruning'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--kd-losses', '[{"module": '], 'not valid JSON'),
+    (['--kd-losses', '{"module": "neck"}'], 'non-empty JSON list'),
+    (['--kd-losses', '[{"type": "cwd"}]'], '"module" name'),
+    (['--kd-losses', SIGMOID, '--kd-weight', '2'], 'give each entry its "weight"'),
+    (['--kd-during', 'sometimes'], 'invalid choice'),
+])
+def test_bad_kd_options_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(argv)
+    assert message in capsys.readouterr().err
