@@ -1,5 +1,4 @@
 """GFPDistillHook: distillation from the unpruned model while pruning and fine-tuning."""
-import copy
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -8,10 +7,12 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.core.distill import LOSSES, POOLED, flat_tensors, producer_group
+from mmgfp.core.distill import LOSSES, POOLED, producer_group
+from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 
 TEACHER_KEY = 'mmgfp_teacher'
+DURING = ('all', 'pruning', 'finetuning')
 
 
 class _TeacherDone(Exception):
@@ -69,13 +70,20 @@ class GFPDistillHook(Hook):
         teacher_cfg (str | dict, optional): The unpruned model's config, for a sliced
             student: a config path, a config (dict) with ``model``, or a model dict with
             ``type`` (built in the current default scope). Defaults to None.
+        during (str): When the teacher teaches: ``'all'`` every iteration, ``'pruning'``
+            while FisherPruningHook still removes channels, ``'finetuning'`` after it has
+            finished (or always without a pruning hook, or with ``prune=False``). In the other
+            phase the teacher does not run and no ``loss_distill_*`` term is added, so the
+            Fisher information of the pruning phase sees the task loss alone with
+            ``'finetuning'``. The phase follows the pruning hook's state, also after a
+            resume. Defaults to 'all'.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
-                 save_teacher: bool = True, teacher_cfg=None):
-        self.losses = None if losses is None else [_check_loss(dict(l)) for l in losses]
-        keys = [_key(spec) for spec in self.losses or []]
+                 save_teacher: bool = True, teacher_cfg=None, during: str = 'all'):
+        self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
+        keys = [loss_key(spec) for spec in self.losses or []]
         if len(set(keys)) < len(keys):
             raise ValueError(f'two `losses` entries would both log as {keys}: give each '
                              'module and type once')
@@ -84,6 +92,10 @@ class GFPDistillHook(Hook):
         self.teacher_ckpt = teacher
         config_of(teacher_cfg)  # a wrong kind of config fails here, not when training starts
         self.teacher_cfg = teacher_cfg
+        if during not in DURING:
+            raise ValueError(f'`during` must be one of {DURING}, got {during!r}')
+        self.during = during
+        self._teaching: Optional[bool] = None  # the phase of the last iteration
         self.save_teacher = save_teacher
         self.teacher: Optional[nn.Module] = None
         self._loaded_teacher: Optional[Dict] = None
@@ -105,7 +117,16 @@ class GFPDistillHook(Hook):
         self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
-            for s in self.losses) + f' from {self._source}')
+            for s in self.losses) + f' from {self._source}, during {self.during}')
+        if self.during == 'pruning' and (prune_hook is None or not prune_hook.prune_enabled):
+            runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
+                                  'prunes in this run: the teacher never teaches')
+
+    def teaching(self) -> bool:
+        """Whether the teacher teaches in the current phase (``during``)."""
+        if self.during == 'all':
+            return True
+        return self._finished() == (self.during == 'finetuning')
 
     def attach(self, model: nn.Module, prune_hook=None, teacher_model: Optional[nn.Module] = None,
                model_cfg=None) -> None:
@@ -126,7 +147,7 @@ class GFPDistillHook(Hook):
         """
         self._prune_hook = prune_hook
         if self.losses is None:
-            self.losses = _default_losses(model)
+            self.losses = default_losses(model)
         modules = dict(model.named_modules())
         for spec in self.losses:
             if spec['module'] not in modules:
@@ -192,7 +213,17 @@ class GFPDistillHook(Hook):
 
     # -- every iteration -------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        self.active = True  # after the pruning hook's tracing forward of iteration 1
+        # after the pruning hook's tracing forward of iteration 1 and its restored state
+        self.active = self.teaching()
+        if self.active != self._teaching and self.during != 'all':
+            runner.logger.info(
+                f'GFPDistillHook: from iteration {runner.iter + 1} the teacher '
+                f"{'teaches' if self.active else 'does not teach'} (during={self.during!r}, "
+                f"pruning {'finished' if self._finished() else 'goes on'})")
+        self._teaching = self.active
+
+    def _finished(self) -> bool:
+        return self._prune_hook is None or self._prune_hook.finished
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self.active = False
@@ -211,7 +242,7 @@ class GFPDistillHook(Hook):
             losses = orig(inputs, data_samples, *args, **kwargs)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
-                key = _key(spec)
+                key = loss_key(spec)
                 losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
             self._student = {}
             return losses
@@ -253,8 +284,8 @@ class GFPDistillHook(Hook):
 
     def _term(self, spec: dict, teacher_outs: list) -> torch.Tensor:
         name = spec['module']
-        s_list = _tensors(spec, self._student.get(name, []))
-        t_list = _tensors(spec, teacher_outs)
+        s_list = picked_tensors(spec, self._student.get(name, []))
+        t_list = picked_tensors(spec, teacher_outs)
         if not s_list or len(s_list) != len(t_list):
             raise RuntimeError(f'GFPDistillHook: module {name!r} gave {len(s_list)} tensors in '
                                f'the student\'s loss forward and {len(t_list)} in the '
@@ -303,64 +334,6 @@ def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
         for p in modules[layer].parameters(recurse=False):
             producers[id(p)] = key
     return producer_group(feature, producers)
-
-
-def _key(spec: dict) -> str:
-    return f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
-
-
-def _tensors(spec: dict, outputs: list) -> List[torch.Tensor]:
-    """The tensors of a module's outputs (one per call), of element ``spec['output']`` of
-    each when given."""
-    index = spec.get('output')
-    if index is None:
-        return [t for out in outputs for t in flat_tensors(out)]
-    picked = []
-    for out in outputs:
-        if not isinstance(out, (tuple, list)) or not -len(out) <= index < len(out):
-            what = (f'a tuple of {len(out)}' if isinstance(out, (tuple, list))
-                    else f'a {type(out).__name__}')
-            raise ValueError(f"GFPDistillHook: output={index} of module {spec['module']!r}, "
-                             f'but it returns {what}; give an index into its output tuple, '
-                             'or leave `output` out to distil all its tensors')
-        picked.extend(flat_tensors(out[index]))
-    return picked
-
-
-def _check_loss(spec: dict) -> dict:
-    if not isinstance(spec.get('module'), str):
-        raise ValueError(f'every entry of `losses` needs module=NAME (a module of the model), '
-                         f'got {spec!r}')
-    spec.setdefault('type', 'cwd')
-    if spec['type'] not in LOSSES:
-        raise ValueError(f"`losses` type must be one of {sorted(LOSSES)}, got {spec['type']!r}")
-    spec.setdefault('weight', 1.0)
-    spec.setdefault('tau', 1.0)
-    if not spec['tau'] > 0 or spec['weight'] < 0:
-        raise ValueError(f'`losses` needs tau > 0 and weight >= 0, got {spec!r}')
-    spec.setdefault('output', None)
-    if spec['output'] is not None and (isinstance(spec['output'], bool)
-                                       or not isinstance(spec['output'], int)):
-        raise ValueError(f"`losses` output is an index into the module's output tuple (an "
-                         f"int), got {spec['output']!r}")
-    extra = set(spec) - {'module', 'type', 'weight', 'tau', 'output'}
-    if extra:
-        raise ValueError(f'unknown keys {sorted(extra)} in `losses` entry {spec!r}')
-    return spec
-
-
-def _default_losses(model: nn.Module) -> List[dict]:
-    from mmgfp.codebases import codebase_of
-    try:
-        scope = codebase_of(model).scope
-    except Exception:  # noqa: BLE001  (a model of no known codebase: the neck rule below)
-        scope = None
-    if scope == 'mmpretrain':
-        return [dict(module='head', type='kl', weight=1.0, tau=4.0)]
-    if getattr(model, 'neck', None) is not None:
-        return [dict(module='neck', type='cwd', weight=1.0, tau=1.0)]
-    raise ValueError(f'GFPDistillHook: no default distillation for {type(model).__name__} '
-                     '(no neck): give `losses=[dict(module=NAME, type="kl" or "cwd")]`')
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

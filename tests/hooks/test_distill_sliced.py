@@ -96,3 +96,34 @@ def test_feature_distillation_of_a_sliced_map_is_refused(tmp_path, sliced):
                           teacher=_save(tmp_path, unpruned, cfg=path))
     with pytest.raises(ValueError, match='sliced student'):
         _distil(hook, student, data)
+
+
+def _train_sliced(config, work_dir, student, hooks, **overrides):
+    """Train ``student`` (a sliced model) with a Runner built from ``config``, whose
+    ``cfg.model`` is the unpruned model, as a TP fine-tuning run would."""
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(work_dir=str(work_dir), custom_hooks=hooks, val_dataloader=None,
+                             val_cfg=None, val_evaluator=None, **overrides))
+    runner = Runner.from_cfg(cfg)
+    runner.model = copy.deepcopy(student).train()  # the optimizer is built from it in train()
+    runner.train()
+    return runner
+
+
+def test_runner_builds_the_teacher_from_its_config_also_on_resume(tmp_path, sliced, cls_data):
+    path, unpruned, student, _ = sliced
+    config = cls_config(tmp_path, cls_data, max_iters=2, ckpt_interval=1)
+    hooks = [dict(type='GFPDistillHook', losses=[KL], teacher=_save(tmp_path, unpruned))]
+    first = _train_sliced(config, tmp_path / 'w', student, hooks,
+                          **{'train_cfg.max_iters': 1})
+    assert 'train/loss_distill_kl_head' in first.message_hub.log_scalars
+    want = unpruned.state_dict()
+    got = next(h for h in first.hooks if isinstance(h, GFPDistillHook)).teacher.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # resumed: the stored teacher does not fit the sliced student either
+    resumed = _train_sliced(config, tmp_path / 'w', student, hooks, resume=True)
+    assert resumed.iter == 2
+    got = next(h for h in resumed.hooks if isinstance(h, GFPDistillHook)).teacher.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert len(resumed.message_hub.log_scalars['train/loss_distill_kl_head'].data[0]) == 2
