@@ -166,7 +166,7 @@ def time_models(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], 
         files = export_models(models, forward_fn, osp.join(tmp, 'm'), torchscript=False)
         x = torch.randn(files['input_shape'])
         calls = {k: run.file_callable(osp.join(tmp, files[f'{k}_onnx']), x) for k in models}
-        return compare_calls(calls, 'cpu', rounds, warmup)
+        return compare_calls(calls, 'cpu', rounds, warmup, run.clock)
 
 
 def explained(table: LatencyTable) -> float:
