@@ -15,7 +15,8 @@ the FLOPs. The compact models and the original then run the tensor path (eval, n
 table's batch and input size, interleaved, pinned to ``--time-core``; predicted and measured
 times are printed side by side. With an ONNX Runtime table (``tools/profile_latency.py
 --backend onnxruntime``) the models are exported (tensor path) and timed in ONNX Runtime with
-the table's threads.
+the table's threads, on the table's clock (process CPU time for one thread, see
+``mmgfp.apis.latency.runner.Backend``) and again on the wall clock (``wall-clock ratio``).
 """
 import argparse
 import copy
@@ -86,21 +87,24 @@ def main(argv=None):
     if args.time_core is not None:
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)
+    wall = None
     if table.key.get('backend') == 'onnxruntime':
         from mmgfp.apis.latency.check import time_onnxruntime
         opts = {'backend': 'onnxruntime', 'device': 'cpu', 'threads': table.key['threads'],
                 'batch': table.key['batch'], 'input_size': table.key['input_size']}
-        ms = time_onnxruntime(models, opts, args.rounds, 1)
+        ms = time_onnxruntime(models, opts, args.rounds, 1)  # one thread: CPU time
+        wall = time_onnxruntime(models, opts, args.rounds, 1, clock='wall')
     else:
         ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()},
                              tensor_forward(data), rounds=args.rounds, warmup=1,
                              threads=table.key['threads'])
+    wall = wall or ms
     for k in models:
         pred = info[k]['predicted_ms']
         rows.append({'variant': k, 'flops': info[k]['remaining']['flops'], 'measured_ms': ms[k],
                      'predicted_ms': pred, 'measured_ratio': ms[k] / ms['original'],
                      'predicted_ratio': pred / info['original']['predicted_ms'],
-                     'pred_over_meas': pred / ms[k]})
+                     'pred_over_meas': pred / ms[k], 'wall_ratio': wall[k] / wall['original']})
     print(f'\n{args.config}, table {args.table} ({table.key["device"]}, '
           f'{table.key["threads"]} thread(s), batch {table.key["batch"]}, input '
           f'{table.key["input_size"]}); median of {args.rounds} interleaved rounds')
@@ -112,9 +116,10 @@ def main(argv=None):
     if warning:
         print(warning)
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',
-                         'predicted_ratio', 'pred_over_meas'],
+                         'predicted_ratio', 'pred_over_meas', 'wall_ratio'],
                   ['variant', 'FLOPs left', 'measured (ms)', 'predicted (ms)',
-                   'measured ratio', 'predicted ratio', 'predicted / measured']))
+                   'measured ratio', 'predicted ratio', 'predicted / measured',
+                   'wall-clock ratio']))
     C.write_json(args.json, {'benchmark': 'latency_prediction', 'args': vars(args),
                              'rows': rows, 'key': table.key})
     return rows

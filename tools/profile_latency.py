@@ -14,8 +14,9 @@ For steady CPU figures pin the process to a free core (``taskset -c N``) and giv
 
 ``--backend onnxruntime`` times every block, the model and its half-width calibration copy
 exported to ONNX and run in ONNX Runtime with the given threads, providers and graph
-optimisation level (as the deployment sets them); the key records the runtime, its version and
-the provider. ``--export-plan plan.json`` measures nothing: it writes what to time (every
+optimisation level (as the deployment sets them), each block without the layout conversions
+at its graph's edges (in context) and, with one thread, in CPU time; the key records the
+runtime, its version, the provider, ``block_timing`` and ``clock``. ``--export-plan plan.json`` measures nothing: it writes what to time (every
 layer's calls, blocks and widths; the model and the half-width copy as TorchScript and ONNX
 beside it) for ``mmgfp/apis/latency/runner.py``, one file that needs only torch, to make the
 table on a deploy device without OpenMMLab::

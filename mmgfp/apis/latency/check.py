@@ -76,9 +76,10 @@ def here(opts: Dict) -> Dict:
 
 
 def time_onnxruntime(models: Dict[str, nn.Module], opts: Dict, rounds: int,
-                     warmup: int) -> Dict[str, float]:
+                     warmup: int, clock: Optional[str] = None) -> Dict[str, float]:
     """Median time (ms) of each model's tensor path exported to ONNX (fixed batch) and run in
-    ONNX Runtime with the settings' threads, interleaved."""
+    ONNX Runtime with the settings' threads, interleaved; ``clock`` 'wall' or 'cpu' (see
+    :class:`~mmgfp.apis.latency.runner.Backend`; default: the runtime's)."""
     from mmgfp.apis.deploying.onnx_export import export_onnx
     run = runtime(opts)
     x = torch.randn(opts['batch'], 3, *opts['input_size'])
@@ -89,7 +90,7 @@ def time_onnxruntime(models: Dict[str, nn.Module], opts: Dict, rounds: int,
             export_onnx(m.eval(), path, opts['input_size'], opts['batch'], opset=17,
                         exporter='torchscript', dynamic_batch=False, logger=lambda msg: None)
             calls[name] = run.file_callable(path, x)
-        us = compare_calls(calls, 'cpu', rounds, warmup)
+        us = compare_calls(calls, 'cpu', rounds, warmup, clock or run.clock)
     return {k: v / 1e3 for k, v in us.items()}
 
 

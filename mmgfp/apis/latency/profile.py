@@ -17,7 +17,9 @@ time is the table's total, and the copies' ratios calibrate the remainder (what 
 not explain) and the layers' in-model savings (:func:`mmgfp.core.latency_calib.fit_calibration`).
 
 ``backend='onnxruntime'`` times every block, the model and the copy in ONNX Runtime (each
-exported with ``torch.onnx.export``), with the session settings the deployment uses. The
+exported with ``torch.onnx.export``), with the session settings the deployment uses; each block
+in context, without the layout conversions at its graph's edges, and with one CPU thread in
+process CPU time (:meth:`mmgfp.apis.latency.runner.Backend.time_block`). The
 sampling runs in :mod:`mmgfp.apis.latency.runner`, the file that also turns a plan written
 here (:func:`plan_config`) into a table on a device without OpenMMLab. The result is a
 :class:`mmgfp.core.LatencyTable` keyed by device, runtime, dtype, memory format, batch, threads
@@ -166,7 +168,7 @@ def time_models(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], 
         files = export_models(models, forward_fn, osp.join(tmp, 'm'), torchscript=False)
         x = torch.randn(files['input_shape'])
         calls = {k: run.file_callable(osp.join(tmp, files[f'{k}_onnx']), x) for k in models}
-        return compare_calls(calls, 'cpu', rounds, warmup)
+        return compare_calls(calls, 'cpu', rounds, warmup, run.clock)
 
 
 def explained(table: LatencyTable) -> float:

@@ -24,6 +24,7 @@ import math
 import os.path as osp
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
@@ -45,6 +46,10 @@ TABLE_FORMAT = 'mmgfp-latency/1'
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
 ALIGN_PROBES = (1, 2, 4, 8, 16, 32)
 ORT_LEVELS = ('disable', 'basic', 'extended', 'all')
+CLOCKS = ('wall', 'cpu')
+PROFILED_RUNS = 3
+BLOCK_TIMING = 'in_context'  # ORT tables' key: blocks timed as in Backend.time_block
+BOUNDARY_OPS = ('ReorderInput', 'ReorderOutput')
 
 
 def device_name(device: str) -> str:
@@ -62,13 +67,23 @@ def device_name(device: str) -> str:
 
 
 class Timer:
-    """Median time of ``fn()`` in microseconds: perf_counter on CPU, CUDA events on GPUs."""
+    """Median time of ``fn()`` in microseconds: perf_counter on CPU, CUDA events on GPUs.
 
-    def __init__(self, device: str = 'cpu', rounds: int = 5, warmup: int = 1):
+    ``clock='cpu'`` reads the process's CPU time (``time.process_time``) instead of the wall
+    clock: for one-thread CPU runs on a core shared with other processes, whose time slices
+    the wall clock would count (see :class:`Backend`).
+    """
+
+    def __init__(self, device: str = 'cpu', rounds: int = 5, warmup: int = 1,
+                 clock: str = 'wall'):
+        if clock not in CLOCKS:
+            raise ValueError(f'`clock` must be one of {CLOCKS}, but got {clock!r}')
         self.cuda = device.startswith('cuda')
         self.rounds, self.warmup = rounds, warmup
+        self.now = time.process_time if clock == 'cpu' else time.perf_counter
 
-    def __call__(self, fn: Callable[[], Any]) -> float:
+    def samples(self, fn: Callable[[], Any]) -> List[float]:
+        """``warmup`` untimed runs, then the time (us) of each of ``rounds`` runs."""
         with torch.no_grad():
             for _ in range(self.warmup):
                 fn()
@@ -82,10 +97,13 @@ class Timer:
                     torch.cuda.synchronize()
                     times.append(start.elapsed_time(end) * 1e3)
                 else:
-                    t0 = time.perf_counter()
+                    t0 = self.now()
                     fn()
-                    times.append((time.perf_counter() - t0) * 1e6)
-        return statistics.median(times)
+                    times.append((self.now() - t0) * 1e6)
+        return times
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        return statistics.median(self.samples(fn))
 
 
 # -- the deploy runtime -----------------------------------------------------------------------
@@ -103,7 +121,13 @@ def cpu_block() -> int:
 
 class Backend:
     """Where blocks and models run: ``'torch'`` eager, or ``'onnxruntime'`` with its session
-    settings (threads, providers, graph optimisation level) as the deployment sets them."""
+    settings (threads, providers, graph optimisation level) as the deployment sets them.
+
+    In ONNX Runtime a block is timed *in context* (:meth:`time_block`): the layout conversions
+    at its graph's edges, which a block alone pays and the model does not, are taken out. With
+    one thread on the CPU provider every time (blocks and whole models) is the process's CPU
+    time (``clock``: ``'cpu'``), so that other processes on a shared core do not count.
+    """
 
     def __init__(self, name: str = 'torch', device: str = 'cpu', dtype: str = 'fp32',
                  channels_last: bool = False, threads: Optional[int] = None,
@@ -130,6 +154,8 @@ class Backend:
             self.ort = onnxruntime
             if self.providers[0] == 'CPUExecutionProvider':
                 self.min_align = cpu_block()
+        self.clock = 'cpu' if (name == 'onnxruntime' and threads == 1 and
+                               self.providers[0] == 'CPUExecutionProvider') else 'wall'
 
     def key(self) -> Dict:
         """The table key's runtime fields."""
@@ -137,11 +163,15 @@ class Backend:
             return {'backend': 'torch', 'backend_version': str(torch.__version__),
                     'provider': None}
         return {'backend': 'onnxruntime', 'backend_version': self.ort.__version__,
-                'provider': self.providers[0], 'graph_optimization': self.opt_level}
+                'provider': self.providers[0], 'graph_optimization': self.opt_level,
+                'block_timing': BLOCK_TIMING, 'clock': self.clock}
 
-    def session(self, onnx: Any):
-        """An onnxruntime session of ``onnx`` (a path or the bytes of a model)."""
+    def session(self, onnx: Any, profile: Optional[str] = None):
+        """An onnxruntime session of ``onnx`` (a path or the bytes of a model); ``profile``:
+        the file prefix of ONNX Runtime's node profile, when one is wanted."""
         opts = self.ort.SessionOptions()
+        if profile:
+            opts.enable_profiling, opts.profile_file_prefix = True, profile
         opts.intra_op_num_threads = self.threads or 0
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
@@ -160,17 +190,75 @@ class Backend:
                 module = module.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
             return lambda: module(x)
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(module.eval(), (x, ), buf, dynamo=False, opset_version=17,
-                              input_names=['x'])
-        return self.file_callable(buf.getvalue(), x)
+        return self.file_callable(_export(module, x), x)
 
-    def file_callable(self, onnx: Any, x: torch.Tensor) -> Callable[[], Any]:
-        sess = self.session(onnx)
-        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
-        return lambda: sess.run(None, feed)
+    def file_callable(self, onnx: Any, x: torch.Tensor, sess=None) -> Callable[[], Any]:
+        """``fn()`` running the ONNX model ``onnx`` on ``x``, inputs and outputs bound once
+        (no copy of the outputs into Python per run)."""
+        sess = sess or self.session(onnx)
+        bind, data = sess.io_binding(), x.detach().cpu().contiguous().numpy()
+        bind.bind_cpu_input(sess.get_inputs()[0].name, data)
+        for out in sess.get_outputs():
+            bind.bind_output(out.name)
+        return lambda: (data, sess.run_with_iobinding(bind))[1]
+
+    def time_block(self, module: nn.Module, x: torch.Tensor, timer: 'Timer') -> float:
+        """Time (us) of ``module`` on ``x`` as part of a model. Eager: the run's time. ONNX
+        Runtime: the run's time less the layout conversions at the graph's edges
+        (:func:`edge_us`), read from ONNX Runtime's node profile of ``PROFILED_RUNS`` runs
+        (the first, cold, dropped); the timed runs come after, unprofiled (profiling costs
+        about 20 us a run)."""
+        if self.name == 'torch':
+            return timer(self.callable(module, x))
+        with tempfile.TemporaryDirectory() as tmp:
+            sess = self.session(_export(module, x), profile=osp.join(tmp, 'block'))
+            fn = self.file_callable(None, x, sess)
+            for _ in range(PROFILED_RUNS):
+                fn()
+            with open(sess.end_profiling()) as f:
+                edges = edge_us(json.load(f))[1:]
+            return in_context(timer.samples(fn), edges)
+
+
+def _export(module: nn.Module, x: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(module.eval(), (x, ), buf, dynamo=False, opset_version=17,
+                          input_names=['x'])
+    return buf.getvalue()
+
+
+def edge_us(events: List[Dict]) -> List[float]:
+    """Per run of an ONNX Runtime node profile (its JSON events), in order: the kernel time
+    (us) of the layout conversions at the graph's edges, the run's first node if it is a
+    ``ReorderInput`` and its last if it is a ``ReorderOutput``. A block alone pays these;
+    inside a model its neighbours keep the blocked layout and it does not. A conversion inside
+    the block (before a GroupNorm, which has no blocked kernel) is neither first nor last: it
+    stays, as it does in the model."""
+    runs = sorted((e['ts'], e['ts'] + e['dur']) for e in events
+                  if e.get('cat') == 'Session' and e.get('name') == 'model_run')
+    nodes = sorted((e for e in events if e.get('cat') == 'Node' and
+                    e.get('name', '').endswith('_kernel_time')), key=lambda e: e['ts'])
+    out = []
+    for start, end in runs:
+        mine = [e for e in nodes if start <= e['ts'] <= end]
+        ops = [e.get('args', {}).get('op_name') for e in mine]
+        edge = 0.0
+        if ops and ops[0] == BOUNDARY_OPS[0]:
+            edge += mine[0]['dur']
+        if len(ops) > 1 and ops[-1] == BOUNDARY_OPS[1]:
+            edge += mine[-1]['dur']
+        out.append(float(edge))
+    return out
+
+
+def in_context(times: List[float], edges: List[float]) -> float:
+    """The median of ``times`` less the median of ``edges`` (us), never below 0."""
+    if not times or not edges:
+        raise RuntimeError('no timed or no profiled run of the block: cannot take its layout '
+                           'conversions out of its time')
+    return max(statistics.median(times) - statistics.median(edges), 0.0)
 
 
 # -- one layer: a block over widths ------------------------------------------------------------
@@ -226,7 +314,8 @@ class LayerTimer:
             block = build_block(self.layer['block'], cin, cout, self.depthwise)
             total = 0.0
             for shape, n in self.layer['calls']:
-                total += n * self.timer(self.backend.callable(block, self._input(shape, cin)))
+                total += n * self.backend.time_block(block, self._input(shape, cin),
+                                                     self.timer)
             self.cache[(cin, cout)] = total
         return self.cache[(cin, cout)]
 # -- sampling ------------------------------------------------------------------------------------
@@ -336,7 +425,7 @@ def profile_layers(layers: Dict[str, Dict], backend: Backend, settings: Dict,
     """The table entries of every plan layer (``settings``: points, rounds, warmup, tol,
     max_points, align)."""
     timer = Timer(backend.device if backend.name == 'torch' else 'cpu', settings['rounds'],
-                  settings['warmup'])
+                  settings['warmup'], backend.clock)
     out, t0 = {}, time.perf_counter()
     for i, (name, layer) in enumerate(layers.items()):
         lt = LayerTimer(layer, backend, timer, batch)
@@ -355,12 +444,12 @@ def profile_layers(layers: Dict[str, Dict], backend: Backend, settings: Dict,
 
 
 def compare_calls(calls: Dict[str, Callable[[], Any]], device: str = 'cpu', rounds: int = 10,
-                  warmup: int = 2) -> Dict[str, float]:
+                  warmup: int = 2, clock: str = 'wall') -> Dict[str, float]:
     """Median time (us) of each ``fn()``, interleaved: every round times each once, in
-    rotating order, so drift and other processes hit all alike."""
+    rotating order, so drift and other processes hit all alike (``clock``: see Timer)."""
     names = list(calls)
     times: Dict[str, List[float]] = {n: [] for n in names}
-    timer = Timer(device, rounds=1, warmup=0)
+    timer = Timer(device, rounds=1, warmup=0, clock=clock)
     for _ in range(warmup):
         for n in names:
             calls[n]()
@@ -413,7 +502,8 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     calls = _model_calls(plan, folder, backend, batch)
     device = backend.device if backend.name == 'torch' else 'cpu'
     with torch.no_grad():
-        us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1)
+        us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
+                           backend.clock)
     key = dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
                dtype=backend.dtype, channels_last=backend.channels_last,
                batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
