@@ -74,7 +74,8 @@ METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_taylor', 'random
            'unpruned']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
           'gfp_acts_kd': 'GFP (acts) + distillation',
-          'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1', 'tp_taylor': 'TP group Taylor',
+          'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
+          'tp_l1_kd': 'TP group L1 + distillation', 'tp_taylor': 'TP group Taylor',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
           'unpruned': 'unpruned, same budget'}
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
@@ -98,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument('--baseline-iters', type=int,
                    help="baseline training iterations (default: the config's max_iters)")
     p.add_argument('--iters', type=int, help='training iterations after the baseline, for '
-                   'every method (default 300)')
+                   'every method (default 300; 88, two epochs of the digits set, for '
+                   'classifiers)')
     p.add_argument('--seeds', type=int, nargs='+', help='default 0 1 2')
     p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
     p.add_argument('--targets', type=float, nargs='+', default=[0.5],
@@ -129,12 +131,13 @@ def parse_args(argv=None):
                         '(0: every iteration)')
     p.add_argument('--verbose', action='store_true', help="keep MMEngine's INFO logs")
     args = p.parse_args(argv)
-    fill_defaults(args, dict(iters=300, seeds=[0, 1, 2], gfp_interval=2,
+    # iters None: the task's default (base_config)
+    fill_defaults(args, dict(iters=None, seeds=[0, 1, 2], gfp_interval=2,
                              gfp_channels_per_step=32, taylor_batches=4, tol=0.01), QUICK)
     if args.quick and args.baseline_iters is None:
         args.baseline_iters = QUICK['baseline_iters']
     for name in ('iters', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches'):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be a positive integer, got '
                     f'{getattr(args, name)}')
     if args.progress < 0:
@@ -177,19 +180,42 @@ def base_config(args):
     check_model(cfg, task, _fail)
     if args.quick:
         quick_data(cfg, task, args.work_dir)
-    if args.baseline_iters is None and (cfg.get('train_cfg') or {}).get('max_iters') is None:
-        _fail(f'it trains by epochs (train_cfg={dict(cfg.get("train_cfg") or {})}) but the '
-              'benchmark counts iterations: give --baseline-iters N (the iterations the '
-              'baseline trains, or trained for with --baseline), or use an '
-              'IterBasedTrainLoop with max_iters')
     if 'thin' in args.methods and (why := thin.thin_problem(cfg)):
         _fail(f'the thin method cannot scale its widths: {why}. Leave thin out of --methods')
     cfg.custom_hooks = []
     check_data(cfg, task, _fail)
+    by_iterations(cfg, task, args, _fail)
+    if args.iters is None:
+        args.iters = task.default_iters
     if args.lr is None:  # as the pruning configs do: a tenth of the baseline's LR
         args.lr = round(0.1 * cfg.optim_wrapper.optimizer.lr, 12)
     M.set_task(task, tuple(default_input_size(cfg)))
     return cfg
+
+
+def by_iterations(cfg, task, args, fail) -> None:
+    """An epoch-based config rewritten to train by iterations (``IterBasedTrainLoop``, the
+    schedulers in iterations): the benchmark counts iterations. An epoch is
+    ``ceil(len(train set) / batch_size)`` iterations (floor with ``drop_last``)."""
+    import copy
+    import math
+
+    import _accuracy_methods as M
+    loop = dict(cfg.get('train_cfg') or {})
+    if loop.get('max_iters') is not None:
+        return
+    if loop.get('max_epochs') is None:
+        fail(f'its train_cfg={loop} gives neither max_iters nor max_epochs: give '
+             '--baseline-iters N or one of them')
+    loader = cfg.train_dataloader
+    size = len(task.registry('DATASETS').build(copy.deepcopy(loader.dataset)))
+    div = math.floor if loader.get('drop_last') else math.ceil
+    epoch = max(1, div(size / loader.batch_size))
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=loop['max_epochs'] * epoch,
+                         val_interval=loop.get('val_interval', 1) * epoch)
+    cfg.param_scheduler = M.epochs_to_iters(cfg.get('param_scheduler') or [], epoch)
+    print(f'[accuracy] {osp.basename(args.config)} trains {loop["max_epochs"]} epochs of '
+          f'{epoch} iterations: {cfg.train_cfg["max_iters"]} iterations here', flush=True)
 
 
 def _failer(config: str):
@@ -217,7 +243,7 @@ def check_model(cfg, task, fail) -> None:
 
 
 def quick_data(cfg, task, work_dir: str) -> None:
-    """--quick: a few images per split, one per batch.
+    """--quick: a few images per split, ``task.quick_batch`` (mostly one) per batch.
 
     The embedded digits set of the task is generated tiny into ``WORK_DIR/data_quick``
     (evaluator annotation paths under the old data root follow it); any other data set keeps
@@ -238,7 +264,7 @@ def quick_data(cfg, task, work_dir: str) -> None:
                     cfg[ev].ann_file = root + ann[len(old):]
         elif 'ann_file' in ds:  # a plain data set, not a wrapper
             ds.indices = 8 if k == 'train_dataloader' else 4
-        cfg[k].batch_size = 1
+        cfg[k].batch_size = task.quick_batch
 
 
 def check_data(cfg, task, fail) -> None:
@@ -368,10 +394,14 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
         else:
             if method == 'tp_taylor':
                 M.taylor_gradients(model, _batches(base, seed, args.taylor_batches))
-            model, info = M.tp_prune_to(model, method[3:], target, full['flops'], args.tol,
-                                        args.tp_scope == 'global')
+            model, info = M.tp_prune_to(model, method.split('_')[1], target, full['flops'],
+                                        args.tol, args.tp_scope == 'global')
         info['pruned_eval'] = M.evaluate(model, base, wd, _stamp(name + '_pruned'), level)
-        M.runner(ft, model).train()
+        if K.is_kd(method):  # the sliced student distils from the unpruned baseline
+            ft.custom_hooks.insert(0, K.sliced_hook(args, M.task(), ckpt, base))
+        run = M.runner(ft, model)
+        run.train()
+        info.update(M.distilled(run))
         out['train_iters'] = args.iters
     cost = M.measure(model)
     out.update({k: cost[k] / full[k] for k in ('flops', 'params', 'acts')})
@@ -498,7 +528,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'ohsD^vXP'))
+    markers = dict(zip(METHODS, 'ohsD*^vXP'))
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     # curves end at the unpruned model with the same training budget when it was measured
@@ -579,12 +609,12 @@ def start(args):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     M = start(args)
-    K.check_hook(args)
     t_start = time.perf_counter()
     wd = osp.abspath(args.work_dir)
     base = base_config(args)
     task = M.task()
     k1, k2 = task.keys
+    K.check_hook(args, task, base)
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
