@@ -1,5 +1,4 @@
 """GFPDistillHook: distillation from the unpruned model while pruning and fine-tuning."""
-import copy
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -8,9 +7,12 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.core.distill import LOSSES, flat_tensors, producer_group
+from mmgfp.core.distill import LOSSES, POOLED, producer_group
+from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
+from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 
 TEACHER_KEY = 'mmgfp_teacher'
+DURING = ('all', 'pruning', 'finetuning')
 
 
 class _TeacherDone(Exception):
@@ -48,24 +50,52 @@ class GFPDistillHook(Hook):
     model.
 
     Args:
-        losses (Sequence[dict], optional): Each ``dict(module=NAME, type='kl'|'cwd',
-            weight=1.0, tau=1.0)``: ``'kl'`` compares class distributions (classifier logits),
-            ``'cwd'`` feature maps channel by channel; pruned channels of the student are left
-            out of ``'cwd'``. None: ``kl`` on ``head`` (tau 4) for mmpretrain classifiers,
-            else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults to None.
+        losses (Sequence[dict], optional): Each ``dict(module=NAME, type=TYPE, weight=1.0,
+            tau=1.0, output=None)``: ``'kl'`` compares class distributions (classifier logits),
+            ``'sigmoid_kl'`` dense sigmoid class scores (a detector head's), ``'mse'`` dense
+            regression maps, ``'cwd'`` feature maps channel by channel; pruned channels of the
+            student are left out of ``'cwd'``. ``output=i`` distils element ``i`` of the
+            module's output tuple only (``dict(module='bbox_head', type='sigmoid_kl',
+            output=0)``: the class scores of every level). None: ``kl`` on ``head`` (tau 4)
+            for mmpretrain classifiers, else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults
+            to None.
         teacher (str, optional): Checkpoint of the unpruned model to distil from instead of the
             loaded weights; needed when those are already pruned (fine-tuning) and carry no
-            teacher. Defaults to None.
+            teacher. When its shapes fit the student, the teacher is a copy of the student
+            with these weights; when they do not (a sliced student), the teacher is built from
+            the unpruned model's config (``teacher_cfg``, else the checkpoint's
+            ``meta['cfg']``, else the Runner's ``cfg.model``) and the weights are loaded into
+            it strictly. Defaults to None.
         save_teacher (bool): Store the teacher's weights in checkpoints. Defaults to True.
+        teacher_cfg (str | dict, optional): The unpruned model's config, for a sliced
+            student: a config path, a config (dict) with ``model``, or a model dict with
+            ``type`` (built in the current default scope). Defaults to None.
+        during (str): When the teacher teaches: ``'all'`` every iteration, ``'pruning'``
+            while FisherPruningHook still removes channels, ``'finetuning'`` after it has
+            finished (or always without a pruning hook, or with ``prune=False``). In the other
+            phase the teacher does not run and no ``loss_distill_*`` term is added, so the
+            Fisher information of the pruning phase sees the task loss alone with
+            ``'finetuning'``. The phase follows the pruning hook's state, also after a
+            resume. Defaults to 'all'.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
-                 save_teacher: bool = True):
-        self.losses = None if losses is None else [_check_loss(dict(l)) for l in losses]
+                 save_teacher: bool = True, teacher_cfg=None, during: str = 'all'):
+        self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
+        keys = [loss_key(spec) for spec in self.losses or []]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f'two `losses` entries would both log as {keys}: give each '
+                             'module and type once')
         if teacher is not None and not isinstance(teacher, str):
             raise ValueError(f'`teacher` is a checkpoint path, but got {teacher!r}')
         self.teacher_ckpt = teacher
+        config_of(teacher_cfg)  # a wrong kind of config fails here, not when training starts
+        self.teacher_cfg = teacher_cfg
+        if during not in DURING:
+            raise ValueError(f'`during` must be one of {DURING}, got {during!r}')
+        self.during = during
+        self._teaching: Optional[bool] = None  # the phase of the last iteration
         self.save_teacher = save_teacher
         self.teacher: Optional[nn.Module] = None
         self._loaded_teacher: Optional[Dict] = None
@@ -83,29 +113,49 @@ class GFPDistillHook(Hook):
     def before_train(self, runner) -> None:
         from .fisher_pruning_hook import FisherPruningHook
         prune_hook = next((h for h in runner.hooks if isinstance(h, FisherPruningHook)), None)
-        self.attach(_unwrap(runner.model), prune_hook)
+        cfg = runner.cfg if isinstance(runner.cfg.get('model'), dict) else None
+        self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
-            for s in self.losses) + f' from {self._source}')
+            for s in self.losses) + f' from {self._source}, during {self.during}')
+        if self.during == 'pruning' and (prune_hook is None or not prune_hook.prune_enabled):
+            runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
+                                  'prunes in this run: the teacher never teaches')
 
-    def attach(self, model: nn.Module, prune_hook=None) -> None:
-        """Copy the teacher from ``model`` (or the loaded teacher) and wrap ``model.loss``.
+    def teaching(self) -> bool:
+        """Whether the teacher teaches in the current phase (``during``)."""
+        if self.during == 'all':
+            return True
+        return self._finished() == (self.during == 'finetuning')
+
+    def attach(self, model: nn.Module, prune_hook=None, teacher_model: Optional[nn.Module] = None,
+               model_cfg=None) -> None:
+        """Make the teacher and wrap ``model.loss``.
 
         What ``before_train`` does, without a Runner (the overhead benchmark calls it). The
         distillation terms are added while ``active`` is set (each training iteration).
+
+        Args:
+            model (nn.Module): The student (unwrapped), masked or sliced.
+            prune_hook (FisherPruningHook, optional): For the masks. Defaults to None.
+            teacher_model (nn.Module, optional): A ready teacher (e.g. the unpruned model
+                built and loaded by the caller); it is set to eval mode and frozen, and
+                ``teacher`` / ``teacher_cfg`` are not used. Defaults to None.
+            model_cfg (optional): Config of the unpruned model, used after ``teacher_cfg``
+                and the checkpoint's ``meta['cfg']`` when the student is sliced (the Runner's
+                ``cfg``). Defaults to None.
         """
         self._prune_hook = prune_hook
         if self.losses is None:
-            self.losses = _default_losses(model)
+            self.losses = default_losses(model)
         modules = dict(model.named_modules())
         for spec in self.losses:
             if spec['module'] not in modules:
                 raise ValueError(f"GFPDistillHook: the model has no module {spec['module']!r} "
                                  f'to distil; give `losses` naming one of its modules, e.g. '
                                  f'{[n for n, _ in model.named_children()]}')
-        self.teacher = self._build_teacher(model)
-        for spec in self.losses:
-            name = spec['module']
+        self.teacher = self._build_teacher(model, teacher_model, model_cfg)
+        for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
                 lambda m, a, out, _n=name: self._note(_n, out)))
         self._own_loss = model.__dict__.get('loss')  # another tool's replacement, if any
@@ -121,28 +171,28 @@ class GFPDistillHook(Hook):
         self._handles = []
         self.active = False
 
-    def _build_teacher(self, model: nn.Module) -> nn.Module:
+    def _build_teacher(self, model: nn.Module, teacher_model: Optional[nn.Module],
+                       model_cfg) -> nn.Module:
         if self._prune_hook is not None and self._prune_hook.pruner is not None:
             raise RuntimeError('GFPDistillHook: the masks are already on the model, so a copy '
                                'would be a pruned teacher; the teacher is copied when training '
                                'starts, before FisherPruningHook masks the model')
-        teacher = copy.deepcopy(model)
-        teacher.__dict__.pop('loss', None)
-        state = self._loaded_teacher
+        if teacher_model is not None:
+            self._source = f'the given {type(teacher_model).__name__}'
+            return teacher_model.eval().requires_grad_(False)
+        state, cfg = self._loaded_teacher, None
         self._source = 'the checkpoint\'s teacher'
         if state is None and self.teacher_ckpt is not None:
-            from mmengine.runner import load_checkpoint
-            load_checkpoint(teacher, self.teacher_ckpt, map_location='cpu', strict=True)
+            from mmgfp.apis.deploying.deploy import read_checkpoint
+            ckpt = read_checkpoint(self.teacher_ckpt)
+            state, cfg = state_of(ckpt), checkpoint_config(ckpt)
             self._source = self.teacher_ckpt
         elif state is None:
             self._check_unpruned()
             self._source = 'the model as loaded'
-        else:
-            teacher.load_state_dict(state, strict=True)
         self._loaded_teacher = None
-        teacher.eval()
-        teacher.requires_grad_(False)
-        return teacher
+        cfg = config_of(self.teacher_cfg) or cfg or config_of(model_cfg)
+        return make_teacher(model, state, cfg, self._source)
 
     def _check_unpruned(self) -> None:
         hook = self._prune_hook
@@ -163,7 +213,17 @@ class GFPDistillHook(Hook):
 
     # -- every iteration -------------------------------------------------------------------
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        self.active = True  # after the pruning hook's tracing forward of iteration 1
+        # after the pruning hook's tracing forward of iteration 1 and its restored state
+        self.active = self.teaching()
+        if self.active != self._teaching and self.during != 'all':
+            runner.logger.info(
+                f'GFPDistillHook: from iteration {runner.iter + 1} the teacher '
+                f"{'teaches' if self.active else 'does not teach'} (during={self.during!r}, "
+                f"pruning {'finished' if self._finished() else 'goes on'})")
+        self._teaching = self.active
+
+    def _finished(self) -> bool:
+        return self._prune_hook is None or self._prune_hook.finished
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self.active = False
@@ -182,7 +242,7 @@ class GFPDistillHook(Hook):
             losses = orig(inputs, data_samples, *args, **kwargs)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
-                key = f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
+                key = loss_key(spec)
                 losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
             self._student = {}
             return losses
@@ -190,36 +250,49 @@ class GFPDistillHook(Hook):
         return loss
 
     def _run_teacher(self, inputs, data_samples) -> Dict[str, list]:
+        """The teacher's outputs of the distilled modules, as many calls as the student made.
+
+        The modules' ``forward`` is wrapped on the instance rather than hooked: MMDetection's
+        tensor path calls ``self.bbox_head.forward(x)``, which runs no forward hooks.
+        """
         want = {s['module']: len(self._student.get(s['module'], [])) for s in self.losses}
         got: Dict[str, list] = {n: [] for n in want}
         modules = dict(self.teacher.named_modules())
 
-        def note(name, out):
-            got[name].append(out)
-            if all(len(got[n]) >= k for n, k in want.items()):
-                raise _TeacherDone
+        def tapped(name, forward):
+            def run(*args, **kwargs):
+                got[name].append(forward(*args, **kwargs))
+                if all(len(got[n]) >= k for n, k in want.items()):
+                    raise _TeacherDone
+                return got[name][-1]
+            return run
 
-        handles = [modules[n].register_forward_hook(lambda m, a, out, _n=n: note(_n, out))
-                   for n in want]
+        own = {n: modules[n].__dict__.get('forward') for n in want}
+        for n in want:
+            modules[n].forward = tapped(n, modules[n].forward)
         try:
             with torch.no_grad():
                 self.teacher(inputs, data_samples, mode='tensor')
         except _TeacherDone:
             pass
         finally:
-            for h in handles:
-                h.remove()
+            for n, forward in own.items():
+                modules[n].__dict__.pop('forward')
+                if forward is not None:
+                    modules[n].forward = forward
         return got
 
     def _term(self, spec: dict, teacher_outs: list) -> torch.Tensor:
         name = spec['module']
-        s_list = [t for out in self._student.get(name, []) for t in flat_tensors(out)]
-        t_list = [t for out in teacher_outs for t in flat_tensors(out)]
+        s_list = picked_tensors(spec, self._student.get(name, []))
+        t_list = picked_tensors(spec, teacher_outs)
         if not s_list or len(s_list) != len(t_list):
             raise RuntimeError(f'GFPDistillHook: module {name!r} gave {len(s_list)} tensors in '
                                f'the student\'s loss forward and {len(t_list)} in the '
                                "teacher's tensor forward; distil a module both paths run")
         fn = LOSSES[spec['type']]
+        if spec['type'] in POOLED:
+            return fn(s_list, t_list, spec['tau'])
         terms = []
         for i, (s, t) in enumerate(zip(s_list, t_list)):
             if spec['type'] == 'cwd':
@@ -261,37 +334,6 @@ def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
         for p in modules[layer].parameters(recurse=False):
             producers[id(p)] = key
     return producer_group(feature, producers)
-
-
-def _check_loss(spec: dict) -> dict:
-    if not isinstance(spec.get('module'), str):
-        raise ValueError(f'every entry of `losses` needs module=NAME (a module of the model), '
-                         f'got {spec!r}')
-    spec.setdefault('type', 'cwd')
-    if spec['type'] not in LOSSES:
-        raise ValueError(f"`losses` type must be one of {sorted(LOSSES)}, got {spec['type']!r}")
-    spec.setdefault('weight', 1.0)
-    spec.setdefault('tau', 1.0)
-    if not spec['tau'] > 0 or spec['weight'] < 0:
-        raise ValueError(f'`losses` needs tau > 0 and weight >= 0, got {spec!r}')
-    extra = set(spec) - {'module', 'type', 'weight', 'tau'}
-    if extra:
-        raise ValueError(f'unknown keys {sorted(extra)} in `losses` entry {spec!r}')
-    return spec
-
-
-def _default_losses(model: nn.Module) -> List[dict]:
-    from mmgfp.codebases import codebase_of
-    try:
-        scope = codebase_of(model).scope
-    except Exception:  # noqa: BLE001  (a model of no known codebase: the neck rule below)
-        scope = None
-    if scope == 'mmpretrain':
-        return [dict(module='head', type='kl', weight=1.0, tau=4.0)]
-    if getattr(model, 'neck', None) is not None:
-        return [dict(module='neck', type='cwd', weight=1.0, tau=1.0)]
-    raise ValueError(f'GFPDistillHook: no default distillation for {type(model).__name__} '
-                     '(no neck): give `losses=[dict(module=NAME, type="kl" or "cwd")]`')
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmgfp.core.distill import cwd, kl_logits, producer_group
+from mmgfp.core.distill import cwd, kl_logits, mse, producer_group, sigmoid_kl
 
 
 def test_losses_are_zero_at_the_teacher_and_positive_elsewhere():
@@ -41,3 +41,48 @@ def test_producer_group_walks_through_norm_and_activation():
     assert producer_group(torch.cat([conv(x), conv(x)], 1), producers) is None
     with torch.no_grad():
         assert producer_group(conv(x), producers) is None
+
+
+def _binary_kl(s, t, tau):
+    """Per-element binary KL by the cross-entropy identity KL = CE(p_t, p_s) - H(p_t)."""
+    p_t = torch.sigmoid(t / tau)
+    ce = nn.functional.binary_cross_entropy_with_logits
+    return (ce(s / tau, p_t, reduction='none') - ce(t / tau, p_t, reduction='none')) * tau**2
+
+
+def test_sigmoid_kl_is_zero_with_zero_gradient_at_the_teacher():
+    levels = [torch.randn(2, 6, 4, 4), torch.randn(2, 6, 2, 2)]
+    student = [t.clone().requires_grad_() for t in levels]
+    loss = sigmoid_kl(student, levels, tau=2.0)
+    loss.backward()
+    assert float(loss) == pytest.approx(0, abs=1e-6)
+    assert all(float(s.grad.abs().max()) < 1e-7 for s in student)
+    assert float(sigmoid_kl([t + 0.5 for t in levels], levels)) > 0
+    assert float(mse(levels, levels)) == 0 and float(mse([t + 1 for t in levels], levels)) > 0
+
+
+def test_sigmoid_kl_pools_the_levels_and_sums_the_channels():
+    t = [torch.randn(2, 6, 4, 4) * 3, torch.randn(2, 6, 2, 2) * 3]
+    s = [torch.randn_like(x) * 3 for x in t]
+    positions = 2 * 16 + 2 * 4  # images x positions, both levels
+    want = sum(_binary_kl(a, b, 2.0).sum() for a, b in zip(s, t)) / positions
+    assert float(sigmoid_kl(s, t, tau=2.0)) == pytest.approx(float(want), rel=1e-5)
+    assert float(sigmoid_kl(s[0], t[0])) == pytest.approx(
+        float(_binary_kl(s[0], t[0], 1.0).sum() / 32), rel=1e-5)
+    want_mse = sum((a - b).pow(2).sum() for a, b in zip(s, t)) / positions
+    assert float(mse(s, t)) == pytest.approx(float(want_mse), rel=1e-5)
+    with pytest.raises(ValueError, match='differ'):
+        sigmoid_kl([s[0][:, :3]], [t[0]])
+    with pytest.raises(ValueError, match='1 student tensors but 2'):
+        sigmoid_kl(s[:1], t)
+
+
+def test_sigmoid_kl_gradient_pulls_the_scores_towards_the_teachers():
+    t = torch.randn(2, 6, 4, 4) * 3
+    s = (t + torch.randn_like(t) * 2).requires_grad_()
+    sigmoid_kl(s, t, tau=2.0).backward()
+    differ = (s - t).abs() > 1e-3
+    assert torch.equal(torch.sign(s.grad)[differ], torch.sign(s - t).detach()[differ])
+    gap = (torch.sigmoid(s) - torch.sigmoid(t)).abs().sum()
+    stepped = s.detach() - 10.0 * s.grad
+    assert float((torch.sigmoid(stepped) - torch.sigmoid(t)).abs().sum()) < float(gap)

@@ -141,7 +141,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match='module=NAME'):
         GFPDistillHook(losses=[dict(type='kl')])
     with pytest.raises(ValueError, match='type must be one of'):
-        GFPDistillHook(losses=[dict(module='head', type='mse')])
+        GFPDistillHook(losses=[dict(module='head', type='l2')])
     with pytest.raises(ValueError, match='tau > 0'):
         GFPDistillHook(losses=[dict(module='head', tau=0)])
     with pytest.raises(ValueError, match='unknown keys'):
