@@ -111,7 +111,7 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None) -> str:
     parts = []
     for x in losses:
         extra = ''.join(f' {k}{x[k]}' for k in sorted(x)
-                        if k not in ('module', 'type', 'weight', 'tau'))
+                        if k not in ('module', 'type', 'weight', 'tau') and x[k] is not None)
         parts.append(f"{x.get('type', 'cwd')} {x['module']} w{x.get('weight', 1.0):g} "
                      f"tau{x.get('tau', 1.0):g}{extra}")
     return ', '.join(parts) + (f'; {during}' if during else '')

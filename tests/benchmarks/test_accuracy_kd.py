@@ -76,13 +76,13 @@ def test_bad_kd_options_are_named(argv, message, capsys):
 
 @pytest.mark.slow
 def test_quick_on_a_classifier_with_and_without_the_teacher(tmp_path):
-    """ResNet-18 digits (epoch-based config, trained by iterations here): GFP with and
-    without distillation (KL on the head's logits) and Torch-Pruning L1, top-1 read from
+    """ResNet-18 digits (epoch-based config, trained by iterations here): GFP and
+    Torch-Pruning L1 with and without distillation (KL on the head's logits), top-1 read from
     mmpretrain's Accuracy, the class count kept."""
     methods = ['gfp_acts', 'gfp_acts_kd']
     try:
         import torch_pruning  # noqa: F401
-        methods.append('tp_l1')
+        methods += ['tp_l1', 'tp_l1_kd']
     except ImportError:
         pass
     out = accuracy.main(['--config', osp.join(ROOT, 'configs', 'digits', 'resnet18_digits.py'),
@@ -98,6 +98,9 @@ def test_quick_on_a_classifier_with_and_without_the_teacher(tmp_path):
     assert 'kd' not in runs['gfp_acts']['info']
     assert runs['gfp_acts_kd']['info']['kd']['losses'] == [
         dict(module='head', type='kl', weight=1.0, tau=4.0)]
+    if 'tp_l1_kd' in runs:  # the sliced student's teacher: the baseline, built from --config
+        assert runs['tp_l1_kd']['info']['kd']['losses'][0]['type'] == 'kl'
+        assert runs['tp_l1_kd']['params'] == runs['tp_l1']['params']
     kd_row = next(r for r in out['rows'] if r['method'] == 'gfp_acts_kd')
     assert kd_row['kd']['losses'][0]['type'] == 'kl'
 
