@@ -17,7 +17,9 @@ LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
 
 
 def _mean_std(xs):
-    if not xs:
+    # nan when any value is (e.g. a classifier's top-5 with topk=(1,)): statistics.stdev
+    # raises on NaNs
+    if not xs or any(x != x for x in xs):
         return float('nan'), float('nan')
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float('nan'))
 

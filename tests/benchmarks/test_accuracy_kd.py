@@ -127,3 +127,10 @@ def test_a_sliced_student_distils_outputs_by_default():
     assert K.sliced_losses(args, TASKS['mmpretrain']())[0]['type'] == 'kl'
     given = accuracy.parse_args(['--kd-losses', '[{"module": "head", "type": "mse"}]'])
     assert K.sliced_losses(given, TASKS['mmpose']()) == [{'module': 'head', 'type': 'mse'}]
+
+
+def test_a_metric_missing_in_every_run_is_nan_not_an_error():
+    """A classifier evaluated with topk=(1,) has no top-5: the table says n/a."""
+    mean, std = accuracy._mean_std([float('nan')] * 3)
+    assert mean != mean and std != std
+    assert accuracy._mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414), abs=1e-4)
