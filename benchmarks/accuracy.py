@@ -12,15 +12,16 @@ for two cores ran a RetinaNet iteration 5x slower (9.4 s vs 1.8 s) than one thre
 
 One baseline of ``--config`` (default: RetinaNet-R18,
 ``configs/digits/retinanet_r18_fpn_digits.py``; any single-stage mmdet detector, top-down
-mmpose estimator or mmseg encoder-decoder config, e.g. ``configs/digits/td-hm_r18_digits.py``
-and ``configs/digits/fcn_r18-d8_digits.py``, with its data and test evaluator taken as written:
-bbox mAP, keypoint AP or PCK, mIoU; see ``_accuracy_tasks.py``), trained here once (an
-epoch-based config needs ``--baseline-iters``) or given as ``--baseline CKPT``, is brought to
-``--targets`` of its FLOPs (default 0.5) by each method, for every seed. Before anything
-trains, the config is checked (the kind of model; the train/val/test data sets load and their
-first image exists; the test evaluator builds and gives the task's metric) and a clear error
-names what to fix. Each
-training and test run prints its iterations and ETA every ``--progress`` seconds. ``--quick``
+mmpose estimator, mmseg encoder-decoder or mmpretrain classifier config, e.g.
+``configs/digits/td-hm_r18_digits.py``, ``configs/digits/fcn_r18-d8_digits.py`` and
+``configs/digits/resnet18_digits.py``, with its data and test evaluator taken as written:
+bbox mAP, keypoint AP or PCK, mIoU, top-1; see ``_accuracy_tasks.py``), trained here once (an
+epoch-based config by iterations: its epochs and schedulers rewritten in iterations) or given
+as ``--baseline CKPT``, is brought to ``--targets`` of its FLOPs (default 0.5) by each
+method, for every seed. Before anything trains, the config is checked (the kind of model; the
+train/val/test data sets load and their first image exists; the test evaluator builds and
+gives the task's metric) and a clear error names what to fix. Each training and test run
+prints its iterations and ETA every ``--progress`` seconds. ``--quick``
 uses a tiny generated digits set for the embedded digits data, and the first few images of
 any other data set.
 
