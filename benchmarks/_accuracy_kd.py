@@ -61,21 +61,30 @@ def hook_args(method: str, args) -> Optional[dict]:
     return out
 
 
-def check_hook(args) -> None:
-    """Build the hook once with the options given, so a bad entry fails before any training.
+def check_hook(args, task, base) -> None:
+    """Build the hooks of the ``*_kd`` methods once, so a bad option fails before any
+    training (``task`` and the baseline config ``base`` for ``tp_*_kd``).
 
     Raises:
         SystemExit: Naming the option and the hook's complaint.
     """
-    if not any(is_kd(m) for m in args.methods):
-        return
     from mmgfp.hooks.distill_hook import GFPDistillHook
-    kwargs = hook_args('gfp_acts_kd', args)
-    try:
-        GFPDistillHook(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight: GFPDistillHook '
-                         f'refuses {kwargs}: {e}') from None
+    hooks = [hook_args(m, args) for m in args.methods if is_kd(m) and not is_sliced(m)][:1]
+    if any(is_sliced(m) for m in args.methods):
+        hook = sliced_hook(args, task, 'baseline.pth', base)
+        hook.pop('type')
+        hooks.append(hook)
+    for kwargs in hooks:
+        try:
+            GFPDistillHook(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight: GFPDistillHook '
+                             f'refuses {kwargs}: {e}') from None
+
+
+def is_sliced(method: str) -> bool:
+    """Whether ``method`` distils into a student Torch-Pruning sliced (``tp_*_kd``)."""
+    return is_kd(method) and method.startswith('tp_')
 
 
 def add_signature(sig: dict, args) -> dict:
@@ -102,7 +111,47 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None) -> str:
     parts = []
     for x in losses:
         extra = ''.join(f' {k}{x[k]}' for k in sorted(x)
-                        if k not in ('module', 'type', 'weight', 'tau'))
+                        if k not in ('module', 'type', 'weight', 'tau') and x[k] is not None)
         parts.append(f"{x.get('type', 'cwd')} {x['module']} w{x.get('weight', 1.0):g} "
                      f"tau{x.get('tau', 1.0):g}{extra}")
     return ', '.join(parts) + (f'; {during}' if during else '')
+
+
+# --------------------------------------------------------------------- a sliced student
+def sliced_losses(args, task) -> List[dict]:
+    """The losses a sliced (Torch-Pruning) student distils with: ``--kd-losses``, else the
+    task's output loss (``Task.sliced_kd_losses``).
+
+    Raises:
+        SystemExit: For ``cwd`` (a sliced student's feature maps have fewer channels than the
+            teacher's, and which of the teacher's they match is not known), or a task without
+            an output loss of its own and no ``--kd-losses``.
+    """
+    if args.kd_weight is not None:
+        raise SystemExit('error: --kd-weight sets the weight of the CWD term on the neck, which '
+                         'a sliced student (tp_*_kd) cannot use: give --kd-losses with an '
+                         'output loss instead')
+    losses = args.kd_losses if args.kd_losses is not None else task.sliced_kd_losses
+    if losses is None:
+        raise SystemExit(f'error: tp_*_kd on {task.scope} needs --kd-losses: an output loss '
+                         '(type kl, sigmoid_kl or mse on the head) that a sliced student can '
+                         'compare with the unpruned teacher')
+    cwd = [x['module'] for x in losses if x.get('type', 'cwd') == 'cwd']
+    if cwd:
+        raise SystemExit(f'error: tp_*_kd: cwd on {cwd} needs the teacher\'s channels, but '
+                         'Torch-Pruning sliced the student and its maps have fewer. Distil '
+                         'outputs instead, e.g. --kd-losses \'[{"module": "bbox_head", '
+                         '"type": "sigmoid_kl", "output": 0}]\' (a detector) or '
+                         '\'[{"module": "head", "type": "kl", "tau": 4}]\' (a classifier)')
+    return [dict(x) for x in losses]
+
+
+def sliced_hook(args, task, baseline: str, base) -> dict:
+    """The GFPDistillHook entry of a ``tp_*_kd`` fine-tuning run: the teacher is the unpruned
+    model built from the baseline config (``teacher_cfg``) with the baseline checkpoint."""
+    hook = dict(type='GFPDistillHook', losses=sliced_losses(args, task), teacher=baseline,
+                teacher_cfg=dict(model=base.model.to_dict(),
+                                 default_scope=base.get('default_scope') or task.scope))
+    if args.kd_during is not None:
+        hook['during'] = args.kd_during
+    return hook

@@ -3,14 +3,15 @@
 One :class:`Task` per OpenMMLab codebase the accuracy benchmark runs on, chosen by
 :func:`task_of` from the config's scope:
 
-=========  =====================================  ===================  ===================
-task       model the config must build            test evaluator       reported (2nd)
-=========  =====================================  ===================  ===================
-mmdet      a single-stage detector (one bbox_head) CocoMetric (bbox),  bbox mAP (mAP@0.5)
-                                                  VOCMetric (mAP)
-mmpose     a top-down pose estimator (one head)   CocoMetric, PCK      AP (AP@0.5), PCK
-mmseg      an encoder-decoder segmentor           IoUMetric (mIoU)     mIoU % (mAcc %)
-=========  =====================================  ===================  ===================
+==========  =====================================  ===================  ===================
+task        model the config must build            test evaluator       reported (2nd)
+==========  =====================================  ===================  ===================
+mmdet       a single-stage detector (one bbox_head) CocoMetric (bbox),  bbox mAP (mAP@0.5)
+                                                   VOCMetric (mAP)
+mmpose      a top-down pose estimator (one head)   CocoMetric, PCK      AP (AP@0.5), PCK
+mmseg       an encoder-decoder segmentor           IoUMetric (mIoU)     mIoU % (mAcc %)
+mmpretrain  an image classifier (linear head)      Accuracy (top-1)     top-1 (top-5), 0-1
+==========  =====================================  ===================  ===================
 
 Each task checks the model and the evaluator before anything trains (a clear error naming the
 fix), reads its metric from the evaluator's output, names the layers whose output channels
@@ -34,6 +35,11 @@ class Task:
         headers (tuple): Their table headers.
         digits (str): The type of the project's digits data set of this task (``--quick``
             generates it tiny).
+        quick_batch (int): The batch size of every split with ``--quick``.
+        default_iters (int): Training iterations after the baseline when ``--iters`` is not
+            given.
+        sliced_kd_losses (list): GFPDistillHook ``losses`` of ``tp_*_kd`` (a sliced student)
+            when ``--kd-losses`` is not given; None: it must be given.
         what (str): What the config must build, for error messages.
     """
     scope = ''
@@ -41,6 +47,11 @@ class Task:
     headers: Tuple[str, str] = ('bbox mAP', 'mAP@0.5')
     digits = ''
     what = ''
+    quick_batch = 1  # --quick's batch size
+    default_iters = 300  # --iters when not given
+    # tp_*_kd's losses when --kd-losses is not given (None: it must be given): an output loss,
+    # which a student sliced by Torch-Pruning can compare with the unpruned teacher
+    sliced_kd_losses: Optional[List[dict]] = None
 
     def model_problem(self, model_cfg: dict, cls) -> Optional[str]:
         """Why the benchmark cannot use a model of registered class ``cls`` (None: it can)."""
@@ -93,6 +104,8 @@ class Detection(Task):
                       "(metric='mAP')")
     # (mAP, mAP@0.5) keys of mmdet's CocoMetric and VOCMetric
     pairs = (('coco/bbox_mAP', 'coco/bbox_mAP_50'), ('pascal_voc/mAP', 'pascal_voc/AP50'))
+    # the head's class scores of every level (the first element of its output)
+    sliced_kd_losses = [dict(module='bbox_head', type='sigmoid_kl', output=0)]
 
     def model_problem(self, model_cfg, cls):
         from mmdet.models.detectors import SingleStageDetector
@@ -197,8 +210,56 @@ class SegTrainPath(nn.Module):
         return [self.model.decode_head(feats)] + [h(feats) for h in _aux_heads(self.model)]
 
 
+class Classification(Task):
+    scope = 'mmpretrain'
+    keys = ('top1', 'top5')
+    headers = ('top-1', 'top-5')
+    digits = 'DigitsClsDataset'
+    quick_batch = 2  # ResNet's last BN sees 1x1 maps on 32x32 images: one image is too few
+    # two epochs of the digits set (44 iterations each) after baselines of 10 (ResNet-18) and
+    # 30 (MobileNetV2) epochs: 32x32 digits learn fast, and 3 seeds x 5 methods x 2 models
+    # must fit a few CPU hours
+    default_iters = 88
+    sliced_kd_losses = [dict(module='head', type='kl', weight=1.0, tau=4.0)]  # as GFP's
+    what = 'an image classifier with a linear head (e.g. ResNet, MobileNetV2)'
+    evaluator_hint = "mmpretrain's Accuracy with 1 in topk"
+
+    def model_problem(self, model_cfg, cls):
+        from mmpretrain.models import ImageClassifier
+        if not issubclass(cls, ImageClassifier) or 'head' not in model_cfg:
+            return 'is not an image classifier with a head'
+        return None
+
+    def metric_ok(self, m):
+        from mmpretrain.evaluation import Accuracy
+        return isinstance(m, Accuracy) and 1 in m.topk
+
+    def read(self, metrics):
+        # Accuracy reports percent; fractions here, like the other tasks' AP and mAP
+        return _first(metrics, (('accuracy/top1', 'accuracy/top5'),), self.keys, 0.01)
+
+    def output_layers(self, model):
+        # the head's classifier (LinearClsHead.fc): its outputs are the classes
+        fc = getattr(model.head, 'fc', None)
+        return [fc] if isinstance(fc, nn.Linear) else []
+
+    def tp_forward(self, model, data_samples):
+        return ClsTensorPath(model)
+
+
+class ClsTensorPath(nn.Module):
+    """An mmpretrain classifier's logits (``forward(mode='tensor')``) as ``forward(x)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, mode='tensor')
+
+
 TASKS: Dict[str, Callable[[], Task]] = {
-    'mmdet': Detection, 'mmpose': Pose, 'mmseg': Segmentation}
+    'mmdet': Detection, 'mmpose': Pose, 'mmseg': Segmentation, 'mmpretrain': Classification}
 
 
 def task_of(cfg) -> Task:
@@ -210,7 +271,8 @@ def task_of(cfg) -> Task:
     from mmgfp.codebases.base import config_scope
     scope = config_scope(cfg)
     if scope not in TASKS:
-        raise SystemExit(f'error: the accuracy benchmark runs MMDetection, MMPose and '
-                         f'MMSegmentation configs ({", ".join(sorted(TASKS))}), not '
+        raise SystemExit(f'error: the accuracy benchmark runs MMDetection, MMPose, '
+                         f'MMSegmentation and MMPretrain configs '
+                         f'({", ".join(sorted(TASKS))}), not '
                          f'{scope!r} (the config\'s default_scope)')
     return TASKS[scope]()

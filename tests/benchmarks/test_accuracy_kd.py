@@ -72,3 +72,65 @@ def test_bad_kd_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         accuracy.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_on_a_classifier_with_and_without_the_teacher(tmp_path):
+    """ResNet-18 digits (epoch-based config, trained by iterations here): GFP and
+    Torch-Pruning L1 with and without distillation (KL on the head's logits), top-1 read from
+    mmpretrain's Accuracy, the class count kept."""
+    methods = ['gfp_acts', 'gfp_acts_kd']
+    try:
+        import torch_pruning  # noqa: F401
+        methods += ['tp_l1', 'tp_l1_kd']
+    except ImportError:
+        pass
+    out = accuracy.main(['--config', osp.join(ROOT, 'configs', 'digits', 'resnet18_digits.py'),
+                         '--quick', '--threads', '1', '--work-dir', str(tmp_path),
+                         '--methods', *methods, '--targets', '0.3'])
+    assert out['task'] == 'mmpretrain' and out['metric'] == {'top1': 'top-1', 'top5': 'top-5'}
+    runs = {r['method']: r for r in out['runs']}
+    assert sorted(runs) == sorted(methods)
+    for method, r in runs.items():
+        assert 'error' not in r, f'{method}: {r.get("error")}'
+        assert 0.0 <= r['top1'] <= 1.0
+        assert abs(r['flops'] - 0.3) <= accuracy.QUICK['tol'], method
+    assert 'kd' not in runs['gfp_acts']['info']
+    assert runs['gfp_acts_kd']['info']['kd']['losses'] == [
+        dict(module='head', type='kl', weight=1.0, tau=4.0)]
+    if 'tp_l1_kd' in runs:  # the sliced student's teacher: the baseline, built from --config
+        assert runs['tp_l1_kd']['info']['kd']['losses'][0]['type'] == 'kl'
+        assert runs['tp_l1_kd']['params'] == runs['tp_l1']['params']
+    kd_row = next(r for r in out['rows'] if r['method'] == 'gfp_acts_kd')
+    assert kd_row['kd']['losses'][0]['type'] == 'kl'
+
+
+CWD = r"cwd on \['neck'\] needs the teacher's channels"
+
+
+@pytest.mark.parametrize('argv, scope, message', [
+    (['--kd-losses', '[{"module": "neck", "type": "cwd"}]'], 'mmdet', CWD),
+    (['--kd-losses', '[{"module": "neck"}]'], 'mmdet', CWD),  # cwd by default
+    (['--kd-weight', '1'], 'mmdet', 'a sliced student'),
+    ([], 'mmpose', 'tp_.*_kd on mmpose needs --kd-losses'),
+])
+def test_a_sliced_student_refuses_feature_distillation(argv, scope, message):
+    from _accuracy_tasks import TASKS
+    with pytest.raises(SystemExit, match=message):
+        K.sliced_losses(accuracy.parse_args(argv), TASKS[scope]())
+
+
+def test_a_sliced_student_distils_outputs_by_default():
+    from _accuracy_tasks import TASKS
+    args = accuracy.parse_args([])
+    assert K.sliced_losses(args, TASKS['mmdet']()) == json.loads(SIGMOID)
+    assert K.sliced_losses(args, TASKS['mmpretrain']())[0]['type'] == 'kl'
+    given = accuracy.parse_args(['--kd-losses', '[{"module": "head", "type": "mse"}]'])
+    assert K.sliced_losses(given, TASKS['mmpose']()) == [{'module': 'head', 'type': 'mse'}]
+
+
+def test_a_metric_missing_in_every_run_is_nan_not_an_error():
+    """A classifier evaluated with topk=(1,) has no top-5: the table says n/a."""
+    mean, std = accuracy._mean_std([float('nan')] * 3)
+    assert mean != mean and std != std
+    assert accuracy._mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414), abs=1e-4)

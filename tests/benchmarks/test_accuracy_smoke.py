@@ -73,6 +73,8 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
                                                       abs=1e-9)
     for method in ('tp_l1', 'tp_taylor', 'random'):
         assert 'mAP' in runs[method]['info']['pruned_eval']
+    # the sliced student distils the head's class scores from the unpruned baseline
+    assert runs['tp_l1_kd']['info']['kd']['losses'][0]['type'] == 'sigmoid_kl'
     saved = json.loads(out_json.read_text())
     assert [r['method'] for r in saved['rows']] == ['baseline', 'unpruned'] + [
         m for m in accuracy.METHODS if m != 'unpruned']

@@ -1,0 +1,141 @@
+"""One run of ``benchmarks/accuracy.py``: a method brings the baseline to a FLOPs target,
+trains, and is measured; runs are stored as JSON and reused when their settings match.
+"""
+import json
+import os
+import os.path as osp
+import time
+from typing import Optional
+
+import _accuracy_kd as K
+
+
+def train_baseline(base, args, work_dir: str) -> str:
+    import _accuracy_methods as M
+    iters = args.baseline_iters or base.train_cfg.max_iters
+    ckpt = osp.join(work_dir, f'iter_{iters}.pth')
+    if osp.isfile(ckpt) and not args.force:
+        print(f'[accuracy] reusing baseline {ckpt}', flush=True)
+        return ckpt
+    if args.stored_only:
+        raise SystemExit(f'error: --stored-only, but no baseline checkpoint {ckpt}: give '
+                         '--baseline CKPT or the --work-dir of the earlier runs')
+    print(f'[accuracy] training the baseline for {iters} iterations', flush=True)
+    cfg = M.train_cfg(base, work_dir, iters, 0, _stamp('baseline'), _log_level(args),
+                      M.iter_based(M.scale_schedule(base.param_scheduler,
+                                                    base.train_cfg.get('max_iters', iters),
+                                                    iters)))
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters,
+                                        max_keep_ckpts=1)
+    M.runner(cfg).train()
+    return ckpt
+
+
+def _stamp(name: str) -> str:
+    return f'{name}_{time.strftime("%Y%m%d_%H%M%S")}_{os.getpid()}'
+
+
+def _log_level(args) -> str:
+    return 'INFO' if args.verbose else 'WARNING'
+
+
+def settings(args, baseline: str) -> dict:
+    """What a stored run must share with this call to be reused."""
+    st = os.stat(baseline)
+    keys = ('iters', 'lr', 'gfp_interval', 'gfp_channels_per_step', 'taylor_batches',
+            'tp_scope', 'tol', 'quick', 'baseline_iters')
+    sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
+               baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    return K.add_signature(sig, args)  # the kd options only when given
+
+
+def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
+    """Bring the baseline to ``target`` FLOPs with ``method``, train, measure, evaluate."""
+    import torch
+
+    import _accuracy_methods as M
+    import _accuracy_thin as T
+    args, base, ckpt, full = ctx['args'], ctx['base'], ctx['baseline'], ctx['full']
+    name = f'{method}_t{round(target * 100)}_s{seed}'
+    wd = osp.join(ctx['work_dir'], 'runs', name)
+    level = _log_level(args)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    out = {'method': method, 'seed': seed, 'target': target, 'name': name}
+    ft = M.train_cfg(base, wd, args.iters, seed, _stamp(name), level,
+                     M.finetune_schedule(args.iters), args.lr)
+    if method == 'unpruned':
+        model = M.build(base, ckpt)
+        M.runner(ft, model).train()
+        info = {}
+        out['train_iters'] = args.iters
+    elif method.startswith('gfp'):
+        model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,
+                            args.gfp_channels_per_step, distill=K.hook_args(method, args))
+        out['train_iters'] = args.iters
+    elif method == 'thin':
+        base_iters = ctx['baseline_iters']
+        total = base_iters + args.iters
+        width, flops, trials = T.thin_search(base, target, full['flops'], args.tol)
+        cfg = M.train_cfg(T.thin_cfg(base, width), wd, total, seed, _stamp(name), level,
+                          M.scale_schedule(base.param_scheduler,
+                                           base.train_cfg.get('max_iters', base_iters), total))
+        run = M.runner(cfg)
+        run.train()
+        model = M.unwrap(run.model)
+        info = {'width': width, 'search': trials}
+        out['train_iters'] = total
+    else:
+        model = M.build(base, ckpt)
+        if method == 'random':
+            info = M.random_prune(model, target, seed)
+        else:
+            if method == 'tp_taylor':
+                M.taylor_gradients(model, _batches(base, seed, args.taylor_batches))
+            model, info = M.tp_prune_to(model, method.split('_')[1], target, full['flops'],
+                                        args.tol, args.tp_scope == 'global')
+        info['pruned_eval'] = M.evaluate(model, base, wd, _stamp(name + '_pruned'), level)
+        if K.is_kd(method):  # the sliced student distils from the unpruned baseline
+            ft.custom_hooks.insert(0, K.sliced_hook(args, M.task(), ckpt, base))
+        run = M.runner(ft, model)
+        run.train()
+        info.update(M.distilled(run))
+        out['train_iters'] = args.iters
+    cost = M.measure(model)
+    out.update({k: cost[k] / full[k] for k in ('flops', 'params', 'acts')})
+    out.update(M.evaluate(model, base, wd, _stamp(name + '_test'), level))
+    out['info'] = info
+    out['seconds'] = time.perf_counter() - t0
+    return out
+
+
+def _batches(base, seed: int, num: int) -> list:
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(base.train_dataloader, seed=seed)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == num:
+            break
+    return batches
+
+
+def stored(path: str, sig: dict, method: Optional[str] = None):
+    """The run stored at ``path`` if made with settings ``sig`` (None: missing, other
+    settings or failed). With ``method``, only the settings that method uses are compared
+    (the distillation options only for ``*_kd``)."""
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    have = res.get('settings') or {}
+    if method is not None:
+        have, sig = K.run_signature(have, method), K.run_signature(sig, method)
+    return res if have == sig and 'error' not in res else None
+
+
+def save(path: str, res: dict) -> None:
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(path + '.tmp', path)
