@@ -6,8 +6,9 @@ JSON list of GFPDistillHook ``losses`` entries) and ``--kd-during {all,pruning,f
 defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
+import copy
 import json
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during')
 DURING = ('all', 'pruning', 'finetuning')
@@ -155,3 +156,14 @@ def sliced_hook(args, task, baseline: str, base) -> dict:
     if args.kd_during is not None:
         hook['during'] = args.kd_during
     return hook
+
+
+def distilled(run) -> Dict:
+    """``{'kd': {'losses': ..., 'during': ...}}``: what the run's GFPDistillHook distilled
+    (the hook's defaults resolved), or ``{}`` without one."""
+    from mmgfp.hooks.distill_hook import GFPDistillHook
+    hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
+    if hook is None:
+        return {}
+    return {'kd': {'losses': copy.deepcopy(hook.losses),
+                   'during': getattr(hook, 'during', None)}}

@@ -113,24 +113,6 @@ def scale_schedule(schedulers: List[dict], old_iters: int, new_iters: int) -> Li
     return out
 
 
-def epochs_to_iters(schedulers: List[dict], epoch_len: int) -> List[dict]:
-    """Epoch-based schedulers rewritten in iterations of ``epoch_len`` per epoch (begin, end,
-    T_max, milestones), so that :func:`scale_schedule` can stretch them. A scheduler that
-    stepped once per epoch now steps every iteration (a smooth version of the same curve)."""
-    out = []
-    for s in copy.deepcopy(list(schedulers)):
-        if s.get('by_epoch', True):
-            for k in ('begin', 'end', 'T_max'):
-                if isinstance(s.get(k), int):
-                    s[k] = s[k] * epoch_len
-            if 'milestones' in s:
-                s['milestones'] = [m * epoch_len for m in s['milestones']]
-            s['by_epoch'] = False
-            s.pop('convert_to_iter_based', None)
-        out.append(s)
-    return out
-
-
 def iter_based(schedulers: List[dict]) -> List[dict]:
     """Epoch-based schedulers converted to iterations (``convert_to_iter_based``): the
     benchmark trains by iterations, where an epoch-based scheduler would never step."""
@@ -276,6 +258,7 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     Returns:
         tuple: The compact model and what the hook reports (pruning iterations, remaining).
     """
+    import _accuracy_kd as K
     from mmgfp.core import apply_spec, make_spec
     from mmgfp.hooks.fisher_pruning_hook import FisherPruningHook
     from mmgfp.codebases import fix_compact
@@ -296,7 +279,7 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
             'target_reached': bool(rem[target_metric] <= target), 'hook_remaining': rem,
             'channels_pruned': sum(len(r.units) * pruner.groups.groups[r.key].block
                                    for r in pruner.history)}
-    info.update(distilled(run))
+    info.update(K.distilled(run))
     model = unwrap(run.model)
     spec = make_spec(pruner.masker)
     pruner.masker.detach()
@@ -304,17 +287,6 @@ def gfp(cfg, baseline: str, delta: str, target: float, interval: int,
     apply_spec(model, spec)
     fix_compact(model)
     return model, info
-
-
-def distilled(run) -> Dict:
-    """``{'kd': {'losses': ..., 'during': ...}}``: what the run's GFPDistillHook distilled
-    (the hook's defaults resolved), or ``{}`` without one."""
-    from mmgfp.hooks.distill_hook import GFPDistillHook
-    hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
-    if hook is None:
-        return {}
-    return {'kd': {'losses': copy.deepcopy(hook.losses),
-                   'during': getattr(hook, 'during', None)}}
 
 
 # --------------------------------------------------------------------------- Torch-Pruning

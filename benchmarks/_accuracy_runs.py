@@ -99,7 +99,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
             ft.custom_hooks.insert(0, K.sliced_hook(args, M.task(), ckpt, base))
         run = M.runner(ft, model)
         run.train()
-        info.update(M.distilled(run))
+        info.update(K.distilled(run))
         out['train_iters'] = args.iters
     cost = M.measure(model)
     out.update({k: cost[k] / full[k] for k in ('flops', 'params', 'acts')})

@@ -4,7 +4,9 @@ The kind of model (the task's), the train/val/test data sets (they load, their f
 exists), the test evaluator (it builds and gives the task's metric), an epoch-based schedule
 rewritten in iterations, and ``--quick``'s tiny data: a clear error names what to fix.
 """
+import copy
 import os.path as osp
+from typing import List
 
 
 def base_config(args):
@@ -47,10 +49,7 @@ def by_iterations(cfg, task, args, fail) -> None:
     """An epoch-based config rewritten to train by iterations (``IterBasedTrainLoop``, the
     schedulers in iterations): the benchmark counts iterations. An epoch is
     ``ceil(len(train set) / batch_size)`` iterations (floor with ``drop_last``)."""
-    import copy
     import math
-
-    import _accuracy_methods as M
     loop = dict(cfg.get('train_cfg') or {})
     if loop.get('max_iters') is not None:
         return
@@ -63,7 +62,7 @@ def by_iterations(cfg, task, args, fail) -> None:
     epoch = max(1, div(size / loader.batch_size))
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=loop['max_epochs'] * epoch,
                          val_interval=loop.get('val_interval', 1) * epoch)
-    cfg.param_scheduler = M.epochs_to_iters(cfg.get('param_scheduler') or [], epoch)
+    cfg.param_scheduler = epochs_to_iters(cfg.get('param_scheduler') or [], epoch)
     print(f'[accuracy] {osp.basename(args.config)} trains {loop["max_epochs"]} epochs of '
           f'{epoch} iterations: {cfg.train_cfg["max_iters"]} iterations here', flush=True)
 
@@ -159,3 +158,21 @@ def _check_evaluator(cfg, task, fail, Evaluator) -> None:
     if not any(task.metric_ok(m) for m in metrics):
         fail(f'test_evaluator {[type(m).__name__ for m in metrics]} gives no '
              f'{task.headers[0]}: use {task.evaluator_hint}')
+
+
+def epochs_to_iters(schedulers: List[dict], epoch_len: int) -> List[dict]:
+    """Epoch-based schedulers rewritten in iterations of ``epoch_len`` per epoch (begin, end,
+    T_max, milestones), so that :func:`scale_schedule` can stretch them. A scheduler that
+    stepped once per epoch now steps every iteration (a smooth version of the same curve)."""
+    out = []
+    for s in copy.deepcopy(list(schedulers)):
+        if s.get('by_epoch', True):
+            for k in ('begin', 'end', 'T_max'):
+                if isinstance(s.get(k), int):
+                    s[k] = s[k] * epoch_len
+            if 'milestones' in s:
+                s['milestones'] = [m * epoch_len for m in s['milestones']]
+            s['by_epoch'] = False
+            s.pop('convert_to_iter_based', None)
+        out.append(s)
+    return out
