@@ -7,6 +7,7 @@ defaults. Each option enters a run's stored signature only when given, and only 
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
 import copy
+import hashlib
 import json
 from typing import Dict, List, Optional
 
@@ -95,6 +96,21 @@ def add_signature(sig: dict, args) -> dict:
         if getattr(args, k) is not None:
             sig[k] = getattr(args, k)
     return sig
+
+
+def run_name(method: str, target: float, seed: int, args) -> str:
+    """The folder of one run under ``WORK_DIR/runs``: ``gfp_acts_kd_t30_s0``.
+
+    A ``*_kd`` run made with distillation options gets a short hash of them in its name
+    (``gfp_acts_kd-3f2a9c1e_t30_s0``), so runs of different recipes in one work dir do not
+    overwrite each other; runs without options keep the names stored runs already have.
+    """
+    tag = ''
+    given = {k: getattr(args, k, None) for k in KD_KEYS}
+    if is_kd(method) and any(v is not None for v in given.values()):
+        text = json.dumps(given, sort_keys=True)
+        tag = '-' + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f'{method}{tag}_t{round(target * 100)}_s{seed}'
 
 
 def run_signature(sig: dict, method: str) -> dict:

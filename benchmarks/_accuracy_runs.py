@@ -56,7 +56,7 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     import _accuracy_methods as M
     import _accuracy_thin as T
     args, base, ckpt, full = ctx['args'], ctx['base'], ctx['baseline'], ctx['full']
-    name = f'{method}_t{round(target * 100)}_s{seed}'
+    name = K.run_name(method, target, seed, args)
     wd = osp.join(ctx['work_dir'], 'runs', name)
     level = _log_level(args)
     torch.manual_seed(seed)

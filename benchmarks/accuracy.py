@@ -221,8 +221,7 @@ def main(argv=None) -> dict:
         for seed in args.seeds:  # all methods of a seed before the next seed
             jobs += [(target, seed, m) for m in args.methods if m != 'unpruned']
     for target, seed, method in jobs:
-        path = osp.join(wd, 'runs', f'{method}_t{round(target * 100)}_s{seed}',
-                        'result.json')
+        path = osp.join(wd, 'runs', K.run_name(method, target, seed, args), 'result.json')
         res = None if args.force else stored(path, sig, method)
         if res is None and args.stored_only:
             print(f'[accuracy] {method}, target {target}, seed {seed}: no stored run '

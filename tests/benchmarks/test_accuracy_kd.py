@@ -38,6 +38,22 @@ def test_signature_changes_only_with_the_options_given(tmp_path):
     assert K.run_signature(during, 'gfp_acts_kd') == during
 
 
+def test_each_recipe_gets_its_own_run_folder():
+    def name(method, *argv):
+        args = accuracy.parse_args(list(argv))
+        return K.run_name(method, 0.3, 1, args)
+
+    # without options the names stored runs already have
+    assert name('gfp_acts_kd') == 'gfp_acts_kd_t30_s1'
+    assert name('gfp_acts', '--kd-losses', SIGMOID) == 'gfp_acts_t30_s1'
+    # two recipes in one work dir do not overwrite each other
+    recipes = {name('gfp_acts_kd', *a) for a in (
+        ('--kd-losses', SIGMOID), ('--kd-losses', SIGMOID, '--kd-during', 'pruning'),
+        ('--kd-weight', '1'), ('--kd-weight', '3'))}
+    assert len(recipes) == 4 and all(r.startswith('gfp_acts_kd-') for r in recipes)
+    assert name('tp_l1_kd', '--kd-losses', SIGMOID).endswith('_t30_s1')
+
+
 def test_stored_runs_match_by_method(tmp_path):
     plain = _sig(tmp_path)
     kd = _sig(tmp_path, '--kd-losses', SIGMOID)
