@@ -25,13 +25,14 @@ def state_of(ckpt: Dict) -> Dict:
 
 def mismatch(model: nn.Module, state: Dict) -> Optional[str]:
     """None when ``state`` has exactly ``model``'s keys and shapes; else the first difference."""
+    from mmgfp.apis.deploying.deploy import state_differences
     own = model.state_dict()
-    for key in sorted(set(own) ^ set(state)):
+    missing, unexpected, shapes = state_differences(own, state)
+    for key in sorted(missing + unexpected):
         return f"{key!r} is {'missing from' if key in own else 'unexpected in'} the weights"
-    for key, value in own.items():
-        if tuple(value.shape) != tuple(state[key].shape):
-            return (f'{key} is {tuple(state[key].shape)} in the weights and '
-                    f'{tuple(value.shape)} in the student')
+    for key in shapes:
+        return (f'{key} is {tuple(state[key].shape)} in the weights and '
+                f'{tuple(own[key].shape)} in the student')
     return None
 
 

@@ -4,7 +4,7 @@ import os
 import os.path as osp
 import shutil
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -106,13 +106,21 @@ def read_checkpoint(path: str) -> Dict:
     return ckpt
 
 
+def state_differences(own: Dict, state_dict: Dict) -> Tuple[List[str], List[str], List[str]]:
+    """How ``state_dict`` differs from a model's own ``own``: the keys missing from it, its
+    unexpected keys (both sorted), and the keys whose shapes differ (in ``own``'s order)."""
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [k for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    return missing, unexpected, shapes
+
+
 def load_strict(model: torch.nn.Module, state_dict: Dict, what: str) -> None:
     """Load ``state_dict`` exactly; a mismatch names the layers and the likely cause."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    missing, unexpected, keys = state_differences(own, state_dict)
+    shapes = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}' for k in keys]
     if missing or unexpected or shapes:
         raise SpecError(f'{what} does not match the config: missing {missing[:3]}, unexpected '
                         f'{unexpected[:3]}, shape mismatches {shapes[:3]}. Use the config the '
