@@ -20,8 +20,9 @@ import argparse
 import glob
 import json
 import os.path as osp
-import statistics
 import sys
+
+from _accuracy_table import _mean_std
 
 
 def parse_args(argv=None):
@@ -64,10 +65,9 @@ def load(pattern: str, metric: str) -> list:
 def row(label: str, runs: list, metric: str, ref: dict = None) -> dict:
     by_seed = {r['seed']: r[metric] for r in runs}
     vals = [by_seed[s] for s in sorted(by_seed)]
+    mean, std = _mean_std(vals)
     out = {'label': label, 'n': len(vals), 'seeds': sorted(by_seed), metric: vals,
-           'mean': statistics.mean(vals) if vals else float('nan'),
-           'std': statistics.stdev(vals) if len(vals) > 1 else float('nan'),
-           'flops': statistics.mean(r['flops'] for r in runs) if runs else float('nan'),
+           'mean': mean, 'std': std, 'flops': _mean_std([r['flops'] for r in runs])[0],
            'kd': next((r['info']['kd'] for r in runs if 'kd' in r.get('info', {})), None),
            'runs': [r['folder'] for r in runs]}
     if ref is not None:
