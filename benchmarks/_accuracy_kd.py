@@ -98,8 +98,9 @@ def add_signature(sig: dict, args) -> dict:
     return sig
 
 
-def run_name(method: str, target: float, seed: int, args) -> str:
-    """The folder of one run under ``WORK_DIR/runs``: ``gfp_acts_kd_t30_s0``.
+def run_name(method: str, target: float, seed: int, args, prefix: str = 't') -> str:
+    """The folder of one run under ``WORK_DIR/runs``: ``gfp_acts_kd_t30_s0`` (``prefix``
+    before the target's percent: ``lat`` in the equal-latency benchmark).
 
     A ``*_kd`` run made with distillation options gets a short hash of them in its name
     (``gfp_acts_kd-3f2a9c1e_t30_s0``), so runs of different recipes in one work dir do not
@@ -110,7 +111,7 @@ def run_name(method: str, target: float, seed: int, args) -> str:
     if is_kd(method) and any(v is not None for v in given.values()):
         text = json.dumps(given, sort_keys=True)
         tag = '-' + hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f'{method}{tag}_t{round(target * 100)}_s{seed}'
+    return f'{method}{tag}_{prefix}{round(target * 100)}_s{seed}'
 
 
 def run_signature(sig: dict, method: str) -> dict:

@@ -15,6 +15,9 @@ canvas, ``--threads`` threads; cached in ``--table``). Every method then brings 
 
 ===========  ================================================================================
 gfp_latency  FisherPruningHook(delta='latency', target_metric='latency', divisor='auto')
+gfp_latency_kd  gfp_latency with GFPDistillHook (the unpruned baseline teaches while pruning
+             and fine-tuning; ``--kd-losses`` / ``--kd-during`` / ``--kd-weight`` as in
+             ``benchmarks/accuracy.py``, e.g. the head's class scores)
 gfp_latency_d1  the same with divisor=1: the latency criterion without the table's alignment
              (the table asks for multiples of 16 in the stem, layer1 and the first FPN conv)
 gfp_acts     FisherPruningHook(delta='acts', target_metric='latency', divisor=1)
@@ -41,11 +44,13 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
+import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 import accuracy as A  # noqa: E402
 
-METHODS = ['gfp_latency', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1']
+METHODS = ['gfp_latency', 'gfp_latency_kd', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_latency': 'GFP (latency)',
+          'gfp_latency_kd': 'GFP (latency) + distillation',
           'gfp_latency_d1': 'GFP (latency, divisor 1)',
           'gfp_acts': 'GFP (acts)', 'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1'}
 TABLE = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
@@ -72,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument('--table', help=f'latency table (profiled here when missing; default '
                    f'{osp.relpath(TABLE, ROOT)}, or WORK_DIR/table.json with --quick)')
     p.add_argument('--rounds', type=int, help='timing rounds of every model (default 50)')
+    K.add_args(p)
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'accuracy_latency'))
     p.add_argument('--json', help='write all results here')
     p.add_argument('--quick', action='store_true', help='a few iterations on a tiny data set '
@@ -81,6 +87,7 @@ def parse_args(argv=None):
     p.add_argument('--progress', type=float, default=30.0, metavar='SECONDS')
     p.add_argument('--verbose', action='store_true')
     args = p.parse_args(argv)
+    K.check_args(p, args)
     A.fill_defaults(args, dict(iters=300, seeds=[0, 1, 2], gfp_interval=2,
                                gfp_channels_per_step=32, tol=0.01, rounds=50), QUICK)
     if not 0 < args.target < 1:
@@ -123,6 +130,12 @@ def get_table(cfg, args, baseline: str):
     return table
 
 
+def _divisor(method: str):
+    """The hook's ``divisor``: the table's alignment for the latency criterion (``'auto'``),
+    none for the divisor-1 variant and the FLOPs/activation criteria."""
+    return 'auto' if method in ('gfp_latency', 'gfp_latency_kd') else 1
+
+
 def predicted(table, model) -> float:
     return table.predict_module(model) / table.total_us
 
@@ -135,7 +148,7 @@ def run_one(method: str, seed: int, ctx: dict) -> dict:
     import _accuracy_methods as M
     args, base, ckpt, full, table = (ctx[k] for k in ('args', 'base', 'baseline', 'full',
                                                        'table'))
-    name = f'{method}_lat{round(args.target * 100)}_s{seed}'
+    name = K.run_name(method, args.target, seed, args, 'lat')
     wd = osp.join(ctx['work_dir'], 'runs', name)
     level = A._log_level(args)
     torch.manual_seed(seed)
@@ -149,7 +162,7 @@ def run_one(method: str, seed: int, ctx: dict) -> dict:
         model, info = M.gfp(ft, ckpt, delta, args.target, args.gfp_interval,
                             args.gfp_channels_per_step, target_metric='latency',
                             latency_table=osp.abspath(args.table),
-                            divisor='auto' if method == 'gfp_latency' else 1)
+                            divisor=_divisor(method), distill=K.hook_args(method, args))
     else:
         model = M.build(base, ckpt)
         model, info = M.tp_prune_to(model, 'l1', args.target, full['flops'], args.tol,
@@ -171,9 +184,10 @@ def settings(args, baseline: str, table) -> dict:
     """What a stored run must share with this call to be reused."""
     st = os.stat(baseline)
     keys = ('iters', 'lr', 'gfp_interval', 'gfp_channels_per_step', 'tol', 'quick', 'target')
-    return dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
-                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)],
-                table=[table.key, table.total_us])
+    sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
+               baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)],
+               table=[table.key, table.total_us])
+    return K.add_signature(sig, args)  # the kd options only when given
 
 
 # ------------------------------------------------------------------------------ timing
@@ -243,7 +257,7 @@ def format_table(rows: list) -> str:
 # ------------------------------------------------------------------------------ main
 def _baseline_eval(M, base, base_model, args, wd: str, sig: dict) -> dict:
     path = osp.join(wd, 'baseline_eval.json')
-    res = None if args.force else A.stored(path, sig)
+    res = None if args.force else A.stored(path, sig, 'baseline')
     if res is None:
         res = dict(M.evaluate(base_model, base, osp.join(wd, 'baseline_eval'),
                               A._stamp('baseline_test'), A._log_level(args)),
@@ -256,10 +270,10 @@ def _run_all(args, ctx: dict, sig: dict) -> list:
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            name = f'{method}_lat{round(args.target * 100)}_s{seed}'
+            name = K.run_name(method, args.target, seed, args, 'lat')
             rdir = osp.join(ctx['work_dir'], 'runs', name)
             path = osp.join(rdir, 'result.json')
-            res = None if args.force else A.stored(path, sig)
+            res = None if args.force else A.stored(path, sig, method)
             if res is not None and not osp.isfile(osp.join(rdir, 'compact.pth')):
                 res = None
             if res is None:
@@ -289,6 +303,7 @@ def main(argv=None) -> dict:
     wd = osp.abspath(args.work_dir)
     args.stored_only = False  # what accuracy.train_baseline reads
     base = A.base_config(args)
+    K.check_hook(args, M.task(), base)  # a bad --kd-* option fails before any training
     baseline = args.baseline or A.train_baseline(base, args, osp.join(wd, 'baseline'))
     table = get_table(base, args, baseline)
     base_model = M.build(base, baseline)
@@ -302,6 +317,9 @@ def main(argv=None) -> dict:
     rows = summarize(runs, base_res, ms['baseline'])
     budget = (f'{args.iters} iterations after the baseline ({osp.basename(baseline)}), seeds '
               + ' '.join(map(str, args.seeds)))
+    kd = [r['info']['kd'] for r in runs if 'kd' in r.get('info', {})]
+    if kd:
+        budget += f"; distillation: {K.recipe(kd[0]['losses'], kd[0]['during'])}"
     print(f'\nbbox mAP on the test split of {osp.basename(args.config)} at '
           f'{args.target:g} of the predicted CPU latency; budget: {budget}; mean ± std over '
           'seeds')
