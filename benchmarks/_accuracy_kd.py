@@ -26,6 +26,24 @@ def add_args(p) -> None:
                    '(default: the hook\'s)')
 
 
+def parse_losses(text: str) -> List[dict]:
+    """GFPDistillHook ``losses`` from JSON text.
+
+    Raises:
+        ValueError: The text is no JSON, or no non-empty list of objects naming a "module".
+    """
+    try:
+        losses = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'is not valid JSON ({e}): give a list such as '
+                         '\'[{"module": "neck", "type": "cwd"}]\'') from None
+    if not isinstance(losses, list) or not losses or \
+            not all(isinstance(x, dict) and isinstance(x.get('module'), str) for x in losses):
+        raise ValueError(f'must be a non-empty JSON list of objects with a "module" name, got '
+                         f'{text}')
+    return losses
+
+
 def check_args(p, args) -> None:
     """Parse ``--kd-losses`` into a list of dicts (``p.error`` names what is wrong)."""
     if args.kd_losses is None:
@@ -34,15 +52,9 @@ def check_args(p, args) -> None:
         p.error('--kd-weight sets the weight of the default CWD term; with --kd-losses give '
                 'each entry its "weight" instead')
     try:
-        losses = json.loads(args.kd_losses)
-    except json.JSONDecodeError as e:
-        p.error(f'--kd-losses is not valid JSON ({e}): give a list such as '
-                '\'[{"module": "neck", "type": "cwd"}]\'')
-    if not isinstance(losses, list) or not losses or \
-            not all(isinstance(x, dict) and isinstance(x.get('module'), str) for x in losses):
-        p.error(f'--kd-losses must be a non-empty JSON list of objects with a "module" '
-                f'name, got {args.kd_losses}')
-    args.kd_losses = losses
+        args.kd_losses = parse_losses(args.kd_losses)
+    except ValueError as e:
+        p.error(f'--kd-losses {e}')
 
 
 def is_kd(method: str) -> bool:

@@ -112,13 +112,13 @@ class Variant:
 class DistillVariant(Variant):
     """'without': the pruning hook's iteration; 'with': the same plus GFPDistillHook."""
 
-    def __init__(self, var: Variant):
+    def __init__(self, var: Variant, losses=None):
         import types
 
         from mmgfp.hooks import GFPDistillHook
         super().__init__(var.model, var.pruner, var.optim, var.batch_size)
         var.enable_hook(False)  # the teacher is copied from the model without masks
-        self.kd = GFPDistillHook()
+        self.kd = GFPDistillHook() if losses is None else GFPDistillHook(losses=losses)
         self.kd.attach(var.model)
         # pruned channels left out of the feature loss, as with FisherPruningHook in a Runner
         self.kd._prune_hook = types.SimpleNamespace(pruner=var.pruner)
@@ -135,7 +135,7 @@ class DistillVariant(Variant):
 def distill_cost(var: Variant, batches, args, guard) -> dict:
     """``--distill``: milliseconds and memory of the hooked iteration with and without the
     teacher (interleaved as in :func:`measure`)."""
-    dv = DistillVariant(var)
+    dv = DistillVariant(var, args.distill_losses)
     cuda = next(var.model.parameters()).is_cuda
     times, rr = measure(dv, batches, args.warmup, args.rounds, args.block, guard,
                         args.clock)
@@ -155,6 +155,15 @@ def distill_cost(var: Variant, batches, args, guard) -> dict:
     return dict(peak, distill_without_ms=without * 1e3, distill_with_ms=with_ * 1e3,
                 distill_ratio=with_ / without, distill_round_ratio_median=C.median(rr),
                 distill_losses=list(dv.kd.losses), teacher_mb=teacher)
+
+
+def _losses(text: str) -> list:
+    """``--distill-losses``: GFPDistillHook ``losses`` (``_accuracy_kd.parse_losses``)."""
+    from _accuracy_kd import parse_losses
+    try:
+        return parse_losses(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def measure(var: Variant, batches, warmup: int, rounds: int, block: int, guard: C.Guard,
@@ -311,8 +320,14 @@ def main(argv=None):
                         'how mmgfp worked before the weight masks)')
     p.add_argument('--distill', action='store_true',
                    help='also measure the iteration with GFPDistillHook (teacher + loss)')
+    p.add_argument('--distill-losses', metavar='JSON', type=_losses,
+                   help='--distill with these GFPDistillHook `losses` (a JSON list, e.g. '
+                        '\'[{"module": "bbox_head", "type": "sigmoid_kl", "output": 0}]\': '
+                        "the teacher then runs to the head); default: the hook's")
     p.add_argument('--json', help='write the results here')
     args = p.parse_args(argv)
+    if args.distill_losses is not None and not args.distill:
+        p.error('--distill-losses chooses the losses of --distill: give --distill too')
     torch.set_num_threads(args.threads)
     C.quiet_logs()
     sizes = {'retinanet_r50': ((args.det_size,) * 2, args.det_batch),
