@@ -84,3 +84,17 @@ def test_bad_output_index_is_named(retinanet):
     with pytest.raises(ValueError, match='both log as'):
         GFPDistillHook(losses=[dict(module='bbox_head', type='mse', output=0),
                                dict(module='bbox_head', type='mse', output=1)])
+
+
+def test_head_terms_under_autocast_are_float32_and_finite(retinanet):
+    """AMP (bfloat16 autocast on CPU here): the head's class-score KL and box MSE come out in
+    float32 and finite, as the grad scaler expects of a loss."""
+    model, data = retinanet
+
+    def shift(m):
+        m.bbox_head.retina_cls.bias += 0.5
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, _, _, _ = _losses(model, data, HEAD, perturb=shift)
+    for key in ('loss_distill_sigmoid_kl_bbox_head', 'loss_distill_mse_bbox_head'):
+        assert out[key].dtype == torch.float32 and torch.isfinite(out[key]), key
+    assert float(out['loss_distill_sigmoid_kl_bbox_head']) > 0
