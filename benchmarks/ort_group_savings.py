@@ -14,9 +14,7 @@ Random weights, batch 1. A single group saves 1-14% of the model, so on a loaded
 per-group figures are noisy; what stands out across groups is the table's bias.
 """
 import argparse
-import copy
 import json
-import math
 import os.path as osp
 import sys
 import tempfile
@@ -24,22 +22,6 @@ import tempfile
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def half_one_group(model, groups, key):
-    """A compact copy of ``model`` with group ``key`` alone at half width; its units kept."""
-    from mmgfp.codebases import fix_compact
-    from mmgfp.core import ChannelMasker, apply_spec, make_spec
-    thin = copy.deepcopy(model)
-    masker = ChannelMasker(thin, groups)
-    n = len(masker.keep[key])
-    half = max(1, math.ceil(n / 2))
-    half = -(-half // 8) * 8 if n >= 16 else half
-    for unit in range(half, n):
-        masker.prune(key, unit)
-    apply_spec(thin, make_spec(masker))
-    fix_compact(thin)
-    return thin.eval(), half
 
 
 def main():
@@ -51,6 +33,7 @@ def main():
     p.add_argument('--json')
     args = p.parse_args()
     from mmgfp.apis.checking.check import load_config
+    from mmgfp.apis.latency.group_calib import half_one_group
     from mmgfp.apis.latency.plan import export_models
     from mmgfp.apis.latency.profile import config_model
     from mmgfp.apis.latency.runner import Backend, compare_calls

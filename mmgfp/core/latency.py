@@ -26,7 +26,9 @@ scales the layers' savings where the entries, timed standalone, save more or les
 same layers in the model (:func:`mmgfp.core.latency_calib.fit_calibration`). A table that
 holds ``calibration`` (``{"ratio": measured time of the half-width copy over the model's,
 "thin": {layer: [in, out]}}``, as the plan runner writes it) and no ``scaled_remainder`` gets
-both numbers fitted when it loads.
+both numbers fitted when it loads. ``group_calibration`` (optional) holds what each group
+alone saves in the model, fitted into a factor per group
+(:mod:`mmgfp.core.latency_groups`).
 """
 import bisect
 import json
@@ -38,6 +40,8 @@ import torch.nn as nn
 from .grouping import GroupSet, layer_io as _io
 from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
                             resolve_shape)
+from .latency_groups import (check_group_calibration, fit_group_factors, layer_change,
+                             layer_sides, side_factor)
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -139,11 +143,14 @@ class LatencyTable:
             ``calibration`` (1 without). Defaults to None.
         calibration (dict, optional): A measured half-width copy (see the module
             docstring). Defaults to None.
+        group_calibration (dict, optional): Each group alone measured in the model
+            (:mod:`mmgfp.core.latency_groups`). Defaults to None.
     """
 
     def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
                  scaled_remainder: Optional[float] = None, layer_scale: Optional[float] = None,
-                 calibration: Optional[Mapping] = None):
+                 calibration: Optional[Mapping] = None,
+                 group_calibration: Optional[Mapping] = None):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -163,6 +170,8 @@ class LatencyTable:
         self.remainder_us = max(self.total_us - self.layers_us, 0.0)
         self.scaled_remainder, self.layer_scale = resolve_shape(self, scaled_remainder,
                                                                 layer_scale)
+        self.group_calibration = check_group_calibration(group_calibration, self.layers)
+        self.group_factors = fit_group_factors(self, self.group_calibration)
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -175,7 +184,7 @@ class LatencyTable:
             if k not in d:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
         return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder'),
-                   d.get('layer_scale'), d.get('calibration'))
+                   d.get('layer_scale'), d.get('calibration'), d.get('group_calibration'))
 
     def to_dict(self) -> Dict:
         d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
@@ -186,6 +195,8 @@ class LatencyTable:
             d['layer_scale'] = self.layer_scale
         if self.calibration:
             d['calibration'] = self.calibration
+        if self.group_calibration:
+            d['group_calibration'] = self.group_calibration
         return d
 
     # -- the remainder -----------------------------------------------------------------------
@@ -300,13 +311,20 @@ class LatencyTable:
     def _change(self, gs: GroupSet, names: Sequence[str], kept: KeptFn, ref: KeptFn,
                 start: float) -> float:
         """``start`` plus the time layers ``names`` take with ``kept`` channels instead of
-        ``ref``, with the remainder's share of their output elements."""
+        ``ref``, with the remainder's share of their output elements; each side of a layer
+        scaled by its groups' factors (:func:`~mmgfp.core.latency_groups.side_factor`)."""
         t, out = start, 0.0
         for name in names:
             cin, cout, _ = _io(gs, name, kept)
             rin, rout, _ = _io(gs, name, ref)
-            t += self.layer_scale * (self.time(name, cin, cout) - self.time(name, rin, rout))
-            out += self._layer(name).out_elems * (cout - rout)
+            f_in = f_out = 1.0
+            if self.group_factors:
+                ins, outs = layer_sides(gs, name)
+                moved = {k: abs(kept(k) - ref(k)) for k, _ in ins + outs}
+                f_in = side_factor(self.group_factors, ins, moved)
+                f_out = side_factor(self.group_factors, outs, moved)
+            dt, dout = layer_change(self, name, (cin, cout), (rin, rout), f_in, f_out)
+            t, out = t + dt, out + dout
         return t + self.remainder_change(out)
 
     def sums_at(self, widths: Mapping[str, Sequence[float]]) -> Tuple[float, float]:
@@ -332,15 +350,31 @@ class LatencyTable:
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
         any layer widths: e.g. a compact model pruned by another tool, whose widths no mmgfp
-        mask describes. Every layer of the table is read at the module's own widths.
+        mask describes. Every layer of the table is read at the module's own widths; group
+        factors, if any, come from the table's group map (weighted by the groups' widths
+        where a side has several).
 
         Raises:
             LatencyTableError: A layer of the table is missing from ``model``, is no conv or
                 linear layer, or is wider than profiled.
         """
-        us, out = self.module_sums(model)
-        return (self.total_us + self.layer_scale * (us - self.layers_us) +
-                self.remainder_change(out - self.out_full))
+        if not self.group_factors:
+            us, out = self.module_sums(model)
+            return (self.total_us + self.layer_scale * (us - self.layers_us) +
+                    self.remainder_change(out - self.out_full))
+        t, out = self.total_us, 0.0
+        for name, io in module_widths(model, self.layers).items():
+            dt, dout = layer_change(self, name, io, self.layers[name].full_io,
+                                    *self._map_factors(name))
+            t, out = t + dt, out + dout
+        return t + self.remainder_change(out)
+
+    def _map_factors(self, name: str) -> Tuple[float, float]:
+        """(in, out) factors of layer ``name`` from the stored group map, each side's groups
+        weighted by their full widths (a compact's per-group widths are unknown here)."""
+        sides = self.group_calibration['layers'].get(name, {'in': [], 'out': []})
+        full = {k: g['channels'] for k, g in self.group_calibration['groups'].items()}
+        return tuple(side_factor(self.group_factors, sides[s], full) for s in ('in', 'out'))
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:

@@ -1,0 +1,171 @@
+"""Per-group calibration of a latency table: what each group saves inside the model.
+
+A table's entries time each layer as a block; inside the model a group's channels can save
+more (a residual stage group also feeds the adds and pools between blocks) or less (inner
+widths whose blocks overlap in the model) than the blocks say. One global ``layer_scale``
+cannot correct errors of opposite sign, so a table may hold ``group_calibration``::
+
+    {"groups": {key: {"channels": 256, "kept": 128, "ratio": 0.91, "se": 0.004}},
+     "layers": {layer: {"in": [[key, mult], ...], "out": [[key, mult], ...]}}}
+
+``groups``: the model with group ``key`` alone at ``kept`` of its ``channels`` measured
+``ratio`` of the unpruned model's time (``se``, optional: the standard error of that ratio).
+``layers``: which prunable groups make each timed layer's input and output widths (a side's
+width is its full width less ``mult`` channels per channel a group loses), so the table can
+fit and apply the factors without the model's :class:`GroupSet`.
+
+:func:`fit_group_factors` turns each measurement into a factor ``f = measured saving /
+predicted saving`` (with the table's remainder share and layer scale), shrunk towards 1 as
+the measurement's noise grows against the predicted saving, 1 where the table predicts too
+small a saving to divide by, clipped to ``SCALE_RANGE``. A layer's change of time splits into
+an output-side part ``t(in, out) - t(in, out')`` and an input-side part ``t(in, out') -
+t(in', out')``, each scaled by the factor of the groups on that side
+(:func:`side_factor`), so that one group alone at the measured width is predicted as measured.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .grouping import GroupSet
+from .latency_calib import SCALE_RANGE, LatencyTableError
+
+Pairs = List[Tuple[str, int]]
+MIN_SAVING = 1e-3  # predicted savings below this share of the model are not divided by
+PRIOR_SPREAD = 0.5  # how far from 1 a factor is expected to lie before measuring
+
+
+def layer_sides(gs: GroupSet, name: str) -> Tuple[Pairs, Pairs]:
+    """``(in, out)``: the prunable groups that make layer ``name``'s input and output widths,
+    each with the channels the side loses per channel of that group."""
+    prunable = {g.key for g in gs.prunable}
+    if name in gs.passthrough:
+        lc = gs.passthrough[name]
+        both = [(k, lc.inner) for k, _ in lc.segs if k in prunable]
+        return both, list(both)
+    ins: Pairs = []
+    if name in gs.consumers:
+        lc = gs.consumers[name]
+        ins = [(k, lc.inner) for k, _ in lc.segs if k in prunable]
+    out = gs.producers.get(name)
+    return ins, ([(out, 1)] if out in prunable else [])
+
+
+def group_map(gs: GroupSet, names: Sequence[str]) -> Dict[str, Dict[str, List]]:
+    """The ``layers`` part of a group calibration for the timed layers ``names``."""
+    out = {}
+    for name in names:
+        ins, outs = layer_sides(gs, name)
+        out[name] = {'in': [[k, m] for k, m in ins], 'out': [[k, m] for k, m in outs]}
+    return out
+
+
+def side_factor(factors: Mapping[str, float], pairs: Sequence[Tuple[str, int]],
+                weight: Mapping[str, float]) -> float:
+    """Factor of one side of a layer: its groups' factors (1 where none), weighted by
+    ``mult * weight[key]`` (the channels each group changes by)."""
+    num = den = 0.0
+    for k, mult in pairs:
+        w = mult * weight.get(k, 0.0)
+        num += w * factors.get(k, 1.0)
+        den += w
+    return num / den if den else 1.0
+
+
+def shrunk_factor(measured: float, predicted: float, se: float = 0.0) -> float:
+    """``measured / predicted`` (savings as shares of the model), pulled towards 1 by the
+    measurement's standard error ``se`` (a normal prior of spread ``PRIOR_SPREAD``),
+    clipped to ``SCALE_RANGE``; 1 below ``MIN_SAVING``."""
+    if predicted < MIN_SAVING:
+        return 1.0
+    noise = (se / PRIOR_SPREAD) ** 2
+    f = (noise + measured * predicted) / (noise + predicted * predicted)
+    return min(max(f, SCALE_RANGE[0]), SCALE_RANGE[1])
+
+
+def one_group_saving(table, layers: Mapping[str, Mapping], key: str, lost: float) -> float:
+    """Predicted saving (share of the model, factors 1) of group ``key`` losing ``lost``
+    channels alone, from the calibration's layer map."""
+    dt = dout = 0.0
+    for name, sides in layers.items():
+        d_in = sum(m * lost for k, m in sides['in'] if k == key)
+        d_out = sum(m * lost for k, m in sides['out'] if k == key)
+        if not d_in and not d_out:
+            continue
+        lay = table._layer(name)
+        fin, fout = lay.full_io
+        dt += table.time(name, fin - d_in, fout - d_out) - table.time(name, fin, fout)
+        dout += lay.out_elems * -d_out
+    change = table.layer_scale * dt + table.remainder_change(dout)
+    return -change / table.total_us
+
+
+def fit_group_factors(table, cal: Optional[Mapping]) -> Dict[str, float]:
+    """Group key -> factor of its savings (see the module docstring); {} without ``cal``."""
+    if not cal:
+        return {}
+    out = {}
+    for key, g in cal['groups'].items():
+        pred = one_group_saving(table, cal['layers'], key, g['channels'] - g['kept'])
+        out[key] = shrunk_factor(1.0 - g['ratio'], pred, g.get('se', 0.0))
+    return out
+
+
+def _number(x, low: float = 0.0) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= low
+
+
+def _pairs_ok(pairs) -> bool:
+    return isinstance(pairs, list) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str)
+        and _number(p[1], 1) for p in pairs)
+
+
+def check_group_calibration(cal, layer_names) -> Optional[Dict]:
+    """``cal`` as plain, checked data (None stays None).
+
+    Raises:
+        LatencyTableError: A malformed entry, named with what it should be.
+    """
+    if cal is None:
+        return None
+    form = ('{"groups": {key: {"channels": C, "kept": c, "ratio": r[, "se": s]}}, "layers": '
+            '{layer: {"in": [[key, mult], ...], "out": [[key, mult], ...]}}}')
+    if not isinstance(cal, Mapping) or not isinstance(cal.get('groups'), Mapping) or \
+            not isinstance(cal.get('layers'), Mapping):
+        raise LatencyTableError(f'latency table `group_calibration` must be {form}, but got '
+                                f'{cal!r}; profile again with --calibrate-groups')
+    groups = {}
+    for key, g in cal['groups'].items():
+        ok = isinstance(g, Mapping) and _number(g.get('channels'), 1) and _number(
+            g.get('kept'), 0) and g['kept'] < g['channels'] and _number(
+                g.get('ratio')) and g['ratio'] > 0 and _number(g.get('se', 0.0))
+        if not ok:
+            raise LatencyTableError(
+                f'latency table `group_calibration` group {key!r} must be {{"channels": C, '
+                f'"kept": c < C, "ratio": r > 0[, "se": s >= 0]}}, but got {g!r}')
+        groups[key] = {k: float(g[k]) for k in ('channels', 'kept', 'ratio', 'se') if k in g}
+    layers = {}
+    for name, sides in cal['layers'].items():
+        if name not in layer_names:
+            raise LatencyTableError(f'latency table `group_calibration` maps layer {name!r}, '
+                                    f'which the table does not time')
+        if not isinstance(sides, Mapping) or not all(
+                _pairs_ok(sides.get(s)) for s in ('in', 'out')):
+            raise LatencyTableError(
+                f'latency table `group_calibration` layer {name!r} must be {{"in": [[key, '
+                f'mult], ...], "out": [[key, mult], ...]}}, but got {sides!r}')
+        layers[name] = {s: [[k, int(m)] for k, m in sides[s]] for s in ('in', 'out')}
+    return {'groups': groups, 'layers': layers}
+
+
+def layer_change(table, name: str, io: Sequence[float], ref: Sequence[float], f_in: float,
+                 f_out: float) -> Tuple[float, float]:
+    """``(us, output elements)`` layer ``name`` changes by at widths ``io`` = (in, out)
+    instead of ``ref``: the output side's part scaled by ``f_out``, the input side's by
+    ``f_in`` (the time by the table's ``layer_scale`` too)."""
+    (cin, cout), (rin, rout) = io, ref
+    if f_in == f_out:
+        dt = f_out * (table.time(name, cin, cout) - table.time(name, rin, rout))
+    else:
+        mid = table.time(name, cin, rout)
+        dt = (f_out * (table.time(name, cin, cout) - mid) +
+              f_in * (mid - table.time(name, rin, rout)))
+    return table.layer_scale * dt, f_out * table._layer(name).out_elems * (cout - rout)
