@@ -17,9 +17,10 @@ fit and apply the factors without the model's :class:`GroupSet`.
 :func:`fit_group_factors` turns each measurement into a factor ``f = measured saving /
 predicted saving`` (with the table's remainder share and layer scale), shrunk towards 1 as
 the measurement's noise grows against the predicted saving, 1 where the table predicts too
-small a saving to divide by, clipped to ``SCALE_RANGE``. A layer's change of time splits into
-an output-side part ``t(in, out) - t(in, out')`` and an input-side part ``t(in, out') -
-t(in', out')``, each scaled by the factor of the groups on that side
+small a saving to divide by, clipped to ``SCALE_RANGE``. Going from widths ``(in, out)`` to
+``(in', out')``, a layer's change of time splits into an input-side part (the mean of
+``t(in', out) - t(in, out)`` and ``t(in', out') - t(in, out')``) and an output-side part
+(likewise), each scaled by the factor of the groups on that side
 (:func:`side_factor`), so that one group alone at the measured width is predicted as measured.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -159,13 +160,15 @@ def check_group_calibration(cal, layer_names) -> Optional[Dict]:
 def layer_change(table, name: str, io: Sequence[float], ref: Sequence[float], f_in: float,
                  f_out: float) -> Tuple[float, float]:
     """``(us, output elements)`` layer ``name`` changes by at widths ``io`` = (in, out)
-    instead of ``ref``: the output side's part scaled by ``f_out``, the input side's by
-    ``f_in`` (the time by the table's ``layer_scale`` too)."""
+    instead of ``ref``: the input side's part scaled by ``f_in``, the output side's by
+    ``f_out`` (the time by the table's ``layer_scale`` too). Each side's part is the mean of
+    its change before and after the other side's (no order is preferred)."""
     (cin, cout), (rin, rout) = io, ref
+    new, old = table.time(name, cin, cout), table.time(name, rin, rout)
     if f_in == f_out:
-        dt = f_out * (table.time(name, cin, cout) - table.time(name, rin, rout))
+        dt = f_out * (new - old)
     else:
-        mid = table.time(name, cin, rout)
-        dt = (f_out * (table.time(name, cin, cout) - mid) +
-              f_in * (mid - table.time(name, rin, rout)))
+        only_in, only_out = table.time(name, cin, rout), table.time(name, rin, cout)
+        dt = (f_in * ((only_in - old) + (new - only_out)) +
+              f_out * ((only_out - old) + (new - only_in))) / 2
     return table.layer_scale * dt, f_out * table._layer(name).out_elems * (cout - rout)

@@ -36,9 +36,10 @@ def test_each_group_alone_is_predicted_as_measured():
     assert table.predict(gs, widths(gs, a=4)) == pytest.approx(85.0)
     assert table.predict(gs, widths(gs, b=6)) == pytest.approx(95.0)
     assert table.predict(gs, widths(gs)) == pytest.approx(100.0)
-    # both at once: b's input side (4 of its 8 in) goes with a's factor, its output with b's:
-    # a -4 f_a; b (in 8->4 at out 12) -4.8 f_a, (out 12->6 at in 4) -2.4 f_b; c -3 f_b
-    both = 100 - 8.8 * F_A - 5.4 * F_B
+    # both at once: b's input side goes with a's factor, its output side with b's, each the
+    # mean of its change before and after the other's: in 8->4 at out 12 -4.8, at out 6
+    # -2.4; out 12->6 at in 8 -4.8, at in 4 -2.4. So a -4 f_a; b -3.6 f_a -3.6 f_b; c -3 f_b
+    both = 100 - 7.6 * F_A - 6.6 * F_B
     assert table.predict(gs, widths(gs, a=4, b=6)) == pytest.approx(both)
     # a pruning step's saving (the hook's unit costs) goes through the same factors
     assert unit_costs(gs, widths(gs), 'latency', table) == pytest.approx(
