@@ -41,7 +41,7 @@ from .grouping import GroupSet, layer_io as _io
 from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
                             resolve_shape)
 from .latency_groups import (check_group_calibration, fit_group_factors, layer_change,
-                             layer_sides, side_factor)
+                             layer_sides, map_spans, side_factors)
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -312,7 +312,7 @@ class LatencyTable:
                 start: float) -> float:
         """``start`` plus the time layers ``names`` take with ``kept`` channels instead of
         ``ref``, with the remainder's share of their output elements; each side of a layer
-        scaled by its groups' factors (:func:`~mmgfp.core.latency_groups.side_factor`)."""
+        scaled by its groups' factors (:func:`~mmgfp.core.latency_groups.side_factors`)."""
         t, out = start, 0.0
         for name in names:
             cin, cout, _ = _io(gs, name, kept)
@@ -320,9 +320,8 @@ class LatencyTable:
             f_in = f_out = 1.0
             if self.group_factors:
                 ins, outs = layer_sides(gs, name)
-                moved = {k: abs(kept(k) - ref(k)) for k, _ in ins + outs}
-                f_in = side_factor(self.group_factors, ins, moved)
-                f_out = side_factor(self.group_factors, outs, moved)
+                spans = {k: (kept(k), ref(k)) for k, _ in ins + outs}
+                f_in, f_out = side_factors(self, ins, outs, spans)
             dt, dout = layer_change(self, name, (cin, cout), (rin, rout), f_in, f_out)
             t, out = t + dt, out + dout
         return t + self.remainder_change(out)
@@ -351,8 +350,8 @@ class LatencyTable:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
         any layer widths: e.g. a compact model pruned by another tool, whose widths no mmgfp
         mask describes. Every layer of the table is read at the module's own widths; group
-        factors, if any, come from the table's group map (weighted by the groups' widths
-        where a side has several).
+        factors, if any, come from the table's group map
+        (:func:`~mmgfp.core.latency_groups.map_spans`).
 
         Raises:
             LatencyTableError: A layer of the table is missing from ``model``, is no conv or
@@ -364,17 +363,11 @@ class LatencyTable:
                     self.remainder_change(out - self.out_full))
         t, out = self.total_us, 0.0
         for name, io in module_widths(model, self.layers).items():
+            ins, outs, spans = map_spans(self, name, io)
             dt, dout = layer_change(self, name, io, self.layers[name].full_io,
-                                    *self._map_factors(name))
+                                    *side_factors(self, ins, outs, spans))
             t, out = t + dt, out + dout
         return t + self.remainder_change(out)
-
-    def _map_factors(self, name: str) -> Tuple[float, float]:
-        """(in, out) factors of layer ``name`` from the stored group map, each side's groups
-        weighted by their full widths (a compact's per-group widths are unknown here)."""
-        sides = self.group_calibration['layers'].get(name, {'in': [], 'out': []})
-        full = {k: g['channels'] for k, g in self.group_calibration['groups'].items()}
-        return tuple(side_factor(self.group_factors, sides[s], full) for s in ('in', 'out'))
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:

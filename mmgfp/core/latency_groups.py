@@ -17,7 +17,8 @@ fit and apply the factors without the model's :class:`GroupSet`.
 :func:`fit_group_factors` turns each measurement into a factor ``f = measured saving /
 predicted saving`` (with the table's remainder share and layer scale), shrunk towards 1 as
 the measurement's noise grows against the predicted saving, 1 where the table predicts too
-small a saving to divide by, clipped to ``SCALE_RANGE``. Going from widths ``(in, out)`` to
+small a saving to divide by, clipped to ``SCALE_RANGE``; it covers the widths the group was
+measured over (below them the factor fades to 1, :func:`ranged_factor`). Going from widths ``(in, out)`` to
 ``(in', out')``, a layer's change of time splits into an input-side part (the mean of
 ``t(in', out) - t(in, out)`` and ``t(in', out') - t(in, out')``) and an output-side part
 (likewise), each scaled by the factor of the groups on that side
@@ -68,6 +69,45 @@ def side_factor(factors: Mapping[str, float], pairs: Sequence[Tuple[str, int]],
         num += w * factors.get(k, 1.0)
         den += w
     return num / den if den else 1.0
+
+
+def ranged_factor(f: float, group: Mapping, span: Tuple[float, float]) -> float:
+    """A group's factor ``f`` over the part of its width change ``span`` = (width, reference)
+    that lies where it was measured (``group['kept']`` to ``group['channels']``), 1 over the
+    rest, averaged by channels: below the measured width the table and its global
+    calibration stand alone."""
+    lo, hi = min(span), max(span)
+    if hi <= lo:
+        return f
+    inside = max(0.0, min(hi, group['channels']) - max(lo, group['kept']))
+    return 1.0 + (f - 1.0) * inside / (hi - lo)
+
+
+def side_factors(table, ins: Pairs, outs: Pairs,
+                 spans: Mapping[str, Tuple[float, float]]) -> Tuple[float, float]:
+    """(in, out) factors of a layer whose groups change widths as ``spans`` (key -> (width,
+    reference)): each group's :func:`ranged_factor`, weighted by the channels it changes."""
+    cal = table.group_calibration['groups']
+    eff = {k: ranged_factor(table.group_factors[k], cal[k], s) for k, s in spans.items()
+           if k in table.group_factors}
+    moved = {k: abs(a - b) for k, (a, b) in spans.items()}
+    return side_factor(eff, ins, moved), side_factor(eff, outs, moved)
+
+
+def map_spans(table, name: str, io: Sequence[float]) -> Tuple[Pairs, Pairs, Dict]:
+    """``(in, out, spans)`` of layer ``name`` at widths ``io`` from the stored group map
+    (no GroupSet): the channels a side lost are shared among its groups in proportion to
+    their widths (exact where a side has one group)."""
+    cal = table.group_calibration
+    sides = cal['layers'].get(name, {'in': [], 'out': []})
+    full = {k: g['channels'] for k, g in cal['groups'].items()}
+    spans = {}
+    for side, width, ref in zip(('in', 'out'), io, table.layers[name].full_io):
+        den = sum(m * full.get(k, 0.0) for k, m in sides[side])
+        for k, _ in sides[side]:
+            if den and k in full:
+                spans[k] = (full[k] - (ref - width) * full[k] / den, full[k])
+    return ([(k, m) for k, m in sides['in']], [(k, m) for k, m in sides['out']], spans)
 
 
 def shrunk_factor(measured: float, predicted: float, se: float = 0.0) -> float:

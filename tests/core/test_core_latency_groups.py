@@ -44,6 +44,11 @@ def test_each_group_alone_is_predicted_as_measured():
     # a pruning step's saving (the hook's unit costs) goes through the same factors
     assert unit_costs(gs, widths(gs), 'latency', table) == pytest.approx(
         {'a.0': 2.2 * F_A, 'b.0': 1.3 * F_B})
+    # below the measured width the factor fades to 1: a.0 at 2 of 8 (measured at 4) has 4 of
+    # its 6 lost channels in the measured range; a step from 4 to 3 has none
+    f = 1 + (F_A - 1) * 4 / 6
+    assert table.predict(gs, widths(gs, a=2)) == pytest.approx(100 - (6 + 7.2) * f)
+    assert table.saved(gs, widths(gs, a=4), 'a.0', 1) == pytest.approx(2.2)
     again = LatencyTable.from_dict(table.to_dict())
     assert again.to_dict() == table.to_dict()
     assert again.group_factors == pytest.approx(table.group_factors)
@@ -58,6 +63,9 @@ def test_predict_module_uses_the_stored_group_map():
     model.b[0] = type(b)(4, 6, b.kernel_size, padding=b.padding)
     model.c = type(c)(6, c.out_channels, c.kernel_size, padding=c.padding)
     assert table.predict_module(model) == pytest.approx(table.predict(gs, widths(gs, a=4, b=6)))
+    model.a[0] = type(a)(a.in_channels, 2, a.kernel_size, padding=a.padding)  # below range
+    model.b[0] = type(b)(2, 6, b.kernel_size, padding=b.padding)
+    assert table.predict_module(model) == pytest.approx(table.predict(gs, widths(gs, a=2, b=6)))
 
 
 def test_a_table_without_group_calibration_predicts_as_before():
