@@ -29,22 +29,33 @@ from mmgfp.apis.latency.timing import prepare
 MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
 
 
-def half_one_group(model: nn.Module, groups: GroupSet, key: str) -> Tuple[nn.Module, int]:
-    """``(compact copy, units kept)``: ``model`` with group ``key`` alone at half its units,
-    rounded up to a multiple of 8 units where it has at least 16 (the widths a table with
-    alignment samples)."""
+def narrowed(model: nn.Module, groups: GroupSet, units: Dict[str, int]) -> nn.Module:
+    """A compact copy of ``model`` with each group of ``units`` at its first that many units
+    (all other groups whole)."""
     from mmgfp.codebases import fix_compact
     from mmgfp.core import ChannelMasker, apply_spec, make_spec
     thin = copy.deepcopy(model)
     masker = ChannelMasker(thin, groups)
-    n = len(masker.keep[key])
-    half = max(1, math.ceil(n / 2))
-    half = -(-half // 8) * 8 if n >= 16 else half
-    for unit in range(half, n):
-        masker.prune(key, unit)
+    for key, keep in units.items():
+        for unit in range(keep, len(masker.keep[key])):
+            masker.prune(key, unit)
     apply_spec(thin, make_spec(masker))
     fix_compact(thin)
-    return thin.eval(), half
+    return thin.eval()
+
+
+def aligned_units(units: int, fraction: float = 0.5) -> int:
+    """``fraction`` of ``units``, rounded up to a multiple of 8 where there are at least 16
+    (the widths a table with alignment samples), at least 1."""
+    part = max(1, math.ceil(units * fraction))
+    return min(units, -(-part // 8) * 8) if units >= 16 else part
+
+
+def half_one_group(model: nn.Module, groups: GroupSet, key: str) -> Tuple[nn.Module, int]:
+    """``(compact copy, units kept)``: ``model`` with group ``key`` alone at half its units
+    (:func:`aligned_units`)."""
+    half = aligned_units(groups.groups[key].units)
+    return narrowed(model, groups, {key: half}), half
 
 
 def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend, rounds: int,
