@@ -40,8 +40,9 @@ import torch.nn as nn
 from .grouping import GroupSet, layer_io as _io
 from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
                             resolve_shape)
-from .latency_groups import (check_group_calibration, fit_group_factors, layer_change,
-                             layer_sides, map_spans, side_factors)
+from .latency_groups import (check_group_calibration, fit_group_factors,  # noqa: F401
+                             group_layers, layer_change, layer_groups, layer_sides,
+                             layers_by_group, map_spans, side_factors, timed_layers)
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -395,36 +396,6 @@ class LatencyTable:
 
 def _full(gs: GroupSet) -> KeptFn:
     return lambda k: gs.groups[k].channels
-
-
-def layer_groups(gs: GroupSet, name: str) -> List[str]:
-    """Keys of the groups whose channels a conv/linear layer reads, writes or carries."""
-    if name in gs.passthrough:
-        return [k for k, _ in gs.passthrough[name].segs]
-    keys = [k for k, _ in gs.consumers[name].segs] if name in gs.consumers else []
-    if name in gs.producers:
-        keys.append(gs.producers[name])
-    return keys
-
-
-def timed_layers(gs: GroupSet) -> List[str]:
-    """The conv/linear layers whose width pruning can change: those a table must hold."""
-    prunable = {g.key for g in gs.prunable}
-    return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
-
-
-def group_layers(gs: GroupSet, key: str) -> List[str]:
-    """The conv/linear layers whose width changes with group ``key``."""
-    return [n for n in gs.layers if key in layer_groups(gs, n)]
-
-
-def layers_by_group(gs: GroupSet) -> Dict[str, List[str]]:
-    """Group key -> :func:`group_layers`, for every group at once."""
-    out: Dict[str, List[str]] = {k: [] for k in gs.groups}
-    for name in gs.layers:
-        for k in dict.fromkeys(layer_groups(gs, name)):
-            out[k].append(name)
-    return out
 
 
 def load_table(table) -> Optional[LatencyTable]:

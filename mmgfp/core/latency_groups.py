@@ -1,4 +1,7 @@
-"""Per-group calibration of a latency table: what each group saves inside the model.
+"""Which groups shape each timed layer, and the per-group calibration of a latency table.
+
+:func:`timed_layers`, :func:`group_layers` and :func:`layer_sides` say which conv/linear
+layers a table must hold and which groups make their widths.
 
 A table's entries time each layer as a block; inside the model a group's channels can save
 more (a residual stage group also feeds the adds and pools between blocks) or less (inner
@@ -32,6 +35,36 @@ from .latency_calib import SCALE_RANGE, LatencyTableError
 Pairs = List[Tuple[str, int]]
 MIN_SAVING = 1e-3  # predicted savings below this share of the model are not divided by
 PRIOR_SPREAD = 0.5  # how far from 1 a factor is expected to lie before measuring
+
+
+def layer_groups(gs: GroupSet, name: str) -> List[str]:
+    """Keys of the groups whose channels a conv/linear layer reads, writes or carries."""
+    if name in gs.passthrough:
+        return [k for k, _ in gs.passthrough[name].segs]
+    keys = [k for k, _ in gs.consumers[name].segs] if name in gs.consumers else []
+    if name in gs.producers:
+        keys.append(gs.producers[name])
+    return keys
+
+
+def timed_layers(gs: GroupSet) -> List[str]:
+    """The conv/linear layers whose width pruning can change: those a table must hold."""
+    prunable = {g.key for g in gs.prunable}
+    return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
+
+
+def group_layers(gs: GroupSet, key: str) -> List[str]:
+    """The conv/linear layers whose width changes with group ``key``."""
+    return [n for n in gs.layers if key in layer_groups(gs, n)]
+
+
+def layers_by_group(gs: GroupSet) -> Dict[str, List[str]]:
+    """Group key -> :func:`group_layers`, for every group at once."""
+    out: Dict[str, List[str]] = {k: [] for k in gs.groups}
+    for name in gs.layers:
+        for k in dict.fromkeys(layer_groups(gs, name)):
+            out[k].append(name)
+    return out
 
 
 def layer_sides(gs: GroupSet, name: str) -> Tuple[Pairs, Pairs]:
