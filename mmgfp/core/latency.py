@@ -315,12 +315,13 @@ class LatencyTable:
         ``ref``, with the remainder's share of their output elements; each side of a layer
         scaled by its groups' factors (:func:`~mmgfp.core.latency_groups.side_factors`)."""
         t, out = start, 0.0
+        prunable = {g.key for g in gs.prunable} if self.group_factors else None
         for name in names:
             cin, cout, _ = _io(gs, name, kept)
             rin, rout, _ = _io(gs, name, ref)
             f_in = f_out = 1.0
             if self.group_factors:
-                ins, outs = layer_sides(gs, name)
+                ins, outs = layer_sides(gs, name, prunable)
                 spans = {k: (kept(k), ref(k)) for k, _ in ins + outs}
                 f_in, f_out = side_factors(self, ins, outs, spans)
             dt, dout = layer_change(self, name, (cin, cout), (rin, rout), f_in, f_out)

@@ -27,7 +27,7 @@ measured over (below them the factor fades to 1, :func:`ranged_factor`). Going f
 (likewise), each scaled by the factor of the groups on that side
 (:func:`side_factor`), so that one group alone at the measured width is predicted as measured.
 """
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .grouping import GroupSet
 from .latency_calib import SCALE_RANGE, LatencyTableError
@@ -67,10 +67,12 @@ def layers_by_group(gs: GroupSet) -> Dict[str, List[str]]:
     return out
 
 
-def layer_sides(gs: GroupSet, name: str) -> Tuple[Pairs, Pairs]:
-    """``(in, out)``: the prunable groups that make layer ``name``'s input and output widths,
-    each with the channels the side loses per channel of that group."""
-    prunable = {g.key for g in gs.prunable}
+def layer_sides(gs: GroupSet, name: str,
+                prunable: Optional[Set[str]] = None) -> Tuple[Pairs, Pairs]:
+    """``(in, out)``: the prunable groups (``prunable``: their keys, when the caller has
+    them) that make layer ``name``'s input and output widths, each with the channels the side
+    loses per channel of that group."""
+    prunable = {g.key for g in gs.prunable} if prunable is None else prunable
     if name in gs.passthrough:
         lc = gs.passthrough[name]
         both = [(k, lc.inner) for k, _ in lc.segs if k in prunable]
