@@ -16,7 +16,11 @@ For steady CPU figures pin the process to a free core (``taskset -c N``) and giv
 exported to ONNX and run in ONNX Runtime with the given threads, providers and graph
 optimisation level (as the deployment sets them), each block without the layout conversions
 at its graph's edges (in context) and, with one thread, in CPU time; the key records the
-runtime, its version, the provider, ``block_timing`` and ``clock``. ``--export-plan plan.json`` measures nothing: it writes what to time (every
+runtime, its version, the provider, ``block_timing`` and ``clock``. ``--calibrate-groups``
+then times the model with each prunable group alone at half width against the model (paired
+rounds, ``--group-rounds``) and stores what each saves: the table fits one factor per group
+(``mmgfp/core/latency_groups.py``); a cached table without them gets them added.
+``--export-plan plan.json`` measures nothing: it writes what to time (every
 layer's calls, blocks and widths; the model and the half-width copy as TorchScript and ONNX
 beside it) for ``mmgfp/apis/latency/runner.py``, one file that needs only torch, to make the
 table on a deploy device without OpenMMLab::
@@ -60,12 +64,20 @@ def parse_args(argv=None):
                    help='relative interpolation miss that adds a width; alignment spike size')
     p.add_argument('--no-align', action='store_true', help='do not probe alignment')
     p.add_argument('--force', action='store_true', help='measure even if --out fits')
+    p.add_argument('--calibrate-groups', action='store_true',
+                   help='then time each prunable group alone at half width in the model and '
+                   'store a factor per group (added to a cached --out that lacks them)')
+    p.add_argument('--group-rounds', type=int, default=None,
+                   help='paired rounds per group with --calibrate-groups (default: '
+                   'max(2 * --rounds, 11))')
     args = p.parse_args(argv)
     if bool(args.out) == bool(args.export_plan):
         p.error('give --out TABLE.json (measure here) or --export-plan PLAN.json (measure with '
                 'runner.py on the deploy device), one of them')
-    for name in ('batch', 'points', 'rounds'):
-        if getattr(args, name) < 1:
+    if args.group_rounds is not None and not args.calibrate_groups:
+        p.error('--group-rounds needs --calibrate-groups')
+    for name in ('batch', 'points', 'rounds', 'group_rounds'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.threads is not None and args.threads < 1:
         p.error(f'--threads must be >= 1, got {args.threads}')
@@ -89,7 +101,17 @@ def summary(table, seconds: float) -> str:
         "rest shrinks with the layers' outputs and the layers' savings count "
         f'x{table.layer_scale:.2f} (fitted on a half-width copy that measured '
         f"{(table.calibration or {}).get('ratio', float('nan')):.3f} of the model)",
-        'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items()))])
+        'alignment found: ' + ', '.join(f'{a}: {n} layers' for a, n in sorted(aligns.items())),
+        group_line(table)])
+
+
+def group_line(table) -> str:
+    """What the group calibration found, or that there is none."""
+    f = sorted(table.group_factors.values())
+    if not f:
+        return 'no group calibration (--calibrate-groups adds one)'
+    return (f'{len(f)} groups calibrated: factors {f[0]:.2f} to {f[-1]:.2f}, median '
+            f'{f[len(f) // 2]:.2f}')
 
 
 def export_plan(args, cfg) -> int:
@@ -129,7 +151,8 @@ def main(argv=None) -> int:
             args.input_size, args.checkpoint, threads=args.threads, points=args.points,
             rounds=args.rounds, tol=args.tol, align=not args.no_align, out=args.out,
             force=args.force, backend=args.backend, providers=args.providers,
-            opt_level=args.opt_level)
+            opt_level=args.opt_level, calibrate_groups=args.calibrate_groups,
+            group_rounds=args.group_rounds)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     print(summary(table, time.perf_counter() - t0))

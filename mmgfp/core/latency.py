@@ -26,7 +26,9 @@ scales the layers' savings where the entries, timed standalone, save more or les
 same layers in the model (:func:`mmgfp.core.latency_calib.fit_calibration`). A table that
 holds ``calibration`` (``{"ratio": measured time of the half-width copy over the model's,
 "thin": {layer: [in, out]}}``, as the plan runner writes it) and no ``scaled_remainder`` gets
-both numbers fitted when it loads.
+both numbers fitted when it loads. ``group_calibration`` (optional) holds what each group
+alone saves in the model, fitted into a factor per group
+(:mod:`mmgfp.core.latency_groups`).
 """
 import bisect
 import json
@@ -38,6 +40,9 @@ import torch.nn as nn
 from .grouping import GroupSet, layer_io as _io
 from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
                             resolve_shape)
+from .latency_groups import (check_group_calibration, fit_group_factors,  # noqa: F401
+                             group_layers, layer_change, layer_groups, layer_sides,
+                             layers_by_group, map_spans, side_factors, timed_layers)
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -139,11 +144,14 @@ class LatencyTable:
             ``calibration`` (1 without). Defaults to None.
         calibration (dict, optional): A measured half-width copy (see the module
             docstring). Defaults to None.
+        group_calibration (dict, optional): Each group alone measured in the model
+            (:mod:`mmgfp.core.latency_groups`). Defaults to None.
     """
 
     def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
                  scaled_remainder: Optional[float] = None, layer_scale: Optional[float] = None,
-                 calibration: Optional[Mapping] = None):
+                 calibration: Optional[Mapping] = None,
+                 group_calibration: Optional[Mapping] = None):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -163,6 +171,8 @@ class LatencyTable:
         self.remainder_us = max(self.total_us - self.layers_us, 0.0)
         self.scaled_remainder, self.layer_scale = resolve_shape(self, scaled_remainder,
                                                                 layer_scale)
+        self.group_calibration = check_group_calibration(group_calibration, self.layers)
+        self.group_factors = fit_group_factors(self, self.group_calibration)
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -175,7 +185,7 @@ class LatencyTable:
             if k not in d:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
         return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder'),
-                   d.get('layer_scale'), d.get('calibration'))
+                   d.get('layer_scale'), d.get('calibration'), d.get('group_calibration'))
 
     def to_dict(self) -> Dict:
         d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
@@ -186,6 +196,8 @@ class LatencyTable:
             d['layer_scale'] = self.layer_scale
         if self.calibration:
             d['calibration'] = self.calibration
+        if self.group_calibration:
+            d['group_calibration'] = self.group_calibration
         return d
 
     # -- the remainder -----------------------------------------------------------------------
@@ -300,13 +312,20 @@ class LatencyTable:
     def _change(self, gs: GroupSet, names: Sequence[str], kept: KeptFn, ref: KeptFn,
                 start: float) -> float:
         """``start`` plus the time layers ``names`` take with ``kept`` channels instead of
-        ``ref``, with the remainder's share of their output elements."""
+        ``ref``, with the remainder's share of their output elements; each side of a layer
+        scaled by its groups' factors (:func:`~mmgfp.core.latency_groups.side_factors`)."""
         t, out = start, 0.0
+        prunable = {g.key for g in gs.prunable} if self.group_factors else None
         for name in names:
             cin, cout, _ = _io(gs, name, kept)
             rin, rout, _ = _io(gs, name, ref)
-            t += self.layer_scale * (self.time(name, cin, cout) - self.time(name, rin, rout))
-            out += self._layer(name).out_elems * (cout - rout)
+            f_in = f_out = 1.0
+            if self.group_factors:
+                ins, outs = layer_sides(gs, name, prunable)
+                spans = {k: (kept(k), ref(k)) for k, _ in ins + outs}
+                f_in, f_out = side_factors(self, ins, outs, spans)
+            dt, dout = layer_change(self, name, (cin, cout), (rin, rout), f_in, f_out)
+            t, out = t + dt, out + dout
         return t + self.remainder_change(out)
 
     def sums_at(self, widths: Mapping[str, Sequence[float]]) -> Tuple[float, float]:
@@ -332,15 +351,25 @@ class LatencyTable:
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
         any layer widths: e.g. a compact model pruned by another tool, whose widths no mmgfp
-        mask describes. Every layer of the table is read at the module's own widths.
+        mask describes. Every layer of the table is read at the module's own widths; group
+        factors, if any, come from the table's group map
+        (:func:`~mmgfp.core.latency_groups.map_spans`).
 
         Raises:
             LatencyTableError: A layer of the table is missing from ``model``, is no conv or
                 linear layer, or is wider than profiled.
         """
-        us, out = self.module_sums(model)
-        return (self.total_us + self.layer_scale * (us - self.layers_us) +
-                self.remainder_change(out - self.out_full))
+        if not self.group_factors:
+            us, out = self.module_sums(model)
+            return (self.total_us + self.layer_scale * (us - self.layers_us) +
+                    self.remainder_change(out - self.out_full))
+        t, out = self.total_us, 0.0
+        for name, io in module_widths(model, self.layers).items():
+            ins, outs, spans = map_spans(self, name, io)
+            dt, dout = layer_change(self, name, io, self.layers[name].full_io,
+                                    *side_factors(self, ins, outs, spans))
+            t, out = t + dt, out + dout
+        return t + self.remainder_change(out)
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:
@@ -368,36 +397,6 @@ class LatencyTable:
 
 def _full(gs: GroupSet) -> KeptFn:
     return lambda k: gs.groups[k].channels
-
-
-def layer_groups(gs: GroupSet, name: str) -> List[str]:
-    """Keys of the groups whose channels a conv/linear layer reads, writes or carries."""
-    if name in gs.passthrough:
-        return [k for k, _ in gs.passthrough[name].segs]
-    keys = [k for k, _ in gs.consumers[name].segs] if name in gs.consumers else []
-    if name in gs.producers:
-        keys.append(gs.producers[name])
-    return keys
-
-
-def timed_layers(gs: GroupSet) -> List[str]:
-    """The conv/linear layers whose width pruning can change: those a table must hold."""
-    prunable = {g.key for g in gs.prunable}
-    return [n for n in gs.layers if prunable.intersection(layer_groups(gs, n))]
-
-
-def group_layers(gs: GroupSet, key: str) -> List[str]:
-    """The conv/linear layers whose width changes with group ``key``."""
-    return [n for n in gs.layers if key in layer_groups(gs, n)]
-
-
-def layers_by_group(gs: GroupSet) -> Dict[str, List[str]]:
-    """Group key -> :func:`group_layers`, for every group at once."""
-    out: Dict[str, List[str]] = {k: [] for k in gs.groups}
-    for name in gs.layers:
-        for k in dict.fromkeys(layer_groups(gs, name)):
-            out[k].append(name)
-    return out
 
 
 def load_table(table) -> Optional[LatencyTable]:

@@ -20,6 +20,8 @@ custom_hooks = [dict(type='FisherPruningHook', skip=['backbone.layer4.*'])]
     (['--threads', '0'], '--threads must be >= 1'),
     (['--input-size', '0', '32'], '--input-size must be positive'),
     (['--dtype', 'int8'], "invalid choice: 'int8'"),
+    (['--group-rounds', '3'], '--group-rounds needs --calibrate-groups'),
+    (['--calibrate-groups', '--group-rounds', '0'], '--group-rounds must be >= 1'),
 ])
 def test_bad_arguments(argv, words, capsys):
     with pytest.raises(SystemExit):
@@ -57,7 +59,16 @@ def test_profile_then_reuse(tmp_path, capsys):
     assert 'backbone.layer3.0.conv1' in table['layers']
     mtime = osp.getmtime(out)
     assert tool.main(argv) == 0
-    assert 'reusing' in capsys.readouterr().err and osp.getmtime(out) == mtime
+    printed = capsys.readouterr()
+    assert 'reusing' in printed.err and osp.getmtime(out) == mtime
+    assert 'no group calibration (--calibrate-groups adds one)' in printed.out
+    # asked for group factors, the cached table gets them added (its layers kept)
+    assert tool.main(argv + ['--calibrate-groups', '--group-rounds', '1']) == 0
+    printed = capsys.readouterr()
+    assert 'has no group calibration: adding it' in printed.err
+    assert 'groups calibrated: factors' in printed.out
+    grouped = json.load(open(out))
+    assert grouped['layers'] == table['layers'] and grouped['group_calibration']['groups']
 
 
 def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
 from mmgfp.core.latency import module_widths, timed_layers
+from mmgfp.apis.latency.group_calib import calibrate_groups as group_calibration
 from mmgfp.apis.latency.plan import (LayerCalls, capture_calls, describe_block,  # noqa: F401
                                      export_models, half_width_copy, plan_layers, write_plan)
 from mmgfp.apis.latency.runner import (ALIGN_PROBES, Backend, axis_points,  # noqa: F401
@@ -76,8 +77,9 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
                     points: int = 5, rounds: int = 5, warmup: int = 1, tol: float = 0.1,
                     max_points: int = 9, align: bool = True, out: Optional[str] = None,
                     force: bool = False, progress: bool = True, backend: str = 'torch',
-                    providers: Optional[List[str]] = None,
-                    opt_level: str = 'all') -> LatencyTable:
+                    providers: Optional[List[str]] = None, opt_level: str = 'all',
+                    calibrate_groups: bool = False,
+                    group_rounds: Optional[int] = None) -> LatencyTable:
     """Measure a :class:`LatencyTable` of ``model`` on ``device``.
 
     Args:
@@ -108,6 +110,12 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
             None (the CPU provider).
         opt_level (str): onnxruntime graph optimisation: 'disable', 'basic', 'extended' or
             'all'. Defaults to 'all'.
+        calibrate_groups (bool): Then time each prunable group alone at half width in the
+            model and store a factor per group
+            (:func:`mmgfp.apis.latency.group_calib.calibrate_groups`); a cached ``out``
+            without them gets them added. Defaults to False.
+        group_rounds (int, optional): Paired rounds per group. Defaults to None
+            (``max(2 * rounds, 11)``).
     """
     check_settings(device, dtype)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if progress else (
@@ -118,15 +126,22 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
         key = {**make_key(device, dtype, channels_last, batch, torch.get_num_threads(),
                           input_size, type(model).__name__, config), **run.key()}
         table = _cached(out, key, groups, force, log)
-        if table is not None:
+        if table is None:
+            prepare(model, device, dtype, channels_last)
+            calls = capture_calls(model, forward_fn, timed_layers(groups))
+            settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
+                            max_points=max_points, align=align)
+            layers = profile_layers(plan_layers(groups, calls), run, settings, log=log)
+            total_us, cal = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
+            table = LatencyTable(key, total_us, layers, calibration=cal)
+        elif not calibrate_groups or table.group_calibration:
             return table
-        prepare(model, device, dtype, channels_last)
-        calls = capture_calls(model, forward_fn, timed_layers(groups))
-        settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
-                        max_points=max_points, align=align)
-        layers = profile_layers(plan_layers(groups, calls), run, settings, log=log)
-        total_us, cal = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
-    table = LatencyTable(key, total_us, layers, calibration=cal)
+        else:
+            log(f'[profile_latency] {out} has no group calibration: adding it')
+        if calibrate_groups:
+            prepare(model, device, dtype, channels_last)
+            table = group_calibration(table, model, forward_fn, groups, run,
+                                      group_rounds or max(2 * rounds, 11), warmup + 1, log)
     if out:
         table.save(out)
     return table
