@@ -38,8 +38,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from .grouping import GroupSet, layer_io as _io
-from .latency_calib import (PROFILE_HINT, LatencyTableError, _check_calibration, module_widths,
-                            resolve_shape)
+from .latency_calib import (ORIGIN_FIELDS, PROFILE_HINT, LatencyTableError, _check_calibration,
+                            module_widths, origin, resolve_shape)
 from .latency_groups import (check_group_calibration, fit_group_factors,  # noqa: F401
                              group_layers, layer_change, layer_groups, layer_sides,
                              layers_by_group, map_spans, side_factors, timed_layers)
@@ -232,10 +232,13 @@ class LatencyTable:
 
     # -- key -------------------------------------------------------------------------------
     def mismatches(self, expected: Mapping) -> Dict[str, Tuple]:
-        """``{field: (in the table, expected)}`` for every field of ``expected`` that differs."""
-        out = {}
+        """``{field: (in the table, expected)}`` for every field of ``expected`` that differs.
+
+        A key written before the runtime was recorded is an eager PyTorch table
+        (:func:`~mmgfp.core.latency_calib.origin` fills its backend fields)."""
+        out, made = {}, origin(self.key)
         for k, v in expected.items():
-            mine = self.key.get(k)
+            mine = made[k] if k in ORIGIN_FIELDS and k not in self.key else self.key.get(k)
             if isinstance(v, (list, tuple)) and isinstance(mine, (list, tuple)):
                 same = list(v) == list(mine)
             else:

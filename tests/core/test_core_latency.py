@@ -116,6 +116,20 @@ def test_key_matching():
         t.check_key({'dtype': 'fp16', 'batch': 8, 'threads': 1})
 
 
+def test_a_key_from_before_the_runtime_was_recorded_is_an_eager_table():
+    """Tables profiled before keys named their runtime (no backend fields) fit an eager key
+    with the same torch, and never an ONNX Runtime one."""
+    d = chain_table()
+    d['key'] = dict(d['key'], torch='2.14.1')
+    t = LatencyTable.from_dict(d)
+    assert 'backend' not in t.key
+    t.check_key({'backend': 'torch', 'backend_version': '2.14.1', 'provider': None})
+    assert t.mismatches({'backend_version': '2.15.0'}) == {'backend_version': ('2.14.1',
+                                                                               '2.15.0')}
+    with pytest.raises(LatencyTableError, match="backend: table 'torch', asked 'onnxruntime'"):
+        t.check_key({'backend': 'onnxruntime', 'backend_version': '1.32', 'provider': 'CPU'})
+
+
 def test_table_of_another_model_is_refused():
     d = chain_table()
     del d['layers']['b.0']
