@@ -125,11 +125,16 @@ def score_input(orig: nn.Module, batch_size: int, size, seed: int):
     return data['inputs'], data['data_samples']
 
 
-def search(orig: nn.Module, x, samples, flops_target: float, checkpoint=None):
-    """FastNAS on a deep copy of ``orig``: ``(compact model, subnet config, stats)``."""
+def search(orig: nn.Module, x, samples, flops_target: float, checkpoint=None, score=None):
+    """FastNAS on a deep copy of ``orig``: ``(compact model, subnet config, stats)``.
+
+    ``score(net)`` (of the :class:`TensorNet` FastNAS prunes; with a ``calls`` counter)
+    replaces :class:`OutputAgreement` on ``x`` when given.
+    """
     mtp, mtn = import_modelopt()
     net = TensorNet(copy.deepcopy(orig).eval(), samples)
-    score = OutputAgreement(net, x)
+    score = OutputAgreement(net, x) if score is None else score
+    calls = score.calls
     resumed = bool(checkpoint) and osp.isfile(checkpoint)  # its sensitivity map is reused
     t0 = time.perf_counter()
     with _quiet():
@@ -139,7 +144,7 @@ def search(orig: nn.Module, x, samples, flops_target: float, checkpoint=None):
                                                       'checkpoint': checkpoint})
     seconds = time.perf_counter() - t0
     best = state['best']
-    stats = {'search_s': seconds, 'score_calls': score.calls,
+    stats = {'search_s': seconds, 'score_calls': score.calls - calls,
              'resumed_from': checkpoint if resumed else None,
              'score': best.get('metric'), 'constraints': best.get('constraints')}
     return net.model.eval(), dict(best['config']), stats

@@ -1,4 +1,5 @@
-"""Accuracy at equal latency: GFP (latency) against GFP (acts, flops) and Torch-Pruning L1.
+"""Accuracy at equal latency: GFP (latency) against GFP (acts, flops), Torch-Pruning L1 and
+ModelOpt FastNAS.
 
 Run from the repository root (Torch-Pruning 1.6.1 installed), on the 2000-iteration baseline
 of ``benchmarks/accuracy.py`` (trained there, or here with ``--baseline-iters``)::
@@ -25,6 +26,10 @@ gfp_flops    FisherPruningHook(delta='flops', target_metric='latency', divisor=1
 tp_l1        Torch-Pruning group L1 (global), one shot, its ratio searched until the table
              predicts ``--target`` for the compact module (``LatencyTable.predict_module``),
              then fine-tuned
+modelopt     NVIDIA ModelOpt FastNAS (optional, ``.venv/modelopt``), its FLOPs constraint
+             searched until the table predicts ``--target`` for the compact, then fine-tuned
+             like tp_l1; scored on train images (``--modelopt-score``, see
+             ``_accuracy_modelopt.py``); widths stored in the run's ``modelopt.json``
 ===========  ================================================================================
 
 So all methods meet the same *predicted* time. Each compact model is stored; at the end all of
@@ -45,14 +50,17 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _accuracy_kd as K  # noqa: E402
+import _accuracy_modelopt as MO  # noqa: E402  (imports no torch at module level)
 import _common as C  # noqa: E402
 import accuracy as A  # noqa: E402
 
-METHODS = ['gfp_latency', 'gfp_latency_kd', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1']
+METHODS = ['gfp_latency', 'gfp_latency_kd', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1',
+           'modelopt']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_latency': 'GFP (latency)',
           'gfp_latency_kd': 'GFP (latency) + distillation',
           'gfp_latency_d1': 'GFP (latency, divisor 1)',
-          'gfp_acts': 'GFP (acts)', 'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1'}
+          'gfp_acts': 'GFP (acts)', 'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
+          'modelopt': 'ModelOpt FastNAS'}
 TABLE = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
                  'digits_retinanet_r18_cpu_b1_t1_128x128.json')
 QUICK = dict(iters=4, seeds=[0], gfp_interval=1, gfp_channels_per_step=1024, tol=0.03,
@@ -70,7 +78,8 @@ def parse_args(argv=None):
     p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
     p.add_argument('--target', type=float, default=0.5,
                    help='fraction of the predicted latency to keep (default 0.5)')
-    p.add_argument('--tol', type=float, help="tolerance of Torch-Pruning's ratio search (0.01)")
+    p.add_argument('--tol', type=float, help="tolerance of Torch-Pruning's and ModelOpt's "
+                   'searches (0.01)')
     p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
@@ -78,6 +87,7 @@ def parse_args(argv=None):
                    f'{osp.relpath(TABLE, ROOT)}, or WORK_DIR/table.json with --quick)')
     p.add_argument('--rounds', type=int, help='timing rounds of every model (default 50)')
     K.add_args(p)
+    MO.add_args(p)
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'accuracy_latency'))
     p.add_argument('--json', help='write all results here')
     p.add_argument('--quick', action='store_true', help='a few iterations on a tiny data set '
@@ -90,6 +100,7 @@ def parse_args(argv=None):
     K.check_args(p, args)
     A.fill_defaults(args, dict(iters=300, seeds=[0, 1, 2], gfp_interval=2,
                                gfp_channels_per_step=32, tol=0.01, rounds=50), QUICK)
+    MO.check_args(p, args)
     if not 0 < args.target < 1:
         p.error(f'--target is the fraction of the latency to keep, in (0, 1); got {args.target}')
     for name in ('iters', 'gfp_interval', 'gfp_channels_per_step', 'rounds', 'threads'):
@@ -140,6 +151,27 @@ def predicted(table, model) -> float:
     return table.predict_module(model) / table.total_us
 
 
+def run_name(method: str, seed: int, args) -> str:
+    """The run's folder under ``WORK_DIR/runs``; a modelopt run's names its score
+    (``modelopt-agreement16_lat50_s0``)."""
+    name = K.run_name(method, args.target, seed, args, 'lat')
+    if method == 'modelopt':
+        name = name.replace('modelopt_', f'modelopt-{MO.tag(args)}_', 1)
+    return name
+
+
+def one_shot(method: str, ctx: dict, wd: str):
+    """The baseline pruned once to the target predicted latency (tp_l1, modelopt)."""
+    import _accuracy_methods as M
+    args, table = ctx['args'], ctx['table']
+    model = M.build(ctx['base'], ctx['baseline'])
+    if method == 'modelopt':
+        key = {k: ctx['sig'][k] for k in ('baseline', 'table', 'target', 'tol', 'quick')}
+        return MO.prune_to(model, ctx['base'], lambda m: predicted(table, m), args, wd, key)
+    return M.tp_prune_to(model, 'l1', args.target, ctx['full']['flops'], args.tol, True,
+                         remaining=lambda m: predicted(table, m))
+
+
 # ------------------------------------------------------------------------------ one run
 def run_one(method: str, seed: int, ctx: dict) -> dict:
     """Bring the baseline to the target predicted latency with ``method``, train, evaluate."""
@@ -148,7 +180,7 @@ def run_one(method: str, seed: int, ctx: dict) -> dict:
     import _accuracy_methods as M
     args, base, ckpt, full, table = (ctx[k] for k in ('args', 'base', 'baseline', 'full',
                                                        'table'))
-    name = K.run_name(method, args.target, seed, args, 'lat')
+    name = run_name(method, seed, args)
     wd = osp.join(ctx['work_dir'], 'runs', name)
     level = A._log_level(args)
     torch.manual_seed(seed)
@@ -164,9 +196,7 @@ def run_one(method: str, seed: int, ctx: dict) -> dict:
                             latency_table=osp.abspath(args.table),
                             divisor=_divisor(method), distill=K.hook_args(method, args))
     else:
-        model = M.build(base, ckpt)
-        model, info = M.tp_prune_to(model, 'l1', args.target, full['flops'], args.tol,
-                                    True, remaining=lambda m: predicted(table, m))
+        model, info = one_shot(method, ctx, wd)
         info['target_reached'] = bool(abs(predicted(table, model) - args.target) <= args.tol)
         info['pruned_eval'] = M.evaluate(model, base, wd, A._stamp(name + '_pruned'), level)
         M.runner(ft, model).train()
@@ -270,7 +300,7 @@ def _run_all(args, ctx: dict, sig: dict) -> list:
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            name = K.run_name(method, args.target, seed, args, 'lat')
+            name = run_name(method, seed, args)
             rdir = osp.join(ctx['work_dir'], 'runs', name)
             path = osp.join(rdir, 'result.json')
             res = None if args.force else A.stored(path, sig, method)
@@ -311,7 +341,7 @@ def main(argv=None) -> dict:
     sig = settings(args, baseline, table)
     base_res = _baseline_eval(M, base, base_model, args, wd, sig)
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
-           'table': table}
+           'table': table, 'sig': sig}
     runs = _run_all(args, ctx, sig)
     ms = time_all([r for r in runs if 'error' not in r], base_model, args)
     rows = summarize(runs, base_res, ms['baseline'])

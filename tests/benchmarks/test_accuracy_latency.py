@@ -1,5 +1,6 @@
 """benchmarks/accuracy_latency.py: every method at the same predicted latency, then timed."""
 import json
+import os
 import os.path as osp
 import sys
 
@@ -17,6 +18,9 @@ import accuracy_latency as AL  # noqa: E402  (imports no torch at module level)
     (['--baseline', '/nonexistent/iter_2000.pth'], 'does not exist'),
     (['--kd-losses', '{"module": "neck"'], '--kd-losses is not valid JSON'),
     (['--kd-losses', '[]'], 'non-empty JSON list'),
+    (['--modelopt-images', '0'], '--modelopt-images must be a positive integer, got 0'),
+    (['--modelopt-steps', '-1'], '--modelopt-steps must be a positive integer, got -1'),
+    (['--modelopt-score', 'loss'], "invalid choice: 'loss'"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -24,13 +28,58 @@ def test_bad_arguments_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_missing_modelopt_is_named_with_its_recipe(monkeypatch, capsys, tmp_path):
+    import _latency_modelopt as LMO
+    for mod in [m for m in sys.modules if m == 'modelopt' or m.startswith('modelopt.')]:
+        monkeypatch.setitem(sys.modules, mod, None)
+    monkeypatch.setitem(sys.modules, 'modelopt', None)  # blocks the import wherever it is
+    monkeypatch.setenv(LMO.ENV, str(tmp_path))
+    AL.parse_args(['--methods', 'tp_l1'])  # no ModelOpt needed without the method
+    with pytest.raises(SystemExit):
+        AL.parse_args(['--methods', 'tp_l1', 'modelopt'])
+    err = capsys.readouterr().err
+    assert 'pip install --target .venv/modelopt --no-deps' in err
+    assert 'leave modelopt out of --methods' in err
+
+
+def test_modelopt_defaults_and_run_name_follow_its_score():
+    a = AL.parse_args(['--methods', 'tp_l1'])
+    assert (a.modelopt_score, a.modelopt_images, a.modelopt_steps) == ('agreement', 16, 6)
+    b = AL.parse_args(['--methods', 'tp_l1', '--modelopt-score', 'map'])
+    assert b.modelopt_images == 64
+    assert AL.run_name('modelopt', 1, a) == 'modelopt-agreement16_lat50_s1'
+    assert AL.run_name('modelopt', 1, b) == 'modelopt-map64_lat50_s1'
+    assert AL.run_name('tp_l1', 1, b) == 'tp_l1_lat50_s1'  # stored runs keep their names
+
+
+def test_next_flops_takes_the_secant_inside_the_bracket_else_bisects():
+    one = [{'flops_target': 0.5, 'predicted': 0.4}]
+    assert AL.MO.next_flops(one, 0.5, 0.5, 1.0) == pytest.approx(0.625)  # 0.5 * 0.5 / 0.4
+    two = one + [{'flops_target': 0.7, 'predicted': 0.6}]
+    assert AL.MO.next_flops(two, 0.5, 0.5, 0.7) == pytest.approx(0.6)  # slope 1
+    flat = one + [{'flops_target': 0.7, 'predicted': 0.4}]  # FastNAS gave the same widths
+    assert AL.MO.next_flops(flat, 0.5, 0.7, 0.8) == pytest.approx(0.75)
+
+
+def _modelopt_available() -> bool:
+    import _latency_modelopt as LMO
+    try:
+        LMO.import_modelopt()
+        return True
+    except LMO.ModelOptMissing:
+        return False
+
+
 @pytest.mark.slow
 def test_quick_brings_every_method_to_the_same_predicted_latency(tmp_path):
+    """Every method, ModelOpt included where it is installed (``tools/setup_env.sh``)."""
     try:  # Torch-Pruning is a benchmark-only dependency: without it, the GFP methods only
         import torch_pruning  # noqa: F401
-        methods = AL.METHODS
+        methods = list(AL.METHODS)
     except ImportError:
         methods = [m for m in AL.METHODS if not m.startswith('tp_')]
+    if not _modelopt_available():
+        methods.remove('modelopt')
     wd, out_json = tmp_path / 'wd', tmp_path / 'out.json'
     argv = ['--quick', '--target', '0.7', '--work-dir', str(wd), '--json', str(out_json),
             '--methods', *methods]
@@ -60,6 +109,28 @@ def test_quick_brings_every_method_to_the_same_predicted_latency(tmp_path):
     again = AL.main(argv)
     assert [r['seconds'] for r in again['runs']] == [r['seconds'] for r in out['runs']]
     assert again['table']['total_us'] == out['table']['total_us']
+    if 'modelopt' in runs:
+        _check_modelopt(runs['modelopt'], argv)
+
+
+def _check_modelopt(run: dict, argv: list):
+    """The search's record, and a rerun that rebuilds the compact from its stored widths."""
+    info = run['info']['modelopt']
+    assert info['score_calls'] > 1 and info['search_s'] > 0 and not info['rebuilt']
+    assert 1 <= len(info['trials']) <= AL.MO.QUICK['modelopt_steps']
+    # the trial closest to the target is kept; on the 2-iteration baseline FastNAS may give
+    # the same widths under every constraint (widths whose score does not move are always cut)
+    closest = min(info['trials'], key=lambda t: abs(t['predicted'] - 0.7))
+    assert run['predicted'] == pytest.approx(closest['predicted'], abs=1e-9)
+    assert info['flops_target'] == closest['flops_target']
+    assert run['info']['target_reached'] == (abs(run['predicted'] - 0.7) <= AL.QUICK['tol'])
+    stored = json.loads(open(osp.join(run['dir'], 'modelopt.json')).read())
+    assert stored['subnet_config'] and stored['key']['score'] == 'agreement'
+    os.remove(osp.join(run['dir'], 'result.json'))  # the run again, its widths kept
+    rebuilt = AL.main(argv + ['--methods', 'modelopt'])['runs'][0]
+    assert rebuilt['info']['modelopt']['rebuilt']
+    for k in ('flops', 'params', 'predicted'):
+        assert rebuilt[k] == pytest.approx(run[k], abs=1e-9)
 
 
 def test_a_distillation_recipe_gets_its_own_run_folder_and_signature():
