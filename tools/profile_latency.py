@@ -4,7 +4,7 @@
         --batch N --input-size H W --out TABLE.json [--threads T] [--checkpoint CKPT]
         [--backend torch|onnxruntime [--providers P ...] [--opt-level all]]
     python tools/profile_latency.py CONFIG --batch N --input-size H W --export-plan plan.json
-    python tools/profile_latency.py CONFIG --table-in TABLE.json --calibrate-on SPEC.json
+    python tools/profile_latency.py CONFIG --table-in TABLE.json --calibrate-on SPEC.json|DIR
         --out TABLE2.json [--point-rounds R]
 
 Times every conv/linear layer that pruning can narrow (with its norm and activation) at its
@@ -30,8 +30,8 @@ table on a deploy device without OpenMMLab::
     python runner.py plan.json --out table.json [--device cuda --dtype fp16 --batch 32]
 
 ``--calibrate-on SPEC.json`` (with ``--table-in``, a table of this config) times the compact
-that the channel spec makes (``spec.json`` beside a deployed model, or one a pruning run
-saved) against the original in the table's runtime, batch, input size and clock (paired
+that the channel spec makes (or a ``tools/deploy_pruned.py`` output DIR: its ``channels.json``)
+against the original in the table's runtime, batch, input size and clock (paired
 rounds), and writes the table with the compact added as a measured point to ``--out``: the
 table then predicts that compact as measured and corrects predictions near its saving
 (``mmgfp/core/latency_points.py``). Prune again with the new table.
@@ -81,9 +81,10 @@ def parse_args(argv=None):
                    'max(2 * --rounds, 11))')
     p.add_argument('--table-in', metavar='TABLE.json',
                    help='with --calibrate-on: the table to add the measured compact to')
-    p.add_argument('--calibrate-on', metavar='SPEC.json',
-                   help='time the compact this channel spec makes against the original and '
-                   'add it to --table-in as a measured point (written to --out)')
+    p.add_argument('--calibrate-on', metavar='SPEC.json|DIR',
+                   help='time the compact this channel spec (or the channels.json of a '
+                   'deploy_pruned DIR) makes against the original and add it to --table-in '
+                   'as a measured point (written to --out)')
     p.add_argument('--point-rounds', type=int, default=15,
                    help='paired rounds with --calibrate-on (default: 15)')
     args = p.parse_args(argv)
@@ -158,7 +159,10 @@ def calibrate_on(args, cfg) -> int:
     from mmgfp.apis.latency.profile import config_model
     from mmgfp.apis.latency.timing import threads_set
     from mmgfp.core import LatencyTable
-    for path in (args.table_in, args.calibrate_on):
+    spec = args.calibrate_on
+    if osp.isdir(spec):
+        spec = osp.join(spec, 'channels.json')  # a tools/deploy_pruned.py output folder
+    for path in (args.table_in, spec):
         if not osp.isfile(path):
             raise SystemExit(f'error: {path} does not exist')
     try:
@@ -166,7 +170,7 @@ def calibrate_on(args, cfg) -> int:
         model, groups, fwd = config_model(cfg, table.key['batch'], table.key['input_size'],
                                           args.checkpoint)
         table.check_groups(groups)
-        compact = compact_from_spec(model, args.calibrate_on)
+        compact = compact_from_spec(model, spec)
         with threads_set(table.key.get('threads')):
             table = add_point(table, model, compact, fwd, rounds=args.point_rounds)
     except ValueError as e:

@@ -119,10 +119,10 @@ def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
     from mmgfp.core.spec import save_spec
     cfg = tmp_path / 'r18.py'
     cfg.write_text(CFG)
-    table_in, spec, out = (str(tmp_path / f) for f in ('t.json', 'spec.json', 't2.json'))
+    table_in, spec, out = (str(tmp_path / f) for f in ('t.json', 'channels.json', 't2.json'))
     save_spec(_hand_table(cfg, table_in), spec)
-    argv = [str(cfg), '--table-in', table_in, '--calibrate-on', spec, '--point-rounds', '1',
-            '--out', out]
+    argv = [str(cfg), '--table-in', table_in, '--calibrate-on', str(tmp_path),  # deploy dir
+            '--point-rounds', '1', '--out', out]
     assert tool.main(argv) == 0
     assert 'compact measured' in capsys.readouterr().out
     table = LatencyTable.load(out)
@@ -136,7 +136,7 @@ def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
     with pytest.raises(SystemExit, match='the latency table is for a RetinaNet, but the model '
                        'is a ImageClassifier'):
         tool.main(argv)
-    with pytest.raises(SystemExit, match='error: nope.json does not exist'):
+    with pytest.raises(SystemExit, match='error: nope.json does not exist'):  # a spec file
         tool.main(argv[:3] + ['--calibrate-on', 'nope.json', '--out', out])
     with pytest.raises(SystemExit):
         tool.parse_args([str(cfg), '--calibrate-on', spec, '--out', out])
