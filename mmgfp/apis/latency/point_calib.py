@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, Optional
 import torch.nn as nn
 
 from mmgfp.core import LatencyTable
-from mmgfp.core.latency_calib import LatencyTableError, module_widths
+from mmgfp.core.latency_calib import LatencyTableError, module_widths, origin_warning
 from mmgfp.apis.latency.group_calib import _caller, paired_ratio
-from mmgfp.apis.latency.runner import Backend
+from mmgfp.apis.latency.runner import Backend, device_name
 
 
 def table_backend(table: LatencyTable) -> Backend:
@@ -24,9 +24,10 @@ def table_backend(table: LatencyTable) -> Backend:
     key = table.key
     ort = key.get('backend', 'torch') == 'onnxruntime'
     providers = [key['provider']] if ort and key.get('provider') else None
-    return Backend(key.get('backend', 'torch'), 'cuda' if 'cuda' in str(key.get('device'))
-                   else 'cpu', key.get('dtype', 'fp32'), bool(key.get('channels_last')),
-                   int(key.get('threads') or 1), providers, key.get('graph_optimization', 'all'))
+    device = 'cuda' if str(key.get('device', '')).startswith('cuda:') else 'cpu'  # device_name
+    return Backend(key.get('backend', 'torch'), device, key.get('dtype', 'fp32'),
+                   bool(key.get('channels_last')), int(key.get('threads') or 1), providers,
+                   key.get('graph_optimization', 'all'))
 
 
 def compact_from_spec(model: nn.Module, spec) -> nn.Module:
@@ -74,6 +75,9 @@ def calibrate_on(table: LatencyTable, model: nn.Module, compact: nn.Module,
                                 'for this config')
     before = table.predict_module(compact) / table.total_us  # a misfit fails before timing
     run = table_backend(table)
+    warning = origin_warning(table.key, {'device': device_name(run.device), **run.key()})
+    if warning:  # a point timed elsewhere mixes two machines in one table
+        log(warning)
     with tempfile.TemporaryDirectory() as tmp:
         full = _caller(model.eval(), forward_fn, run, tmp, 'full')
         thin = _caller(compact.eval(), forward_fn, run, tmp, 'compact')
