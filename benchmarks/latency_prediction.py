@@ -46,9 +46,10 @@ def prune(model, groups, table, kw, metric, target, per_step):
         steps += 1
         if not pruner.step(per_step, until=lambda: pruner.remaining()[metric] <= target):
             break
+    spec = make_spec(pruner.masker)
     info = {'remaining': pruner.remaining(), 'predicted_ms': pruner.predicted_latency() / 1e3,
-            'steps': steps, 'prune_s': time.perf_counter() - t0}
-    return apply_spec(m.eval(), make_spec(pruner.masker)), info
+            'steps': steps, 'prune_s': time.perf_counter() - t0, 'spec': spec}
+    return apply_spec(m.eval(), spec), info
 
 
 def main(argv=None):
@@ -60,6 +61,8 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--time-core', type=int, default=None, help='pin timing to this CPU core')
     p.add_argument('--json')
+    p.add_argument('--spec-out', help="write the latency-targeted compact's channel spec here "
+                   '(for tools/profile_latency.py --calibrate-on)')
     args = p.parse_args(argv)
     C.quiet_logs()
     from mmgfp.apis.checking.check import build_model, randomize_norms
@@ -84,6 +87,9 @@ def main(argv=None):
                                          args.channels_per_step)
         print(f'[prediction] {name}: {info[name]["steps"]} steps, '
               f'{info[name]["prune_s"]:.0f} s', flush=True)
+    if args.spec_out:
+        from mmgfp.core.spec import save_spec
+        save_spec(info['latency, divisor auto'].pop('spec'), args.spec_out)
     if args.time_core is not None:
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)

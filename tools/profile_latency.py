@@ -4,6 +4,8 @@
         --batch N --input-size H W --out TABLE.json [--threads T] [--checkpoint CKPT]
         [--backend torch|onnxruntime [--providers P ...] [--opt-level all]]
     python tools/profile_latency.py CONFIG --batch N --input-size H W --export-plan plan.json
+    python tools/profile_latency.py CONFIG --table-in TABLE.json --calibrate-on SPEC.json|DIR
+        --out TABLE2.json [--point-rounds R]
 
 Times every conv/linear layer that pruning can narrow (with its norm and activation) at its
 real input sizes over a grid of channel counts, plus the whole model, and writes the table.
@@ -26,6 +28,13 @@ beside it) for ``mmgfp/apis/latency/runner.py``, one file that needs only torch,
 table on a deploy device without OpenMMLab::
 
     python runner.py plan.json --out table.json [--device cuda --dtype fp16 --batch 32]
+
+``--calibrate-on SPEC.json`` (with ``--table-in``, a table of this config) times the compact
+that the channel spec makes (or a ``tools/deploy_pruned.py`` output DIR: its ``channels.json``)
+against the original in the table's runtime, batch, input size and clock (paired
+rounds), and writes the table with the compact added as a measured point to ``--out``: the
+table then predicts that compact as measured and corrects predictions near its saving
+(``mmgfp/core/latency_points.py``). Prune again with the new table.
 """
 import argparse
 import os.path as osp
@@ -70,7 +79,19 @@ def parse_args(argv=None):
     p.add_argument('--group-rounds', type=int, default=None,
                    help='paired rounds per group with --calibrate-groups (default: '
                    'max(2 * --rounds, 11))')
+    p.add_argument('--table-in', metavar='TABLE.json',
+                   help='with --calibrate-on: the table to add the measured compact to')
+    p.add_argument('--calibrate-on', metavar='SPEC.json|DIR',
+                   help='time the compact this channel spec (or the channels.json of a '
+                   'deploy_pruned DIR) makes against the original and add it to --table-in '
+                   'as a measured point (written to --out)')
+    p.add_argument('--point-rounds', type=int, default=15,
+                   help='paired rounds with --calibrate-on (default: 15)')
     args = p.parse_args(argv)
+    if bool(args.table_in) != bool(args.calibrate_on):
+        p.error('--calibrate-on SPEC.json and --table-in TABLE.json go together')
+    if args.point_rounds < 1:
+        p.error(f'--point-rounds must be >= 1, got {args.point_rounds}')
     if bool(args.out) == bool(args.export_plan):
         p.error('give --out TABLE.json (measure here) or --export-plan PLAN.json (measure with '
                 'runner.py on the deploy device), one of them')
@@ -131,6 +152,34 @@ def export_plan(args, cfg) -> int:
     return 0
 
 
+def calibrate_on(args, cfg) -> int:
+    """Add the compact of ``--calibrate-on`` to ``--table-in`` as a measured point."""
+    from mmgfp.apis.latency.point_calib import calibrate_on as add_point
+    from mmgfp.apis.latency.point_calib import compact_from_spec
+    from mmgfp.apis.latency.profile import config_model
+    from mmgfp.apis.latency.timing import threads_set
+    from mmgfp.core import LatencyTable
+    spec = args.calibrate_on
+    if osp.isdir(spec):
+        spec = osp.join(spec, 'channels.json')  # a tools/deploy_pruned.py output folder
+    for path in (args.table_in, spec):
+        if not osp.isfile(path):
+            raise SystemExit(f'error: {path} does not exist')
+    try:
+        table = LatencyTable.load(args.table_in)
+        model, groups, fwd = config_model(cfg, table.key['batch'], table.key['input_size'],
+                                          args.checkpoint)
+        table.check_groups(groups)
+        compact = compact_from_spec(model, spec)
+        with threads_set(table.key.get('threads')):
+            table = add_point(table, model, compact, fwd, rounds=args.point_rounds)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    table.save(args.out)
+    print(f'wrote {args.out}')
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mmgfp  # noqa: F401
@@ -145,6 +194,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.export_plan:
         return export_plan(args, cfg)
+    if args.calibrate_on:
+        return calibrate_on(args, cfg)
     try:
         table, _ = profile_config(
             cfg, args.config, args.device, args.dtype, args.channels_last, args.batch,

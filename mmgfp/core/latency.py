@@ -28,7 +28,8 @@ holds ``calibration`` (``{"ratio": measured time of the half-width copy over the
 "thin": {layer: [in, out]}}``, as the plan runner writes it) and no ``scaled_remainder`` gets
 both numbers fitted when it loads. ``group_calibration`` (optional) holds what each group
 alone saves in the model, fitted into a factor per group
-(:mod:`mmgfp.core.latency_groups`).
+(:mod:`mmgfp.core.latency_groups`); ``points`` (optional) measured compacts, fitted into a
+correction at the operating point (:mod:`mmgfp.core.latency_points`).
 """
 import bisect
 import json
@@ -38,11 +39,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from .grouping import GroupSet, layer_io as _io
-from .latency_calib import (ORIGIN_FIELDS, PROFILE_HINT, LatencyTableError, _check_calibration,
-                            module_widths, origin, resolve_shape)
+from .latency_calib import (ORIGIN_FIELDS, PROFILE_HINT, LatencyTableError, _check_axis,
+                            _check_calibration, module_widths, origin, resolve_shape)
 from .latency_groups import (check_group_calibration, fit_group_factors,  # noqa: F401
                              group_layers, layer_change, layer_groups, layer_sides,
                              layers_by_group, map_spans, side_factors, timed_layers)
+from .latency_points import check_points, corrected, fit_points
 from .spec import atomic_write
 
 FORMAT = 'mmgfp-latency/1'
@@ -58,17 +60,6 @@ def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
     x0, x1 = xs[i], xs[i + 1]
     return ys[i] + (ys[i + 1] - ys[i]) * (x - x0) / (x1 - x0)
-
-
-def _check_axis(name: str, axis: str, pts) -> List[float]:
-    if not isinstance(pts, list) or not pts or any(
-            not isinstance(p, (int, float)) or p <= 0 for p in pts):
-        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be a non-empty '
-                                f'list of positive channel counts, but got {pts!r}')
-    if any(b <= a for a, b in zip(pts, pts[1:])):
-        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be strictly '
-                                f'increasing, but got {pts!r}')
-    return [float(p) for p in pts]
 
 
 class _Layer:
@@ -146,12 +137,14 @@ class LatencyTable:
             docstring). Defaults to None.
         group_calibration (dict, optional): Each group alone measured in the model
             (:mod:`mmgfp.core.latency_groups`). Defaults to None.
+        points (list, optional): Measured compacts (:mod:`mmgfp.core.latency_points`).
+            Defaults to None.
     """
 
     def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
                  scaled_remainder: Optional[float] = None, layer_scale: Optional[float] = None,
                  calibration: Optional[Mapping] = None,
-                 group_calibration: Optional[Mapping] = None):
+                 group_calibration: Optional[Mapping] = None, points: Optional[List] = None):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -173,6 +166,8 @@ class LatencyTable:
                                                                 layer_scale)
         self.group_calibration = check_group_calibration(group_calibration, self.layers)
         self.group_factors = fit_group_factors(self, self.group_calibration)
+        self.points, self.point_knots = check_points(points, self.layers), []
+        self.point_knots = fit_points(self, self.points)
 
     # -- data ------------------------------------------------------------------------------
     @classmethod
@@ -185,7 +180,8 @@ class LatencyTable:
             if k not in d:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
         return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder'),
-                   d.get('layer_scale'), d.get('calibration'), d.get('group_calibration'))
+                   d.get('layer_scale'), d.get('calibration'), d.get('group_calibration'),
+                   d.get('points'))
 
     def to_dict(self) -> Dict:
         d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
@@ -196,8 +192,9 @@ class LatencyTable:
             d['layer_scale'] = self.layer_scale
         if self.calibration:
             d['calibration'] = self.calibration
-        if self.group_calibration:
-            d['group_calibration'] = self.group_calibration
+        for k in ('group_calibration', 'points'):
+            if getattr(self, k):
+                d[k] = getattr(self, k)
         return d
 
     # -- the remainder -----------------------------------------------------------------------
@@ -310,7 +307,8 @@ class LatencyTable:
         given by ``kept``, and the scaled share of the remainder (:meth:`remainder_change`);
         layers no prunable group touches keep their time in the remainder.
         """
-        return self._change(gs, timed_layers(gs), kept, _full(gs), self.total_us)
+        return corrected(self, self._change(gs, timed_layers(gs), kept, _full(gs),
+                                            self.total_us))
 
     def _change(self, gs: GroupSet, names: Sequence[str], kept: KeptFn, ref: KeptFn,
                 start: float) -> float:
@@ -341,16 +339,6 @@ class LatencyTable:
             out += lay.out_elems * cout
         return us, out
 
-    def module_sums(self, model: nn.Module) -> Tuple[float, float]:
-        """(time in us, output elements) of the table's layers at the widths of ``model``'s
-        modules (compare ``layers_us`` and ``out_full``, the same at full width).
-
-        Raises:
-            LatencyTableError: A layer of the table is missing from ``model``, is no conv or
-                linear layer, or is wider than profiled.
-        """
-        return self.sums_at(module_widths(model, self.layers))
-
     def predict_module(self, model: nn.Module) -> float:
         """Predicted forward time (us) of ``model``, a model of the table's architecture with
         any layer widths: e.g. a compact model pruned by another tool, whose widths no mmgfp
@@ -359,20 +347,27 @@ class LatencyTable:
         (:func:`~mmgfp.core.latency_groups.map_spans`).
 
         Raises:
-            LatencyTableError: A layer of the table is missing from ``model``, is no conv or
-                linear layer, or is wider than profiled.
+            LatencyTableError: A layer of the table is missing from ``model`` or is no conv
+                or linear layer; a width is wider than profiled.
         """
+        return self.predict_widths(module_widths(model, self.layers))
+
+    def predict_widths(self, widths: Mapping[str, Sequence[float]], raw: bool = False) -> float:
+        """Predicted forward time (us) with the table's layers at ``widths`` (name -> (in,
+        out); full width where not given); ``raw``: without the points' correction."""
         if not self.group_factors:
-            us, out = self.module_sums(model)
-            return (self.total_us + self.layer_scale * (us - self.layers_us) +
-                    self.remainder_change(out - self.out_full))
+            us, out = self.sums_at(widths)
+            t = (self.total_us + self.layer_scale * (us - self.layers_us) +
+                 self.remainder_change(out - self.out_full))
+            return t if raw else corrected(self, t)
         t, out = self.total_us, 0.0
-        for name, io in module_widths(model, self.layers).items():
+        for name, io in widths.items():
             ins, outs, spans = map_spans(self, name, io)
             dt, dout = layer_change(self, name, io, self.layers[name].full_io,
                                     *side_factors(self, ins, outs, spans))
             t, out = t + dt, out + dout
-        return t + self.remainder_change(out)
+        t += self.remainder_change(out)
+        return t if raw else corrected(self, t)
 
     def saved(self, gs: GroupSet, kept: KeptFn, key: str, channels: int,
               layers: Optional[Sequence[str]] = None) -> float:

@@ -164,3 +164,14 @@ def _check_calibration(cal) -> Optional[Dict]:
         out['ratio_quarter'] = float(cal['ratio_quarter'])
         out['quarter'] = {n: [float(w[0]), float(w[1])] for n, w in cal['quarter'].items()}
     return out
+
+
+def _check_axis(name: str, axis: str, pts) -> List[float]:
+    if not isinstance(pts, list) or not pts or any(
+            not isinstance(p, (int, float)) or p <= 0 for p in pts):
+        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be a non-empty '
+                                f'list of positive channel counts, but got {pts!r}')
+    if any(b <= a for a, b in zip(pts, pts[1:])):
+        raise LatencyTableError(f'latency table layer {name!r}: {axis!r} must be strictly '
+                                f'increasing, but got {pts!r}')
+    return [float(p) for p in pts]

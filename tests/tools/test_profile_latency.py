@@ -89,3 +89,59 @@ def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):
         assert osp.isfile(tmp_path / plan['models'][f])
     with pytest.raises(SystemExit):  # a plan or a table, not both
         tool.parse_args([str(cfg), '--out', 't.json', '--export-plan', 'p.json'])
+
+
+def _hand_table(cfg, path):
+    """A bilinear table (t = in * out us) of the config's timed layers and a half-width spec."""
+    from mmgfp.apis.checking.check import load_config
+    from mmgfp.apis.latency.profile import config_model
+    from mmgfp.core import ChannelMasker, make_spec
+    from mmgfp.core.latency import FORMAT, timed_layers
+    from mmgfp.core.latency_calib import module_widths
+    model, gs, _ = config_model(load_config(str(cfg)), 1, (32, 32))
+    layers = {n: {'in': [1, i], 'out': [1, o], 'us': [[1, o], [i, i * o]]} for n, (i, o) in
+              module_widths(model, timed_layers(gs)).items()}
+    key = {'device': 'cpu: test', 'dtype': 'fp32', 'channels_last': False, 'batch': 1,
+           'threads': 1, 'input_size': [32, 32], 'model': type(model).__name__,
+           'backend': 'torch'}
+    total = 2 * sum(e['us'][1][1] for e in layers.values())
+    json.dump({'format': FORMAT, 'key': key, 'total_us': total, 'layers': layers},
+              open(path, 'w'))
+    masker = ChannelMasker(model, gs)
+    for g in gs.prunable:
+        for unit in range(g.units // 2, g.units):
+            masker.prune(g.key, unit)
+    return make_spec(masker)
+
+
+def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
+    from mmgfp.core import LatencyTable
+    from mmgfp.core.spec import save_spec
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG)
+    table_in, spec, out = (str(tmp_path / f) for f in ('t.json', 'channels.json', 't2.json'))
+    save_spec(_hand_table(cfg, table_in), spec)
+    argv = [str(cfg), '--table-in', table_in, '--calibrate-on', str(tmp_path),  # deploy dir
+            '--point-rounds', '1', '--out', out]
+    assert tool.main(argv) == 0
+    said = capsys.readouterr().out
+    assert 'compact measured' in said
+    assert "warning: the latency table was measured on another machine or runtime (device: " \
+        "table 'cpu: test'" in said  # the hand-made table's device
+    table = LatencyTable.load(out)
+    assert len(table.points) == 1 and table.points[0]['ratio'] > 0
+    widths = table.points[0]['widths']
+    assert widths['backbone.layer3.0.conv1'][1] < table.layers['backbone.layer3.0.conv1'].full[1]
+    assert LatencyTable.load(table_in).points is None  # --table-in is left as it was
+    other = json.load(open(table_in))
+    other['key']['model'] = 'RetinaNet'
+    json.dump(other, open(table_in, 'w'))
+    with pytest.raises(SystemExit, match='the latency table is for a RetinaNet, but the model '
+                       'is a ImageClassifier'):
+        tool.main(argv)
+    with pytest.raises(SystemExit, match='error: nope.json does not exist'):  # a spec file
+        tool.main(argv[:3] + ['--calibrate-on', 'nope.json', '--out', out])
+    with pytest.raises(SystemExit):
+        tool.parse_args([str(cfg), '--calibrate-on', spec, '--out', out])
+    assert '--calibrate-on SPEC.json and --table-in TABLE.json go together' in \
+        capsys.readouterr().err

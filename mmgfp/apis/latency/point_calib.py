@@ -1,0 +1,90 @@
+"""Add a measured compact to a latency table (the table's ``points``).
+
+:func:`calibrate_on` times a compact model of the table's architecture against the original,
+in paired rounds in the table's runtime and on its clock
+(:func:`mmgfp.apis.latency.group_calib.paired_ratio`, as the group calibration does), and
+stores the compact's layer widths and the measured ratio as a point; the table then fits a
+correction at that operating point (:mod:`mmgfp.core.latency_points`). The loop it serves:
+prune to a latency target, add the compact the pruner chose, prune again with the table.
+"""
+import copy
+import tempfile
+from typing import Any, Callable, Dict, Optional
+
+import torch.nn as nn
+
+from mmgfp.core import LatencyTable
+from mmgfp.core.latency_calib import LatencyTableError, module_widths, origin_warning
+from mmgfp.apis.latency.group_calib import _caller, paired_ratio
+from mmgfp.apis.latency.runner import Backend, device_name
+
+
+def table_backend(table: LatencyTable) -> Backend:
+    """The runtime ``table`` was profiled in, from its key."""
+    key = table.key
+    ort = key.get('backend', 'torch') == 'onnxruntime'
+    providers = [key['provider']] if ort and key.get('provider') else None
+    device = 'cuda' if str(key.get('device', '')).startswith('cuda:') else 'cpu'  # device_name
+    return Backend(key.get('backend', 'torch'), device, key.get('dtype', 'fp32'),
+                   bool(key.get('channels_last')), int(key.get('threads') or 1), providers,
+                   key.get('graph_optimization', 'all'))
+
+
+def compact_from_spec(model: nn.Module, spec) -> nn.Module:
+    """A compact copy of ``model`` sliced by a channel spec (a dict or a JSON path)."""
+    from mmgfp.codebases import fix_compact
+    from mmgfp.core import apply_spec
+    from mmgfp.core.spec import load_spec
+    compact = apply_spec(copy.deepcopy(model).eval(), load_spec(spec))
+    fix_compact(compact)
+    return compact.eval()
+
+
+def with_point(table: LatencyTable, compact: nn.Module, ratio: float,
+               se: Optional[float] = None) -> LatencyTable:
+    """A copy of ``table`` holding ``compact``'s widths and its measured ``ratio`` (time over
+    the original's) as one more point, the correction fitted.
+
+    Raises:
+        LatencyTableError: ``compact`` lacks a layer of the table, or a layer is wider than
+            the table was profiled at (a compact of another model).
+    """
+    widths = module_widths(compact, table.layers)
+    point: Dict[str, Any] = {'widths': {n: list(w) for n, w in widths.items()},
+                             'ratio': float(ratio)}
+    if se is not None:
+        point['se'] = float(se)
+    return LatencyTable.from_dict({**table.to_dict(),
+                                   'points': list(table.points or []) + [point]})
+
+
+def calibrate_on(table: LatencyTable, model: nn.Module, compact: nn.Module,
+                 forward_fn: Callable[[nn.Module], Any], rounds: int = 15, warmup: int = 2,
+                 log=print) -> LatencyTable:
+    """``table`` with ``compact`` measured against ``model`` (the original, of the table's
+    architecture) added as a point (see the module docstring); logs the measured ratio and
+    what the table predicted for it before and after.
+
+    Raises:
+        LatencyTableError: ``model`` is not the table's model, or ``compact`` does not fit
+            the table (:func:`with_point`).
+    """
+    if table.key.get('model') not in (None, type(model).__name__):
+        raise LatencyTableError(f"the latency table is for a {table.key['model']}, but the "
+                                f'model is a {type(model).__name__}: give the table profiled '
+                                'for this config')
+    before = table.predict_module(compact) / table.total_us  # a misfit fails before timing
+    run = table_backend(table)
+    warning = origin_warning(table.key, {'device': device_name(run.device), **run.key()})
+    if warning:  # a point timed elsewhere mixes two machines in one table
+        log(warning)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = _caller(model.eval(), forward_fn, run, tmp, 'full')
+        thin = _caller(compact.eval(), forward_fn, run, tmp, 'compact')
+        ratio, se = paired_ratio(full, thin, run, rounds, warmup)
+    out = with_point(table, compact, ratio, se)
+    log(f'[profile_latency] compact measured {ratio:.3f} +- {se:.3f} of the model ({rounds} '
+        f'paired rounds, {run.name}, {run.clock} clock); the table predicted {before:.3f}, '
+        f'now {out.predict_module(compact) / out.total_us:.3f} '
+        f'({len(out.points)} point(s))')
+    return out
