@@ -8,7 +8,6 @@ table's ``group_calibration`` (:mod:`mmgfp.core.latency_groups`), fitted into on
 group when the table loads. ResNet-50 has 37 prunable groups: with ONNX Runtime, one thread and
 ``rounds=11`` that is 37 exports and 37 x 24 whole-model runs (about 6 minutes here).
 """
-import copy
 import math
 import os.path as osp
 import statistics
@@ -22,26 +21,11 @@ import torch.nn as nn
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_groups import group_map
-from mmgfp.apis.latency.plan import export_models
+from mmgfp.apis.latency.plan import export_models, narrowed  # noqa: F401  (served here too)
 from mmgfp.apis.latency.runner import Backend, Timer
 from mmgfp.apis.latency.timing import prepare
 
 MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
-
-
-def narrowed(model: nn.Module, groups: GroupSet, units: Dict[str, int]) -> nn.Module:
-    """A compact copy of ``model`` with each group of ``units`` at its first that many units
-    (all other groups whole)."""
-    from mmgfp.codebases import fix_compact
-    from mmgfp.core import ChannelMasker, apply_spec, make_spec
-    thin = copy.deepcopy(model)
-    masker = ChannelMasker(thin, groups)
-    for key, keep in units.items():
-        for unit in range(keep, len(masker.keep[key])):
-            masker.prune(key, unit)
-    apply_spec(thin, make_spec(masker))
-    fix_compact(thin)
-    return thin.eval()
 
 
 def aligned_units(units: int, fraction: float = 0.5) -> int:

@@ -136,20 +136,26 @@ def plan_layers(gs: GroupSet, calls: Dict[str, LayerCalls]) -> Dict[str, Dict]:
                    'out_elems': calls[name].out_elems} for name in timed_layers(gs)}
 
 
-def half_width_copy(model: nn.Module, groups: GroupSet, fraction: float = 0.5) -> nn.Module:
-    """A compact copy of ``model`` with every prunable group at ``fraction`` of its units
-    (rounded up, at least one)."""
+def narrowed(model: nn.Module, groups: GroupSet, units: Dict[str, int]) -> nn.Module:
+    """A compact copy of ``model`` (eval mode) with each group of ``units`` at its first that
+    many units (all other groups whole)."""
+    from mmgfp.codebases import fix_compact
     from mmgfp.core import ChannelMasker, apply_spec, make_spec
     thin = copy.deepcopy(model)
     masker = ChannelMasker(thin, groups)
-    for g in groups.prunable:
-        n = len(masker.keep[g.key])
-        for unit in range(max(1, math.ceil(n * fraction)), n):
-            masker.prune(g.key, unit)
+    for key, keep in units.items():
+        for unit in range(keep, len(masker.keep[key])):
+            masker.prune(key, unit)
     apply_spec(thin, make_spec(masker))
-    from mmgfp.codebases import fix_compact
     fix_compact(thin)  # each codebase's fixes look for its own modules: none in plain PyTorch
-    return thin
+    return thin.eval()
+
+
+def half_width_copy(model: nn.Module, groups: GroupSet, fraction: float = 0.5) -> nn.Module:
+    """A compact copy of ``model`` with every prunable group at ``fraction`` of its units
+    (rounded up, at least one; :func:`narrowed`)."""
+    return narrowed(model, groups, {g.key: max(1, math.ceil(g.units * fraction))
+                                    for g in groups.prunable})
 
 
 # -- the whole model, without its framework ------------------------------------------------------
