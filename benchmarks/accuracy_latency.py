@@ -22,6 +22,8 @@ gfp_latency_kd  gfp_latency with GFPDistillHook (the unpruned baseline teaches w
 gfp_latency_d1  the same with divisor=1: the latency criterion without the table's alignment
              (the table asks for multiples of 16 in the stem, layer1 and the first FPN conv)
 gfp_acts     FisherPruningHook(delta='acts', target_metric='latency', divisor=1)
+gfp_acts_d8  the same with divisor=8 (every kept width a multiple of 8, what ONNX Runtime's
+             CPU kernels and tensor cores like without a table)
 gfp_flops    FisherPruningHook(delta='flops', target_metric='latency', divisor=1)
 tp_l1        Torch-Pruning group L1 (global), one shot, its ratio searched until the table
              predicts ``--target`` for the compact module (``LatencyTable.predict_module``),
@@ -31,6 +33,11 @@ modelopt     NVIDIA ModelOpt FastNAS (optional, ``.venv/modelopt``), its FLOPs c
              like tp_l1; scored on train images (``--modelopt-score``, see
              ``_accuracy_modelopt.py``); widths stored in the run's ``modelopt.json``
 ===========  ================================================================================
+
+``--backend onnxruntime`` makes it the same benchmark in ONNX Runtime (CPU provider, all graph
+optimisations, ``--threads`` threads): the table is profiled there (``--calibrate-groups`` adds
+its per-group factors) and every model is exported (``torch.onnx.export``, opset 17, the tensor
+path) and timed there, in process CPU time with one thread.
 
 So all methods meet the same *predicted* time. Each compact model is stored; at the end all of
 them and the baseline are timed in one process, interleaved (``compare_latency``, ``--rounds``
@@ -54,15 +61,18 @@ import _accuracy_modelopt as MO  # noqa: E402  (imports no torch at module level
 import _common as C  # noqa: E402
 import accuracy as A  # noqa: E402
 
-METHODS = ['gfp_latency', 'gfp_latency_kd', 'gfp_latency_d1', 'gfp_acts', 'gfp_flops', 'tp_l1',
-           'modelopt']
+METHODS = ['gfp_latency', 'gfp_latency_kd', 'gfp_latency_d1', 'gfp_acts', 'gfp_acts_d8',
+           'gfp_flops', 'tp_l1', 'modelopt']
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_latency': 'GFP (latency)',
           'gfp_latency_kd': 'GFP (latency) + distillation',
           'gfp_latency_d1': 'GFP (latency, divisor 1)',
-          'gfp_acts': 'GFP (acts)', 'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
+          'gfp_acts': 'GFP (acts)', 'gfp_acts_d8': 'GFP (acts, divisor 8)',
+          'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
           'modelopt': 'ModelOpt FastNAS'}
 TABLE = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
                  'digits_retinanet_r18_cpu_b1_t1_128x128.json')
+TABLE_ORT = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
+                     'digits_retinanet_r18_ort_cpu_b1_t1_128x128.json')
 QUICK = dict(iters=4, seeds=[0], gfp_interval=1, gfp_channels_per_step=1024, tol=0.03,
              rounds=3)
 
@@ -84,7 +94,14 @@ def parse_args(argv=None):
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--table', help=f'latency table (profiled here when missing; default '
-                   f'{osp.relpath(TABLE, ROOT)}, or WORK_DIR/table.json with --quick)')
+                   f'{osp.relpath(TABLE, ROOT)}, {osp.basename(TABLE_ORT)} with --backend '
+                   'onnxruntime, or WORK_DIR/table.json with --quick)')
+    p.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch',
+                   help='where the table is profiled and the models are timed: PyTorch eager '
+                   '(default) or ONNX Runtime (CPU provider)')
+    p.add_argument('--calibrate-groups', action='store_true',
+                   help="add the table's per-group factors (profile_latency "
+                   '--calibrate-groups) when it is profiled or lacks them')
     p.add_argument('--rounds', type=int, help='timing rounds of every model (default 50)')
     K.add_args(p)
     MO.add_args(p)
@@ -114,7 +131,8 @@ def parse_args(argv=None):
     if args.quick:
         args.baseline_iters = 2
     if args.table is None:
-        args.table = osp.join(args.work_dir, 'table.json') if args.quick else TABLE
+        args.table = (osp.join(args.work_dir, 'table.json') if args.quick else
+                      TABLE_ORT if args.backend == 'onnxruntime' else TABLE)
     return args
 
 
@@ -130,20 +148,30 @@ def get_table(cfg, args, baseline: str):
     """The config's CPU latency table: reused from ``--table`` when it fits, else profiled."""
     from mmgfp.apis.latency.profile import profile_config
     import _accuracy_methods as M
+    from mmgfp.core.latency import load_table
     os.makedirs(osp.dirname(osp.abspath(args.table)), exist_ok=True)
+    if osp.isfile(args.table):
+        made = load_table(args.table).mismatches({'backend': args.backend})
+        if made:
+            raise SystemExit(f'[accuracy_latency] {args.table} is a {made["backend"][0]} table, '
+                             f'not {args.backend}: give --table a new file (it is profiled '
+                             'there) or drop --backend, so that it is not overwritten')
     quick = dict(points=2, rounds=1, align=False) if args.quick else {}
     t0 = time.perf_counter()
     table, groups = profile_config(cfg, 'digits/' + osp.basename(args.config), batch=1,
                                    input_size=M.INPUT_SIZE, checkpoint=baseline,
-                                   threads=args.threads, out=args.table, **quick)
-    print(f'[accuracy_latency] latency table {args.table}: full model '
+                                   threads=args.threads, out=args.table, backend=args.backend,
+                                   calibrate_groups=args.calibrate_groups, **quick)
+    print(f'[accuracy_latency] latency table {args.table} ({args.backend}): full model '
           f'{table.total_us / 1e3:.2f} ms ({time.perf_counter() - t0:.0f} s)', flush=True)
     return table
 
 
 def _divisor(method: str):
     """The hook's ``divisor``: the table's alignment for the latency criterion (``'auto'``),
-    none for the divisor-1 variant and the FLOPs/activation criteria."""
+    8 for gfp_acts_d8, none for the divisor-1 variant and the FLOPs/activation criteria."""
+    if method == 'gfp_acts_d8':
+        return 8
     return 'auto' if method in ('gfp_latency', 'gfp_latency_kd') else 1
 
 
@@ -237,14 +265,50 @@ def time_all(runs: list, base_model, args) -> dict:
             r['error'] = f'cannot load {path} for timing: {type(e).__name__}: {e}'[:300]
             print(f'[accuracy_latency] {r["error"]}', flush=True)
     runs = [r for r in runs if r['name'] in models]
-    print(f'[accuracy_latency] timing {len(models)} models, {args.rounds} interleaved rounds, '
-          f'{args.threads} thread(s)', flush=True)
-    ms = compare_latency(models, forward_fn(base_model), rounds=args.rounds, warmup=3,
-                         threads=args.threads)
+    print(f'[accuracy_latency] timing {len(models)} models in {args.backend}, {args.rounds} '
+          f'interleaved rounds, {args.threads} thread(s)', flush=True)
+    if args.backend == 'onnxruntime':
+        ms = time_ort(models, runs, args)
+        runs = [r for r in runs if r['name'] in ms]
+    else:
+        ms = compare_latency(models, forward_fn(base_model), rounds=args.rounds, warmup=3,
+                             threads=args.threads)
     for r in runs:
         r['measured_ms'] = ms[r['name']]
         r['measured'] = ms[r['name']] / ms['baseline']
     return ms
+
+
+def time_ort(models: dict, runs: list, args) -> dict:
+    """Median time (ms) of each model exported to ONNX and run in ONNX Runtime (CPU provider,
+    all graph optimisations, ``args.threads`` threads; process CPU time with one thread),
+    interleaved. A model that does not export gets an ``error`` in its run, not a lost table."""
+    import tempfile
+
+    import torch
+
+    from mmgfp.apis.latency.plan import export_models
+    from mmgfp.apis.latency.runner import Backend, compare_calls
+    from mmgfp.apis.latency.timing import threads_set
+    with threads_set(args.threads), tempfile.TemporaryDirectory() as tmp:
+        run = Backend('onnxruntime', threads=torch.get_num_threads())
+        calls, x = {}, None
+        for name, model in models.items():
+            try:
+                files = export_models({name: model}, forward_fn(model), osp.join(tmp, 'm'),
+                                      torchscript=False)
+                x = torch.randn(files['input_shape']) if x is None else x
+                calls[name] = run.file_callable(osp.join(tmp, files[f'{name}_onnx']), x)
+            except Exception as e:  # noqa: BLE001  (one model must not lose the table)
+                if name == 'baseline':
+                    raise
+                msg = f'cannot time {name} in onnxruntime: {type(e).__name__}: {e}'[:300]
+                print(f'[accuracy_latency] {msg}', flush=True)
+                for r in runs:
+                    if r['name'] == name:
+                        r['error'] = msg
+        us = compare_calls(calls, 'cpu', args.rounds, 3, run.clock)
+    return {k: v / 1e3 for k, v in us.items()}
 
 
 # ------------------------------------------------------------------------------ summary

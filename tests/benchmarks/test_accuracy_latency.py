@@ -145,3 +145,48 @@ def test_a_distillation_recipe_gets_its_own_run_folder_and_signature():
     assert AL.K.run_name('gfp_latency', 0.5, 0, a, 'lat') == 'gfp_latency_lat50_s0'
     assert AL._divisor('gfp_latency_kd') == AL._divisor('gfp_latency') == 'auto'
     assert AL._divisor('gfp_latency_d1') == 1
+
+
+def test_onnxruntime_backend_has_its_own_table_and_acts_d8_its_divisor():
+    a = AL.parse_args(['--methods', 'tp_l1'])
+    b = AL.parse_args(['--methods', 'tp_l1', '--backend', 'onnxruntime'])
+    assert (a.backend, a.table) == ('torch', AL.TABLE)
+    assert (b.backend, b.table) == ('onnxruntime', AL.TABLE_ORT) and AL.TABLE_ORT != AL.TABLE
+    assert [AL._divisor(m) for m in ('gfp_latency', 'gfp_acts', 'gfp_acts_d8')] == ['auto', 1, 8]
+
+
+def test_a_table_of_another_runtime_is_never_overwritten(tmp_path):
+    """An eager table given with ``--backend onnxruntime`` stops the run before profiling."""
+    with open(osp.join(ROOT, 'benchmarks', 'results', 'latency_tables',
+                       'digits_retinanet_r18_cpu_b1_t1_128x128.json')) as f:
+        eager = f.read()
+    path = tmp_path / 'eager.json'
+    path.write_text(eager)
+    args = AL.parse_args(['--methods', 'tp_l1', '--backend', 'onnxruntime', '--table',
+                          str(path)])
+    with pytest.raises(SystemExit, match='is a torch table, not onnxruntime'):
+        AL.get_table(None, args, 'unused.pth')
+    assert path.read_text() == eager
+
+
+@pytest.mark.slow
+def test_quick_in_onnxruntime_times_the_exported_models(tmp_path):
+    """The table profiled in ONNX Runtime, every compact timed there; divisor 8 keeps every
+    narrowed conv at a multiple of 8."""
+    import torch
+    import torch.nn as nn
+    wd = tmp_path / 'wd'
+    out = AL.main(['--quick', '--target', '0.7', '--work-dir', str(wd), '--backend',
+                   'onnxruntime', '--methods', 'gfp_latency', 'gfp_acts_d8'])
+    assert out['table']['key']['backend'] == 'onnxruntime'
+    assert set(out['timing_ms']) == {'baseline'} | {r['name'] for r in out['runs']}
+    runs = {r['method']: r for r in out['runs']}
+    for method, r in runs.items():
+        assert 'error' not in r, f'{method}: {r.get("error")}'
+        assert r['measured'] > 0 and r['info']['target_reached']
+    compact = torch.load(osp.join(runs['gfp_acts_d8']['dir'], 'compact.pth'),
+                         weights_only=False)
+    widths = {n: m.out_channels for n, m in compact.named_modules()
+              if isinstance(m, nn.Conv2d) and not n.endswith(('retina_cls', 'retina_reg'))}
+    narrowed = {n: c for n, c in widths.items() if c not in (64, 128, 256, 512)}
+    assert narrowed and all(c % 8 == 0 for c in narrowed.values()), narrowed
