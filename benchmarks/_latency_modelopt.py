@@ -226,10 +226,13 @@ def variant(orig: nn.Module, groups, name: str, args, table=None):
         searched = True
         if args.save_specs:
             save(osp.join(args.save_specs, f'{name}__modelopt.json'), config, stats)
-    return compact, _info(orig, compact, groups, table, stats, searched)
+    return compact, compact_info(orig, compact, groups, table, stats, searched)
 
 
-def _info(orig, compact, groups, table, stats, searched):
+def compact_info(orig, compact, groups, table, stats, searched):
+    """The info ``_latency_models.prune`` gives a GFP variant, for ModelOpt's ``compact``:
+    what is left of FLOPs, activations, parameters and (with ``table``) predicted latency,
+    counted from its kept widths per group; ``stats`` are the search's facts."""
     from mmgfp.core import count
     kept = kept_widths(compact, groups)
     full = {k: g.channels for k, g in groups.groups.items()}

@@ -145,7 +145,7 @@ def modelopt_variant(model, groups, table, stored, path, config, seed=1):
                          'another model? latency.py names them <model>__modelopt.json') from e
     kept = LMO.kept_widths(compact, groups)
     meta = {k: v for k, v in stored.items() if k != 'subnet_config'}
-    info = LMO._info(model, compact, groups, table, meta, False)  # meta: the search's facts
+    info = LMO.compact_info(model, compact, groups, table, meta, False)  # meta: the search's facts
     info.update(predicted_ms=table.predict(groups, kept.get) / 1e3, steps=0,
                 prune_s=time.perf_counter() - t0)
     return compact.eval(), info
