@@ -39,6 +39,24 @@ def _log_level(args) -> str:
     return 'INFO' if args.verbose else 'WARNING'
 
 
+def baseline_iters(args, base, baseline: str) -> int:
+    """How long the baseline trained: ``--baseline-iters``, else the iteration stored in a
+    given ``--baseline`` checkpoint (MMEngine's ``meta['iter']``), else the config's
+    ``max_iters`` (the baseline trained here). A checkpoint without it falls back to the config
+    and says so: the number labels the table and sets the thin network's scratch budget."""
+    if args.baseline_iters:
+        return args.baseline_iters
+    if args.baseline:
+        import torch
+        meta = torch.load(baseline, map_location='cpu', weights_only=False).get('meta') or {}
+        if isinstance(meta.get('iter'), int) and meta['iter'] > 0:
+            return meta['iter']
+        print(f'[accuracy] {baseline} stores no iteration (meta.iter): taking the config\'s '
+              f'{base.train_cfg.max_iters}; give --baseline-iters if it trained longer',
+              flush=True)
+    return base.train_cfg.max_iters
+
+
 def settings(args, baseline: str) -> dict:
     """What a stored run must share with this call to be reused."""
     st = os.stat(baseline)

@@ -71,8 +71,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 # the run, setup and table code lives in these modules; their names stay importable from here
-from _accuracy_runs import (_log_level, _stamp, run_one, save, settings,  # noqa: E402,F401
-                            stored, train_baseline)
+from _accuracy_runs import (_log_level, _stamp, baseline_iters, run_one,  # noqa: E402,F401
+                            save, settings, stored, train_baseline)
 from _accuracy_setup import base_config  # noqa: E402,F401
 from _accuracy_table import (LABELS, METHODS, _mean_std, _pm, format_tables,  # noqa: E402,F401
                              plot, summarize)
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     full = M.measure(base_model)
     sig = settings(args, baseline)
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
-           'baseline_iters': args.baseline_iters or base.train_cfg.max_iters}
+           'baseline_iters': baseline_iters(args, base, baseline)}
     LABELS['thin'] = f'thin {base.model.type} (scratch)'
     base_path = osp.join(wd, 'baseline_eval.json')
     base_res = stored(base_path, sig, 'baseline')

@@ -25,6 +25,27 @@ def test_search_hits_the_target_inside_the_bracket():
     assert all(0 <= c < 0.95 for c in calls)
 
 
+def test_baseline_iterations_come_from_the_given_checkpoint(tmp_path, capsys):
+    """A ``--baseline`` trained 2000 iterations is labelled 2000 (and the thin network gets
+    2000 + iters from scratch), not the config's 500."""
+    from types import SimpleNamespace
+
+    import torch
+    from _accuracy_runs import baseline_iters
+    base = SimpleNamespace(train_cfg=SimpleNamespace(max_iters=500))
+    ckpt, bare = tmp_path / 'iter_2000.pth', tmp_path / 'bare.pth'
+    torch.save({'meta': {'iter': 2000, 'epoch': 0}, 'state_dict': {}}, ckpt)
+    torch.save({'state_dict': {}}, bare)
+
+    def args(**kw):
+        return SimpleNamespace(**dict(dict(baseline_iters=None, baseline=None), **kw))
+    assert baseline_iters(args(), base, 'unused') == 500  # trained here: the config's
+    assert baseline_iters(args(baseline=str(ckpt)), base, str(ckpt)) == 2000
+    assert baseline_iters(args(baseline=str(ckpt), baseline_iters=1500), base, str(ckpt)) == 1500
+    assert baseline_iters(args(baseline=str(bare)), base, str(bare)) == 500
+    assert 'give --baseline-iters' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--targets', '1.5'], 'fractions of the FLOPs to keep'),
     (['--iters', '0'], '--iters must be a positive integer'),
