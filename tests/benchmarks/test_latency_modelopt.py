@@ -52,14 +52,8 @@ def _small_classifier():
     from mmengine.config import Config
 
     from mmgfp.apis.checking.check import build_model, randomize_norms
-    cfg = Config(dict(default_scope='mmpretrain', model=dict(
-        type='ImageClassifier',
-        data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=10, mean=[0.0] * 3,
-                               std=[255.0] * 3),
-        backbone=dict(type='ResNet', depth=18, stem_channels=32, base_channels=32),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=10, in_channels=256,
-                  loss=dict(type='CrossEntropyLoss')))))
+    from _small_models import SMALL_CLASSIFIER
+    cfg = Config(dict(default_scope='mmpretrain', model=SMALL_CLASSIFIER))
     torch.manual_seed(0)
     model = build_model(cfg)
     randomize_norms(model, 0)

@@ -17,17 +17,10 @@ sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
 
 import _latency_modelopt as LMO  # noqa: E402
 import latency_prediction as LP  # noqa: E402
+from _small_models import SMALL_CLASSIFIER  # noqa: E402
 
-SMALL = '''default_scope = 'mmpretrain'
-model = dict(
-    type='ImageClassifier',
-    data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=10, mean=[0.0] * 3,
-                           std=[255.0] * 3),
-    backbone=dict(type='ResNet', depth=18, stem_channels=32, base_channels=32),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=10, in_channels=256,
-              loss=dict(type='CrossEntropyLoss')))
-'''
+# the small classifier as a config file (``latency_prediction --config`` takes a path)
+SMALL = f"default_scope = 'mmpretrain'\nmodel = {SMALL_CLASSIFIER!r}\n"
 
 
 def _modelopt_or_skip():
@@ -151,7 +144,7 @@ def test_a_subnet_of_another_model_is_named(tmp_path):
     spec = str(tmp_path / 'small__modelopt.json')
     _smallest_subnet(str(cfg), spec)
     deeper = tmp_path / 'small_resnet34.py'  # more blocks: ModelOpt misses their widths
-    deeper.write_text(SMALL.replace('depth=18', 'depth=34'))
+    deeper.write_text(SMALL.replace("'depth': 18", "'depth': 34"))
     model = build_model(C.load_config(str(deeper)))
     groups = build_groups(model.train(), loss_forward(demo_batch(model, 2, (32, 32))))
     stored = LMO.load(spec)
