@@ -267,22 +267,23 @@ def time_all(runs: list, base_model, args) -> dict:
     runs = [r for r in runs if r['name'] in models]
     print(f'[accuracy_latency] timing {len(models)} models in {args.backend}, {args.rounds} '
           f'interleaved rounds, {args.threads} thread(s)', flush=True)
+    fwd = forward_fn(base_model)  # one input for every model
     if args.backend == 'onnxruntime':
-        ms = time_ort(models, runs, args)
+        ms = time_ort(models, fwd, runs, args)
         runs = [r for r in runs if r['name'] in ms]
     else:
-        ms = compare_latency(models, forward_fn(base_model), rounds=args.rounds, warmup=3,
-                             threads=args.threads)
+        ms = compare_latency(models, fwd, rounds=args.rounds, warmup=3, threads=args.threads)
     for r in runs:
         r['measured_ms'] = ms[r['name']]
         r['measured'] = ms[r['name']] / ms['baseline']
     return ms
 
 
-def time_ort(models: dict, runs: list, args) -> dict:
-    """Median time (ms) of each model exported to ONNX and run in ONNX Runtime (CPU provider,
-    all graph optimisations, ``args.threads`` threads; process CPU time with one thread),
-    interleaved. A model that does not export gets an ``error`` in its run, not a lost table."""
+def time_ort(models: dict, fwd, runs: list, args) -> dict:
+    """Median time (ms) of each model's call in ``fwd`` exported to ONNX and run in ONNX
+    Runtime (CPU provider, all graph optimisations, ``args.threads`` threads; process CPU time
+    with one thread), interleaved. A model that does not export gets an ``error`` in its run,
+    not a lost table."""
     import tempfile
 
     import torch
@@ -295,7 +296,7 @@ def time_ort(models: dict, runs: list, args) -> dict:
         calls, x = {}, None
         for name, model in models.items():
             try:
-                files = export_models({name: model}, forward_fn(model), osp.join(tmp, 'm'),
+                files = export_models({name: model}, fwd, osp.join(tmp, 'm'),
                                       torchscript=False)
                 x = torch.randn(files['input_shape']) if x is None else x
                 calls[name] = run.file_callable(osp.join(tmp, files[f'{name}_onnx']), x)

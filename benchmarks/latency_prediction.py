@@ -143,10 +143,9 @@ def modelopt_variant(model, groups, table, stored, path, config, seed=1):
         raise ValueError(f'--modelopt-spec {path} does not fit the model of --config {config} '
                          f'(ModelOpt: {type(e).__name__}: {said}); is it the subnet of '
                          'another model? latency.py names them <model>__modelopt.json') from e
-    kept = LMO.kept_widths(compact, groups)
     meta = {k: v for k, v in stored.items() if k != 'subnet_config'}
     info = LMO.compact_info(model, compact, groups, table, meta, False)  # meta: the search's facts
-    info.update(predicted_ms=table.predict(groups, kept.get) / 1e3, steps=0,
+    info.update(predicted_ms=table.predict(groups, info['kept'].get) / 1e3, steps=0,
                 prune_s=time.perf_counter() - t0)
     return compact.eval(), info
 

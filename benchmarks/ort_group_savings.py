@@ -61,7 +61,8 @@ def cases(groups, args):
 def main(argv=None):
     args = parse_args(argv)
     from mmgfp.apis.checking.check import load_config
-    from mmgfp.apis.latency.group_calib import _caller, narrowed, paired_ratio
+    from mmgfp.apis.latency.group_calib import _caller, paired_ratio
+    from mmgfp.apis.latency.plan import narrowed
     from mmgfp.apis.latency.profile import config_model
     from mmgfp.apis.latency.runner import Backend
     from mmgfp.core import LatencyTable

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
 from core_toys import groups_of, inputs, make  # noqa: E402
-from mmgfp.apis.latency.group_calib import narrowed  # noqa: E402
+from mmgfp.apis.latency.plan import narrowed  # noqa: E402
 from mmgfp.apis.latency.point_calib import calibrate_on, compact_from_spec  # noqa: E402
 from mmgfp.apis.latency.profile import profile_latency  # noqa: E402
 from mmgfp.core import ChannelMasker, LatencyTable, LatencyTableError, make_spec  # noqa: E402

@@ -21,7 +21,7 @@ import torch.nn as nn
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_groups import group_map
-from mmgfp.apis.latency.plan import export_models, narrowed  # noqa: F401  (served here too)
+from mmgfp.apis.latency.plan import export_models, narrowed
 from mmgfp.apis.latency.runner import Backend, Timer
 from mmgfp.apis.latency.timing import prepare
 
