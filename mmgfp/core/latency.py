@@ -144,7 +144,8 @@ class LatencyTable:
     def __init__(self, key: Mapping, total_us: float, layers: Mapping[str, Mapping],
                  scaled_remainder: Optional[float] = None, layer_scale: Optional[float] = None,
                  calibration: Optional[Mapping] = None,
-                 group_calibration: Optional[Mapping] = None, points: Optional[List] = None):
+                 group_calibration: Optional[Mapping] = None, points: Optional[List] = None,
+                 profiled: Optional[Mapping] = None):
         if not isinstance(key, Mapping):
             raise LatencyTableError(f'latency table `key` must be a dict, but got {key!r}')
         if not isinstance(total_us, (int, float)) or total_us <= 0:
@@ -152,6 +153,8 @@ class LatencyTable:
                                     f'but got {total_us!r}')
         self.key = dict(key)
         self.total_us = float(total_us)
+        # what else ran on the CPUs while it was timed (latency_calib.load_warning)
+        self.profiled = dict(profiled) if isinstance(profiled, Mapping) else None
         self.layers = {name: _Layer(name, e) for name, e in layers.items()}
         self.calibration = _check_calibration(calibration)
         self.scaled_remainder, self.layer_scale = 0.0, 1.0
@@ -181,7 +184,7 @@ class LatencyTable:
                 raise LatencyTableError(f'latency table lacks {k!r}; {PROFILE_HINT}')
         return cls(d['key'], d['total_us'], d['layers'], d.get('scaled_remainder'),
                    d.get('layer_scale'), d.get('calibration'), d.get('group_calibration'),
-                   d.get('points'))
+                   d.get('points'), d.get('profiled'))
 
     def to_dict(self) -> Dict:
         d = {'format': FORMAT, 'key': dict(self.key), 'total_us': self.total_us,
@@ -192,7 +195,7 @@ class LatencyTable:
             d['layer_scale'] = self.layer_scale
         if self.calibration:
             d['calibration'] = self.calibration
-        for k in ('group_calibration', 'points'):
+        for k in ('group_calibration', 'points', 'profiled'):
             if getattr(self, k):
                 d[k] = getattr(self, k)
         return d

@@ -6,6 +6,7 @@ Both are plain data about a :class:`mmgfp.core.latency.LatencyTable`:
   ``device``, ``backend``, ``backend_version``, ``provider``) with where a model is now timed
   or predicted, and says what differs: a compact chosen for one CPU model or runtime can lose
   part of its gain on another, so a prediction from a foreign table is a guess.
+  :func:`load_warning` says when a CPU table was timed while other processes shared its cores.
 - :func:`fit_calibration` turns measured ratios (a half-width and a quarter-width copy of the
   model against the model, timed interleaved) into the two numbers that shape the prediction
   of any width: the share of the remainder that shrinks with the layers' output elements
@@ -22,12 +23,12 @@ from .grouping import layer_info
 
 ORIGIN_FIELDS = ('device', 'backend', 'backend_version', 'provider')
 SCALE_RANGE = (0.25, 4.0)
+LOAD_SLACK = 0.25  # CPUs others may take beyond the free ones (load_warning)
 PROFILE_HINT = 'profile the deployed model with tools/profile_latency.py'
 
 
 class LatencyTableError(ValueError):
     """A latency table that is malformed or does not describe the model it is used for."""
-
 
 
 def origin(key: Mapping) -> Dict:
@@ -58,6 +59,34 @@ def origin_warning(key: Mapping, here: Mapping) -> str:
             + '; '.join(notes) + '): its prediction describes that one, and a compact chosen '
             'with it can lose part of its gain here; profile here (tools/profile_latency.py, '
             'or --export-plan and the runner on the deploy device) to trust it')
+
+
+def load_warning(key: Mapping, profiled: Optional[Mapping],
+                 what: str = 'the latency table was') -> str:
+    """A warning sentence when a CPU table was timed while other processes kept its cores
+    busy (its ``profiled``, written by the profiler), else ''. ``what`` names what was
+    timed (``profiled`` of a measurement: :class:`mmgfp.apis.latency.runner.CpuShare`).
+
+    Contended means the others took more than the CPUs the table's threads left free, by over
+    ``LOAD_SLACK`` of a CPU: a one-thread table on 2 unpinned cores warns above 1.25 CPUs of
+    others, one pinned to a single core above 0.25. GPU tables are not judged, nor those
+    timed on the process's CPU clock (``clock: 'cpu'``, ONNX Runtime with one thread), which
+    does not count the others' time slices.
+    """
+    if (not profiled or str(key.get('device', '')).startswith('cuda')
+            or key.get('clock') == 'cpu'):
+        return ''
+    try:
+        others, cpus = float(profiled['other_cpus']), int(profiled['cpus'])
+        threads = int(profiled.get('threads') or key.get('threads') or 1)
+    except (KeyError, TypeError, ValueError):
+        return ''
+    if others <= max(0, cpus - threads) + LOAD_SLACK:
+        return ''
+    return (f'warning: {what} timed while other processes kept {others:.2f} of the {cpus} '
+            f'CPU(s) it could run on busy ({threads} thread(s)): the runs were preempted, so '
+            'absolute times, and on depth-wise networks the ratios, can be several points '
+            'off; time again on an idle machine or a core of its own (taskset -c N)')
 
 
 def _equation(table, widths: Mapping[str, Sequence[float]], ratio: float):

@@ -10,6 +10,7 @@ from mmengine.registry import HOOKS
 
 from mmgfp.apis.inputs import model_groups, tensor_forward
 from mmgfp.core import FisherPruner, build_groups, load_spec, make_spec, masks_from_spec
+from mmgfp.core.latency_calib import load_warning
 from mmgfp.core.spec import atomic_write, save_spec
 from .latency_source import check_source, profile_at_start
 
@@ -140,6 +141,9 @@ class FisherPruningHook(Hook):
                 f"{self.table.key.get('device')} ({_key_text(self.table.key)}); it describes "
                 'the deploy device, which need not be the one training runs on; predicted '
                 f'full-model latency {self.table.total_us / 1e3:.2f} ms')
+            busy = load_warning(self.table.key, self.table.profiled)
+            if busy:
+                runner.logger.warning(f'FisherPruningHook: {busy}')
         if self._loaded is not None:
             self._restore(runner)
         elif self.init_spec is not None:

@@ -13,8 +13,8 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
 from core_toys import groups_of, inputs, make  # noqa: E402
-from mmgfp.apis.latency.profile import (axis_points, build_block, capture_calls,  # noqa: E402
-                                        compare_latency, measure_latency, probe_align,
+from mmgfp.apis.latency.profile import (CpuShare, axis_points, build_block,  # noqa: E402
+                                        capture_calls, compare_latency, measure_latency, probe_align,
                                         profile_latency, refine)
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
 from mmgfp.core.grouping import layer_io as _io  # noqa: E402
@@ -197,3 +197,35 @@ def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         _profile('chain', **kw)
 
+
+
+def test_the_table_says_what_else_ran_while_profiling(tmp_path, capsys):
+    out = str(tmp_path / 'chain.json')
+    _profile('chain', out=out, progress=True)
+    prof = LatencyTable.load(out).profiled
+    assert set(prof) == {'other_cpus', 'cpus', 'threads', 'seconds'}
+    assert prof['threads'] == 1 and prof['cpus'] >= 1 and 0 <= prof['other_cpus'] <= prof['cpus']
+    assert 'other processes kept' in capsys.readouterr().err
+
+
+def test_cpu_share_counts_another_process_not_this_one(monkeypatch):
+    import subprocess
+    from mmgfp.apis.latency import runner
+    # the arithmetic: 3 busy CPU-seconds over 2 s of wall time, 1 of them this process's own
+    clock = iter([10.0, 12.0])
+    own = iter([5.0, 6.0])
+    busy = iter([100.0, 103.0])
+    monkeypatch.setattr(runner.time, 'perf_counter', lambda: next(clock))
+    monkeypatch.setattr(runner.time, 'process_time', lambda: next(own))
+    monkeypatch.setattr(runner, '_busy_seconds', lambda cpus: next(busy))
+    with CpuShare(1) as share:
+        pass
+    assert share.result == {'other_cpus': 1.0, 'cpus': share.result['cpus'], 'threads': 1,
+                            'seconds': 2.0}
+    monkeypatch.undo()
+    # on this machine: a child spinning for 1.5 s while this process waits counts as others,
+    # whatever else runs here (busy CPUs are busy either way)
+    spin = 'import time\nt = time.time()\nwhile time.time() - t < 1.5:\n    pass'
+    with CpuShare(1) as shared:
+        subprocess.run([sys.executable, '-c', spin], check=True)
+    assert shared.result['other_cpus'] >= 0.6

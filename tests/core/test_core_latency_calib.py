@@ -3,7 +3,8 @@ import pytest
 
 from test_core_latency import chain, chain_table, widths
 from mmgfp.core import LatencyTable, LatencyTableError
-from mmgfp.core.latency_calib import fit_calibration, origin_notes, origin_warning
+from mmgfp.core.latency_calib import (fit_calibration, load_warning, origin_notes,
+                                      origin_warning)
 
 # the chain at a 4 / b 6: layers a 4 + b 0.1*4*6 + c 0.5*6 = 9.4 us (23.6 at full width), with
 # 10*4 + 5*6 + 2*5 = 80 of the 150 output elements; the remainder is 100 - 23.6 = 76.4 us
@@ -92,3 +93,23 @@ def test_origin_notes_name_what_differs():
     assert [n.split(':')[0] for n in notes] == ['backend', 'backend_version', 'provider']
     assert 'another machine or runtime' in origin_warning(old, ort)
     assert origin_notes({**old, **ort}, ort) == []
+
+
+def test_load_warning_only_when_others_took_the_free_cpus():
+    cpu = {'device': 'cpu: AMD EPYC', 'threads': 1}
+    busy = {'other_cpus': 1.9, 'cpus': 2, 'threads': 1, 'seconds': 300}
+    assert 'other processes kept 1.90 of the 2 CPU(s)' in load_warning(cpu, busy)
+    assert load_warning(cpu, dict(busy, other_cpus=1.2)) == ''  # one core was left free
+    pinned = dict(busy, cpus=1, other_cpus=0.3)  # taskset -c N: no core to spare
+    assert 'taskset' in load_warning(cpu, pinned)
+    assert load_warning(cpu, dict(pinned, other_cpus=0.2)) == ''
+    assert load_warning(cpu, None) == ''  # tables written before it was measured
+    assert load_warning({'device': 'cuda: NVIDIA H100'}, busy) == ''
+    assert load_warning(dict(cpu, clock='cpu'), busy) == ''  # process CPU time: not preempted
+    assert load_warning(cpu, {'other_cpus': 'x'}) == ''  # hand-made: not judged
+    assert load_warning(cpu, busy, 'these figures were').startswith(
+        'warning: these figures were timed')
+    # the table keeps it through save and load
+    table = LatencyTable.from_dict(dict(chain_table(), profiled=busy))
+    assert LatencyTable.from_dict(table.to_dict()).profiled == busy
+    assert 'profiled' not in chain_table() and LatencyTable.from_dict(chain_table()).profiled is None

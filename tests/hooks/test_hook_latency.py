@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmgfp  # noqa: F401
+from mmgfp.core import LatencyTable
 from runner_utils import cls_config
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,9 @@ def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
                               points=3, rounds=3, warmup=1, align=False, out=table_path,
                               progress=False)
     assert table.key['input_size'] == [64, 64] and table.key['batch'] == 1
+    busy = dict(table.to_dict(), profiled={'other_cpus': 1.9, 'cpus': 2, 'threads': 1,
+                                           'seconds': 60})
+    LatencyTable.from_dict(busy).save(table_path)  # as if profiled on a loaded machine
 
     work_dir = tmp_path / 'work'
     runner, hook = train_to_latency(config, work_dir, table_path)
@@ -53,6 +57,7 @@ def test_prune_to_a_latency_target_with_a_cpu_table(tmp_path, cls_data):
     assert ckpt['mmgfp']['latency_key'] == table.key  # which device the pruning was for
     logs = ''.join(open(p).read() for p in glob.glob(osp.join(str(work_dir), '*', '*.log')))
     assert f'latency table {table_path} measured on cpu: ' in logs
+    assert 'table was timed while other processes kept 1.90 of the 2 CPU(s)' in logs
     assert 'divisor=auto, from the latency table' in logs
 
 

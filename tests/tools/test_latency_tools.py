@@ -137,6 +137,7 @@ def test_onnxruntime_timing_and_a_foreign_table_warn(pruned, tmp_path, capsys):
     with open(pruned['table']) as f:
         table = json.load(f)
     table['key']['device'] = 'cpu: Intel(R) Xeon(R) Platinum 8480+'
+    table['profiled'] = {'other_cpus': 1.9, 'cpus': 2, 'threads': 1, 'seconds': 60}
     foreign = str(tmp_path / 'foreign.json')
     with open(foreign, 'w') as f:
         json.dump(table, f)
@@ -147,6 +148,9 @@ def test_onnxruntime_timing_and_a_foreign_table_warn(pruned, tmp_path, capsys):
     assert rep['settings']['backend'] == 'onnxruntime'
     assert "device: table 'cpu: Intel(R) Xeon(R) Platinum 8480+'" in rep['warning']
     assert "backend: table 'torch', here 'onnxruntime'" in rep['warning']
+    # profiled while others kept both CPUs busy; this timing's own load is in the report
+    assert 'table was timed while other processes kept 1.90 of the 2 CPU(s)' in rep['warning']
+    assert rep['profiled']['other_cpus'] >= 0 and rep['profiled']['cpus'] >= 1
     text = capsys.readouterr().out
     assert 'in onnxruntime' in text and 'warning: the latency table was measured on another' \
         in text

@@ -22,9 +22,9 @@ import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import load_table
-from mmgfp.core.latency_calib import origin_warning
+from mmgfp.core.latency_calib import load_warning, origin_warning
 from mmgfp.core.spec import from_ranges, validate
-from mmgfp.apis.latency.runner import Backend, compare_calls
+from mmgfp.apis.latency.runner import Backend, CpuShare, compare_calls
 from mmgfp.apis.latency.timing import compare_latency, device_name, prepare
 
 DET_SIZE, CLS_SIZE = (320, 320), (224, 224)
@@ -123,16 +123,19 @@ def latency_rows(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module],
 
 
 def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
-                rounds: int) -> str:
-    """A readable report: settings, then one line per model."""
+                rounds: int, profiled: Optional[Dict] = None) -> str:
+    """A readable report: settings, then one line per model (``profiled``: what else ran
+    on the CPUs meanwhile, :class:`mmgfp.apis.latency.runner.CpuShare`)."""
     where = here(opts)
     lines = [f"latency on {where['device']} in {where['backend']} {where['backend_version']} ("
              f"{opts['dtype']}{', channels_last' if opts['channels_last'] else ''}"
              f", batch {opts['batch']}, {opts['input_size'][0]}x{opts['input_size'][1]}, "
              f"{opts['threads'] or 'default'} threads; median of {rounds} interleaved rounds)"]
-    warning = origin_warning(table.key, where) if table is not None else ''
-    if warning:
-        lines.append(warning)
+    for warning in (origin_warning(table.key, where) if table is not None else '',
+                    load_warning(table.key, table.profiled) if table is not None else '',
+                    load_warning(where, profiled, 'these figures were')):
+        if warning:
+            lines.append(warning)
     for r in rows:
         line = f"  {r['model']:>8}: measured {r['measured_ms']:.2f} ms ({r['measured_ratio']:.3f})"
         if 'predicted_ms' in r:
@@ -176,13 +179,19 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
         table.check_groups(gs)
     full = {k: g.channels for k, g in gs.groups.items()}.__getitem__
     data = demo_batch(original, opts['batch'], opts['input_size'], seed=seed)
-    rows = latency_rows({'original': original, 'compact': compact}, tensor_forward(data), gs,
-                        {'original': full, 'compact': kept_from_spec(gs, spec)}, table, opts,
-                        rounds)
-    warning = origin_warning(table.key, here(opts)) if table is not None else ''
+    with CpuShare(opts['threads']) as share:
+        rows = latency_rows({'original': original, 'compact': compact}, tensor_forward(data),
+                            gs, {'original': full, 'compact': kept_from_spec(gs, spec)}, table,
+                            opts, rounds)
+    where = here(opts)
+    warnings = [origin_warning(table.key, where) if table is not None else '',
+                load_warning(table.key, table.profiled) if table is not None else '',
+                load_warning(where, share.result, 'these figures were')]
+    warning = ' '.join(w for w in warnings if w)
     if warning:
         logging.getLogger('mmgfp').warning(warning)
-    return {'rows': rows, 'settings': opts, 'text': format_rows(rows, opts, table, rounds),
+    return {'rows': rows, 'settings': opts, 'profiled': share.result,
+            'text': format_rows(rows, opts, table, rounds, share.result),
             'table_key': table.key if table is not None else None, 'warning': warning}
 
 

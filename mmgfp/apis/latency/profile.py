@@ -35,12 +35,13 @@ import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
 from mmgfp.core.latency import module_widths, timed_layers
+from mmgfp.core.latency_calib import load_warning
 from mmgfp.apis.latency.group_calib import calibrate_groups as group_calibration
 from mmgfp.apis.latency.plan import (LayerCalls, capture_calls, describe_block,  # noqa: F401
                                      export_models, half_width_copy, plan_layers, write_plan)
-from mmgfp.apis.latency.runner import (ALIGN_PROBES, Backend, axis_points,  # noqa: F401
-                                       calibration, compare_calls, monotone, probe_align,
-                                       profile_layers, refine)
+from mmgfp.apis.latency.runner import (ALIGN_PROBES, Backend, CpuShare,  # noqa: F401
+                                       axis_points, calibration, compare_calls, monotone,
+                                       probe_align, profile_layers, refine)
 from mmgfp.apis.latency.runner import build_block as _build_block
 from mmgfp.apis.latency.timing import (check_settings, compare_latency, device_name,
                                        make_key, measure_latency, prepare, threads_set)
@@ -131,9 +132,15 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
             calls = capture_calls(model, forward_fn, timed_layers(groups))
             settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
                             max_points=max_points, align=align)
-            layers = profile_layers(plan_layers(groups, calls), run, settings, log=log)
-            total_us, cal = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
-            table = LatencyTable(key, total_us, layers, calibration=cal)
+            with CpuShare(run.threads) as share:
+                layers = profile_layers(plan_layers(groups, calls), run, settings, log=log)
+                total_us, cal = calibrate(model, forward_fn, groups, run, rounds, warmup, log)
+            table = LatencyTable(key, total_us, layers, calibration=cal,
+                                 profiled=share.result)
+            log(f'[profile_latency] {share.text()}' if share.result else
+                '[profile_latency] the load of the CPUs could not be read (no /proc/stat)')
+            if load_warning(key, share.result):
+                log(f'[profile_latency] {load_warning(key, share.result)}')
         elif not calibrate_groups or table.group_calibration:
             return table
         else:

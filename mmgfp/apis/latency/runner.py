@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import math
+import os
 import os.path as osp
 import statistics
 import sys
@@ -117,6 +118,66 @@ def cpu_block() -> int:
     except OSError:
         flags = ''
     return 16 if ' avx512f' in flags else 8
+
+
+# -- what else ran while timing ---------------------------------------------------------------
+def _busy_seconds(cpus) -> Optional[float]:
+    """Busy CPU seconds since boot (every process) of the CPUs numbered in ``cpus``, from
+    /proc/stat; None where it cannot be read (not Linux)."""
+    try:
+        with open('/proc/stat') as f:
+            rows = [ln.split() for ln in f if ln.startswith('cpu') and not ln.startswith('cpu ')]
+        ticks = 0
+        for row in rows:
+            if int(row[0][3:]) in cpus:  # user nice system idle iowait irq softirq steal
+                v = [int(x) for x in row[1:9]]
+                ticks += sum(v) - v[3] - v[4]
+        return ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuShare:
+    """Measures, around a ``with`` block, how many CPUs *other* processes kept busy on
+    average on the CPUs this process may run on (its affinity): their busy time from
+    /proc/stat, less this process's own CPU time, over the wall time.
+
+    A table timed while other processes share its cores is preempted: on MobileNetV2 one
+    profiled at a load of about 3 on 2 cores came out 3x slow in absolute time and its
+    ratios drifted by several points (docs/en/benchmarks/latency_onnxruntime.md). After the
+    block, :attr:`result` is ``{"other_cpus", "cpus", "threads", "seconds"}`` (the table's
+    ``profiled``), or None where /proc/stat is not there.
+    """
+
+    def __init__(self, threads: Optional[int] = None):
+        self.threads = int(threads or torch.get_num_threads())
+        self.result: Optional[Dict] = None
+
+    def __enter__(self) -> 'CpuShare':
+        self.cpus = (set(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                     else set(range(os.cpu_count() or 1)))
+        self.result = None
+        self._t0, self._own0 = time.perf_counter(), time.process_time()
+        self._busy0 = _busy_seconds(self.cpus)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        busy, wall = _busy_seconds(self.cpus), time.perf_counter() - self._t0
+        if busy is not None and self._busy0 is not None and wall > 0:
+            own = time.process_time() - self._own0
+            others = max(0.0, (busy - self._busy0 - own) / wall)
+            self.result = {'other_cpus': round(others, 2), 'cpus': len(self.cpus),
+                           'threads': self.threads, 'seconds': round(wall, 1)}
+        return False
+
+    def text(self) -> str:
+        """``'other processes kept X of the N CPUs ... busy'`` (or '' without a result)."""
+        r = self.result
+        if not r:
+            return ''
+        return (f"other processes kept {r['other_cpus']:.2f} of the {r['cpus']} CPU(s) this "
+                f"process may run on busy while timing ({r['threads']} thread(s), "
+                f"{r['seconds']:.0f} s)")
 
 
 class Backend:
