@@ -22,11 +22,8 @@ from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_groups import group_map
 from mmgfp.apis.latency.plan import export_models, narrowed
-from mmgfp.apis.latency.runner import Backend, Timer
+from mmgfp.apis.latency.runner import Backend, paired_ratio
 from mmgfp.apis.latency.timing import prepare
-
-MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
-
 
 def aligned_units(units: int, fraction: float = 0.5) -> int:
     """``fraction`` of ``units``, rounded up to a multiple of 8 where there are at least 16
@@ -40,26 +37,6 @@ def half_one_group(model: nn.Module, groups: GroupSet, key: str) -> Tuple[nn.Mod
     (:func:`aligned_units`)."""
     half = aligned_units(groups.groups[key].units)
     return narrowed(model, groups, {key: half}), half
-
-
-def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend, rounds: int,
-                 warmup: int) -> Tuple[float, float]:
-    """``(median, standard error)`` of the per-round ratio ``time(thin) / time(full)``, the
-    two timed back to back in alternating order (``run``'s device and clock)."""
-    timer = Timer(run.device, rounds=1, warmup=0, clock=run.clock)
-    with torch.no_grad():
-        for _ in range(warmup):
-            full(), thin()
-        ratios = []
-        for r in range(rounds):
-            if r % 2:
-                t_thin, t_full = timer(thin), timer(full)
-            else:
-                t_full, t_thin = timer(full), timer(thin)
-            ratios.append(t_thin / t_full)
-    med = statistics.median(ratios)
-    mad = statistics.median(abs(x - med) for x in ratios)
-    return med, MAD_TO_SE * mad / math.sqrt(len(ratios))
 
 
 def _caller(model: nn.Module, forward_fn: Callable[[nn.Module], Any], run: Backend,

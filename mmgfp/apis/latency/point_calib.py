@@ -2,7 +2,7 @@
 
 :func:`calibrate_on` times a compact model of the table's architecture against the original,
 in paired rounds in the table's runtime and on its clock
-(:func:`mmgfp.apis.latency.group_calib.paired_ratio`, as the group calibration does), and
+(:func:`mmgfp.apis.latency.runner.paired_ratio`, as the group calibration does), and
 stores the compact's layer widths and the measured ratio as a point; the table then fits a
 correction at that operating point (:mod:`mmgfp.core.latency_points`). The loop it serves:
 prune to a latency target, add the compact the pruner chose, prune again with the table.
@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from mmgfp.core import LatencyTable
 from mmgfp.core.latency_calib import LatencyTableError, module_widths, origin_warning
-from mmgfp.apis.latency.group_calib import _caller, paired_ratio
-from mmgfp.apis.latency.runner import Backend, device_name
+from mmgfp.apis.latency.group_calib import _caller
+from mmgfp.apis.latency.runner import Backend, device_name, paired_ratio
 
 
 def table_backend(table: LatencyTable) -> Backend:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -50,6 +50,7 @@ CLOCKS = ('wall', 'cpu')
 PROFILED_RUNS = 3
 BLOCK_TIMING = 'in_context'  # ORT tables' key: blocks timed as in Backend.time_block
 BOUNDARY_OPS = ('ReorderInput', 'ReorderOutput')
+MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
 
 
 def device_name(device: str) -> str:
@@ -458,6 +459,26 @@ def compare_calls(calls: Dict[str, Callable[[], Any]], device: str = 'cpu', roun
         for n in names[k:] + names[:k]:
             times[n].append(timer(calls[n]))
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend, rounds: int,
+                 warmup: int) -> Tuple[float, float]:
+    """``(median, standard error)`` of the per-round ratio ``time(thin) / time(full)``, the
+    two timed back to back in alternating order (``run``'s device and clock)."""
+    timer = Timer(run.device, rounds=1, warmup=0, clock=run.clock)
+    with torch.no_grad():
+        for _ in range(warmup):
+            full(), thin()
+        ratios = []
+        for r in range(rounds):
+            if r % 2:
+                t_thin, t_full = timer(thin), timer(full)
+            else:
+                t_full, t_thin = timer(full), timer(thin)
+            ratios.append(t_thin / t_full)
+    med = statistics.median(ratios)
+    mad = statistics.median(abs(x - med) for x in ratios)
+    return med, MAD_TO_SE * mad / math.sqrt(len(ratios))
 
 
 # -- a plan from another machine ---------------------------------------------------------------
