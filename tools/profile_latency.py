@@ -142,10 +142,15 @@ def export_plan(args, cfg) -> int:
     from mmgfp.apis.latency.profile import plan_config
     plan = plan_config(cfg, args.config, args.export_plan, args.batch, args.input_size,
                        args.checkpoint, points=args.points, rounds=args.rounds, tol=args.tol,
-                       align=not args.no_align, weights=args.keep_weights)
+                       align=not args.no_align, weights=args.keep_weights,
+                       calibrate_groups=args.calibrate_groups, group_rounds=args.group_rounds)
     folder = os.path.dirname(os.path.abspath(args.export_plan))
+    groups = plan.get('groups', {}).get('models', [])
+    extra = (f' and {len(groups)} groups alone at half width (.group000.pt/.onnx to '
+             f".group{len(groups) - 1:03d}.*, {plan['groups']['rounds']} paired rounds each)"
+             if groups else '')
     print(f"wrote {args.export_plan}: {len(plan['layers'])} layers; beside it "
-          f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')} "
+          f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')}{extra} "
           f"(in {folder})\non the deploy device (torch only), with runner.py and weightless.py "
           f"copied there from {os.path.dirname(runner.__file__)}: python runner.py "
           f"{args.export_plan} --out table.json [--device cuda --dtype fp16 --batch N]")

@@ -1,6 +1,7 @@
 """A latency plan, measured by the self-contained runner in a process without OpenMMLab or
 mmgfp, and ONNX Runtime tables: the tables have the shape of a locally profiled one and prune
-the same model. Toy nets at 8x8, a few widths: no assertion depends on this machine's speed."""
+the same model; a plan's group factors load as the profiler's do. Toy
+nets at 8x8, a few widths: no assertion depends on this machine's speed."""
 import json
 import os.path as osp
 import shutil
@@ -12,8 +13,10 @@ import pytest
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
 from core_toys import groups_of, inputs, make  # noqa: E402
 from mmgfp.apis.latency import runner, weightless  # noqa: E402
+from mmgfp.apis.latency.group_calib import half_one_group, with_groups  # noqa: E402
 from mmgfp.apis.latency.plan import write_plan  # noqa: E402
 from mmgfp.apis.latency.profile import profile_latency  # noqa: E402
+from mmgfp.apis.latency.timing import threads_set  # noqa: E402
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
 
 FAST = dict(points=2, rounds=1, warmup=0, tol=0.1, max_points=3, align=False)
@@ -106,3 +109,54 @@ def test_runtime_block_size_is_the_least_alignment():
     narrow = {'width': 12, 'unit': 1}  # under twice the block: left as probed
     assert runner.profile_entry(narrow, smooth, 3, 0.1, 5, True, min_align=8)['align'] == 1
     assert runner.cpu_block() in (8, 16)
+
+
+def _plan_with_groups(tmp_path):
+    """A residual toy's plan with its groups."""
+    model, x = make('residual'), inputs(1)
+    gs = groups_of(model, x)
+    key = {'batch': 1, 'input_size': [8, 8], 'model': type(model).__name__, 'config': 'res'}
+    write_plan(str(tmp_path / 'plan.json'), model, lambda m: m(x), gs, key, FAST,
+               calibrate_groups=True, group_rounds=2)
+    return json.loads((tmp_path / 'plan.json').read_text()), model, gs
+
+
+def _check_groups(table: LatencyTable, model, gs):
+    """``table``'s group calibration is what the in-process one stores (with_groups)."""
+    measured = table.group_calibration['groups']
+    assert sorted(measured) == sorted(g.key for g in gs.prunable)
+    assert sorted(table.group_factors) == sorted(measured)  # fitted for every group
+    for key, g in measured.items():
+        kept = half_one_group(model, gs, key)[1] * gs.groups[key].block
+        assert (g['channels'], g['kept']) == (gs.groups[key].channels, kept)
+        assert g['ratio'] > 0 and g['se'] >= 0
+    plain = LatencyTable.from_dict({k: v for k, v in table.to_dict().items()
+                                    if k != 'group_calibration'})
+    local = with_groups(plain, gs, measured)
+    assert local.group_calibration == table.group_calibration
+    assert local.group_factors == table.group_factors
+
+
+def test_plan_groups_through_the_isolated_runner(tmp_path):
+    """Group factors for a plan-made table, by runner.py without mmgfp: the table loads here
+    with them, in the format the profiler writes."""
+    plan, model, gs = _plan_with_groups(tmp_path)
+    assert [g['key'] for g in plan['groups']['models']] == [g.key for g in gs.prunable]
+    for g in plan['groups']['models']:
+        assert osp.isfile(tmp_path / g['pt']) and osp.isfile(tmp_path / g['onnx'])
+    done = run_isolated(['plan.json', '--out', 'table.json', '--threads', '1'], tmp_path)
+    assert f'group {len(gs.prunable)}/{len(gs.prunable)}' in done.stderr
+    assert f'{len(gs.prunable)} groups calibrated' in done.stdout
+    table = LatencyTable.load(str(tmp_path / 'table.json'))
+    _check_groups(table, model, gs)
+    assert table.points is None
+
+
+def test_plan_groups_in_onnxruntime(tmp_path):
+    pytest.importorskip('onnxruntime')
+    plan, model, gs = _plan_with_groups(tmp_path)
+    with threads_set(1):
+        table = runner.run_plan(plan, str(tmp_path), runner.Backend('onnxruntime', threads=1))
+    table = LatencyTable.from_dict(table)
+    assert table.key['backend'] == 'onnxruntime' and table.key['clock'] == 'cpu'
+    _check_groups(table, model, gs)

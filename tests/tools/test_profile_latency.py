@@ -87,6 +87,7 @@ def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):
     assert set(plan['calibration']['quarter']) == set(plan['layers'])
     for f in ('full', 'thin', 'quarter', 'full_onnx', 'thin_onnx', 'quarter_onnx'):
         assert osp.isfile(tmp_path / plan['models'][f])
+    assert 'groups' not in plan  # without --calibrate-groups
     with pytest.raises(SystemExit):  # a plan or a table, not both
         tool.parse_args([str(cfg), '--out', 't.json', '--export-plan', 'p.json'])
 
@@ -145,3 +146,24 @@ def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
         tool.parse_args([str(cfg), '--calibrate-on', spec, '--out', out])
     assert '--calibrate-on SPEC.json and --table-in TABLE.json go together' in \
         capsys.readouterr().err
+
+
+def test_export_plan_with_groups(tmp_path, capsys):
+    """--export-plan --calibrate-groups writes every prunable group alone at half width
+    (layers 2 to 4 skipped: few groups to export)."""
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG.replace("skip=['backbone.layer4.*']",
+                               "skip=['backbone.layer[234].*']"))
+    plan_path = str(tmp_path / 'plan.json')
+    assert tool.main([str(cfg), '--input-size', '32', '32', '--export-plan', plan_path,
+                      '--calibrate-groups', '--group-rounds', '3']) == 0
+    said = capsys.readouterr()
+    assert '3 paired rounds each' in said.out and 'exported 1/' in said.err  # progress
+    plan = json.load(open(plan_path))
+    groups = plan['groups']
+    assert groups['rounds'] == 3 and sorted(groups['layers']) == sorted(plan['layers'])
+    keys = [g['key'] for g in groups['models']]
+    assert 'backbone.layer1.0.conv1' in keys and not [k for k in keys if 'layer2' in k]
+    for g in groups['models']:
+        assert 0 < g['kept'] < g['channels'] and g['weightless']
+        assert osp.isfile(tmp_path / g['pt']) and osp.isfile(tmp_path / g['onnx'])

@@ -7,6 +7,11 @@ ratio of the two times is kept, and the median ratio and its standard error go i
 table's ``group_calibration`` (:mod:`mmgfp.core.latency_groups`), fitted into one factor per
 group when the table loads. ResNet-50 has 37 prunable groups: with ONNX Runtime, one thread and
 ``rounds=11`` that is 37 exports and 37 x 24 whole-model runs (about 6 minutes here).
+
+For a device without OpenMMLab, :func:`export_groups` writes the same copies into a latency
+plan (``--export-plan --calibrate-groups``) with the group map of the plan's layers; the
+runner times them with the same paired rounds and writes the same ``group_calibration``
+(:func:`mmgfp.apis.latency.runner.time_groups`).
 """
 import math
 import os.path as osp
@@ -22,7 +27,7 @@ from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_groups import group_map
 from mmgfp.apis.latency.plan import export_models, narrowed
-from mmgfp.apis.latency.runner import Backend, paired_ratio
+from mmgfp.apis.latency.runner import Backend, group_progress, paired_ratio
 from mmgfp.apis.latency.timing import prepare
 
 def aligned_units(units: int, fraction: float = 0.5) -> int:
@@ -65,9 +70,39 @@ def measure_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gro
                                      rounds, warmup)
             out[g.key] = {'channels': g.channels, 'kept': half * g.block, 'ratio': ratio,
                           'se': se}
-            log(f'[profile_latency] group {i + 1}/{len(todo)} {g.key} at {half * g.block}/'
-                f'{g.channels}: {ratio:.3f} +- {se:.3f} of the model '
-                f'({time.perf_counter() - t0:.0f} s)')
+            log(group_progress(i, len(todo), g.key, half * g.block, g.channels, ratio, se,
+                               time.perf_counter() - t0))
+    return out
+
+
+def export_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any], groups: GroupSet,
+                  stem: str, rounds: int = 11, warmup: int = 2, weights: bool = False,
+                  log=None) -> Dict:
+    """The ``groups`` of a plan: what :func:`measure_groups` times, written for the runner
+    (:func:`mmgfp.apis.latency.runner.time_groups`).
+
+    Each prunable group's :func:`half_one_group` copy is written as ``{stem}.groupNNN.pt``
+    and ``.onnx`` (:func:`export_models`, without weights unless ``weights``). Returns
+    ``{"rounds", "warmup", "layers": the group map of the plan's layers, "models": [{"key",
+    "channels", "kept", "pt", "onnx"[, "weightless": TorchScript parameter shapes]}]}``.
+    """
+    out = {'rounds': rounds, 'warmup': warmup,
+           'layers': group_map(groups, timed_layers(groups)), 'models': []}
+    t0 = time.perf_counter()
+    for i, g in enumerate(groups.prunable):
+        thin, half = half_one_group(model, groups, g.key)
+        tag = f'group{i:03d}'
+        files = export_models({tag: thin}, forward_fn, stem, weights=weights)
+        entry = {'key': g.key, 'channels': g.channels, 'kept': half * g.block,
+                 'pt': files[tag], 'onnx': files[f'{tag}_onnx']}
+        if not weights:
+            entry['weightless'] = files['shapes'][tag]
+        out['models'].append(entry)
+        if log:
+            log(f'\r[profile_latency] exported {i + 1}/{len(groups.prunable)} groups at half '
+                f'width ({time.perf_counter() - t0:.0f} s) ', end='')
+    if log:
+        log('')
     return out
 
 

@@ -50,6 +50,8 @@ CLOCKS = ('wall', 'cpu')
 PROFILED_RUNS = 3
 BLOCK_TIMING = 'in_context'  # ORT tables' key: blocks timed as in Backend.time_block
 BOUNDARY_OPS = ('ReorderInput', 'ReorderOutput')
+# TorchScript profiles its first run and optimises the graph in the second: neither is timed
+FIRST_RUNS = 2
 MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
 
 
@@ -481,38 +483,84 @@ def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend,
     return med, MAD_TO_SE * mad / math.sqrt(len(ratios))
 
 
+def group_progress(i: int, n: int, key: str, kept: int, channels: int, ratio: float,
+                   se: float, seconds: float) -> str:
+    """The progress line of the ``i``-th of ``n`` groups measured alone in the model."""
+    return (f'[profile_latency] group {i + 1}/{n} {key} at {kept}/{channels}: {ratio:.3f} '
+            f'+- {se:.3f} of the model ({seconds:.0f} s)')
+
+
 # -- a plan from another machine ---------------------------------------------------------------
-def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]) -> Dict:
-    """``fn()`` of the plan's model and half-width copy in ``backend``, their weights refilled
-    with random values where the plan was written without them."""
-    models, shapes = plan['models'], plan.get('weightless')
-    shape = list(models['input_shape'])
+def plan_input(plan: Dict, batch: Optional[int] = None) -> torch.Tensor:
+    """A random input of the plan's models (at ``batch``, else the plan's batch)."""
+    shape = list(plan['models']['input_shape'])
     if batch:
         shape[0] = batch
-    x = torch.randn(shape)
-    calls = {}
-    for tag in [t for t in ('full', 'thin', 'quarter') if t in models]:
-        if backend.name == 'onnxruntime':
-            onnx = osp.join(folder, models[tag + '_onnx'])
-            calls[tag] = backend.file_callable(
-                weightless.refill_onnx(onnx) if shapes is not None else onnx, x)
-            continue
+    return torch.randn(shape)
+
+
+def load_call(folder: str, pt: str, onnx: str, shapes: Optional[Dict], backend: Backend,
+              x: torch.Tensor) -> Callable[[], Any]:
+    """``fn()`` running a model file of the plan on ``x`` in ``backend``: the TorchScript
+    file ``pt`` (eager) or the ONNX file ``onnx``, its weights refilled with random values
+    where it was written without them (``shapes``: its TorchScript parameter shapes), run
+    ``FIRST_RUNS`` times untimed."""
+    if backend.name == 'onnxruntime':
+        path = osp.join(folder, onnx)
+        fn = backend.file_callable(weightless.refill_onnx(path) if shapes is not None
+                                   else path, x)
+    else:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # TorchScript's deprecation notices
-            module = torch.jit.load(osp.join(folder, models[tag]))
+            module = torch.jit.load(osp.join(folder, pt))
         if shapes is not None:
-            weightless.refill(module, shapes[tag])
-        calls[tag] = backend.callable(module, x)
-    return calls
+            weightless.refill(module, shapes)
+        fn = backend.callable(module, x)
+    with torch.no_grad():
+        for _ in range(FIRST_RUNS):
+            fn()
+    return fn
 
 
-def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
-             log=None) -> Dict:
-    """The latency table (a dict) of ``plan`` measured here."""
+def _model_calls(plan: Dict, folder: str, backend: Backend, x: torch.Tensor) -> Dict:
+    """``fn()`` of the plan's model and its thinner copies in ``backend``."""
+    models, shapes = plan['models'], plan.get('weightless')
+    return {tag: load_call(folder, models[tag], models[tag + '_onnx'],
+                           None if shapes is None else shapes[tag], backend, x)
+            for tag in ('full', 'thin', 'quarter') if tag in models}
+
+
+def time_groups(plan: Dict, folder: str, backend: Backend, full: Callable[[], Any],
+                x: torch.Tensor, log=None) -> Dict[str, Dict]:
+    """Group key -> ``{"channels", "kept", "ratio", "se"}`` (the table's
+    ``group_calibration['groups']``): the model with each group of the plan alone at
+    ``kept`` channels, timed against ``full`` in paired rounds (:func:`paired_ratio`)."""
+    todo, out, t0 = plan['groups']['models'], {}, time.perf_counter()
+    rounds, warmup = plan['groups']['rounds'], plan['groups']['warmup']
+    for i, g in enumerate(todo):
+        thin = load_call(folder, g['pt'], g['onnx'], g.get('weightless'), backend, x)
+        ratio, se = paired_ratio(full, thin, backend, rounds, warmup)
+        out[g['key']] = {'channels': g['channels'], 'kept': g['kept'], 'ratio': ratio,
+                         'se': se}
+        if log:
+            log(group_progress(i, len(todo), g['key'], g['kept'], g['channels'], ratio, se,
+                               time.perf_counter() - t0))
+    return out
+
+
+def check_plan(plan: Dict) -> None:
+    """Raise ValueError unless ``plan`` is a latency plan."""
     if plan.get('format') != PLAN_FORMAT:
         raise ValueError(f'not a latency plan: `format` must be {PLAN_FORMAT!r}, but got '
                          f'{plan.get("format")!r}; write one with tools/profile_latency.py '
                          'CONFIG --export-plan plan.json')
+
+
+def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
+             log=None) -> Dict:
+    """The latency table (a dict) of ``plan`` measured here, with its ``group_calibration``
+    where the plan holds groups (``--calibrate-groups``)."""
+    check_plan(plan)
     s = plan['settings']
     if backend.threads:
         torch.set_num_threads(backend.threads)
@@ -520,17 +568,28 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     for entry in layers.values():  # output elements per channel grow with the batch
         entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
             'key']['batch']
-    calls = _model_calls(plan, folder, backend, batch)
+    x = plan_input(plan, batch)
+    calls = _model_calls(plan, folder, backend, x)
     device = backend.device if backend.name == 'torch' else 'cpu'
     with torch.no_grad():
         us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
                            backend.clock)
-    key = dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
-               dtype=backend.dtype, channels_last=backend.channels_last,
-               batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
-               **backend.key())
-    return {'format': TABLE_FORMAT, 'key': key, 'total_us': us['full'], 'layers': layers,
-            'calibration': calibration(us, plan['calibration'])}
+    table = {'format': TABLE_FORMAT, 'key': table_key(plan, backend, batch),
+             'total_us': us['full'], 'layers': layers,
+             'calibration': calibration(us, plan['calibration'])}
+    if plan.get('groups'):
+        table['group_calibration'] = {
+            'groups': time_groups(plan, folder, backend, calls['full'], x, log),
+            'layers': plan['groups']['layers']}
+    return table
+
+
+def table_key(plan: Dict, backend: Backend, batch: Optional[int] = None) -> Dict:
+    """The key of a table of ``plan`` timed here in ``backend`` (at ``batch``)."""
+    return dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
+                dtype=backend.dtype, channels_last=backend.channels_last,
+                batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
+                **backend.key())
 
 
 def calibration(us: Dict[str, float], widths: Dict) -> Dict:
@@ -566,8 +625,10 @@ def main(argv=None) -> int:
         raise SystemExit(f'error: {e}')
     with open(args.out, 'w') as f:
         json.dump(table, f, indent=1)
+    groups = table.get('group_calibration', {}).get('groups', {})
     print(f"wrote {args.out}: {len(table['layers'])} layers, whole model "
-          f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}")
+          f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}"
+          + (f'; {len(groups)} groups calibrated' if groups else ''))
     return 0
 
 
