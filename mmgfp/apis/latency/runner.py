@@ -16,8 +16,21 @@ plan-made one are sampled alike. Every layer of the plan is one conv/linear bloc
 norm and activation) at its recorded input shapes, timed over a grid of widths (see
 :func:`profile_entry`); the model and its thinner copies are timed interleaved, which gives
 the table's total and the ratios its remainder and layer scale are calibrated with.
+
+A plan exported with ``--calibrate-groups`` also holds the model with each prunable group
+alone at half width (``plan.group000.pt`` / ``.onnx``, ...): the runner then times each
+against the model in paired rounds (:func:`time_groups`, a progress line per group) and writes
+the table's ``group_calibration`` as the local profiler does. A compact chosen on the training
+machine (``tools/profile_latency.py CONFIG --plan-in plan.json --calibrate-on SPEC.json
+--export-point point.json``: its widths and weightless model files) is added to a table made
+from the plan as a measured point, timed against the plan's model in the table's runtime
+(:func:`add_point`; the runtime flags default to the table's key, and a point of another plan
+or a table of another runtime or device is refused)::
+
+    python runner.py plan.json --table table.json --add-point point.json --out table2.json
 """
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -43,6 +56,11 @@ except ImportError:  # run as a script on a device without mmgfp: weightless.py 
 
 PLAN_FORMAT = 'mmgfp-latency-plan/1'
 TABLE_FORMAT = 'mmgfp-latency/1'
+POINT_FORMAT = 'mmgfp-latency-point/1'
+# what a point's timing must share with its table: the plan's model and the runtime
+RUN_FIELDS = ('model', 'config', 'input_size', 'batch', 'device', 'backend', 'backend_version',
+              'provider', 'graph_optimization', 'block_timing', 'clock', 'dtype',
+              'channels_last', 'threads')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
 ALIGN_PROBES = (1, 2, 4, 8, 16, 32)
 ORT_LEVELS = ('disable', 'basic', 'extended', 'all')
@@ -600,35 +618,161 @@ def calibration(us: Dict[str, float], widths: Dict) -> Dict:
     return cal
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description='Measure a latency table from a plan')
+# -- a measured compact ------------------------------------------------------------------------
+def plan_id(plan: Dict) -> str:
+    """A fingerprint of the plan's key and layers: a point is exported for one plan."""
+    text = json.dumps({'key': plan['key'], 'layers': plan['layers']}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_runtime(key: Dict) -> Dict:
+    """The :class:`Backend` arguments of the runtime a table's key names."""
+    ort = key.get('backend', 'torch') == 'onnxruntime'
+    return {'name': key.get('backend', 'torch'),
+            'device': 'cuda' if str(key.get('device', '')).startswith('cuda:') else 'cpu',
+            'dtype': key.get('dtype', 'fp32'), 'channels_last': bool(key.get('channels_last')),
+            'threads': int(key.get('threads') or 1),
+            'providers': [key['provider']] if ort and key.get('provider') else None,
+            'opt_level': key.get('graph_optimization', 'all')}
+
+
+def check_point(plan: Dict, point: Dict) -> None:
+    """Raise ValueError unless ``point`` was exported for ``plan``."""
+    fix = ('export it from this plan: tools/profile_latency.py CONFIG --plan-in PLAN.json '
+           '--calibrate-on SPEC.json --export-point POINT.json')
+    if point.get('format') != POINT_FORMAT:
+        raise ValueError(f'not a latency point: `format` must be {POINT_FORMAT!r}, but got '
+                         f'{point.get("format")!r}; {fix}')
+    made = point.get('plan', {})
+    if made.get('id') != plan_id(plan):
+        what = ', '.join(f'{k} {made.get(k)!r}' for k in ('model', 'config', 'batch',
+                                                          'input_size'))
+        here = ', '.join(f'{k} {plan["key"].get(k)!r}' for k in ('model', 'config', 'batch',
+                                                                 'input_size'))
+        raise ValueError(f'the point was exported for another plan ({what}; plan id '
+                         f'{made.get("id")}), not for this one ({here}; plan id '
+                         f'{plan_id(plan)}): {fix}')
+
+
+def check_table(plan: Dict, table: Dict, backend: Backend, batch: Optional[int]) -> None:
+    """Raise ValueError unless ``table`` was made from ``plan`` in this runtime, here."""
+    want, key = table_key(plan, backend, batch), table.get('key', {})
+    bad = [f'{k}: table {key.get(k)!r}, here {want.get(k)!r}' for k in RUN_FIELDS
+           if key.get(k) != want.get(k)]
+    if set(table.get('layers', ())) != set(plan['layers']):
+        bad.append("layers: the table's are not the plan's")
+    if bad:
+        raise ValueError('the table was not made from this plan in this runtime on this '
+                         f'device ({"; ".join(bad)}): a point is timed where and as its table '
+                         'was; run --add-point on the device the table was made on with its '
+                         'settings (they default to the table\'s), or make a table here first '
+                         '(runner.py PLAN.json --out TABLE.json)')
+
+
+def add_point(plan: Dict, folder: str, table: Dict, point: Dict, point_folder: str,
+              backend: Backend, batch: Optional[int] = None, rounds: int = 15,
+              warmup: int = 2, log=None) -> Dict:
+    """``table`` (made from ``plan`` by :func:`run_plan` in ``backend``) with the compact of
+    ``point`` (its files in ``point_folder``) timed against the plan's model in paired rounds
+    (:func:`paired_ratio`) and appended to its ``points`` as
+    :func:`mmgfp.apis.latency.point_calib.with_point` stores one.
+
+    Raises:
+        ValueError: ``point`` was exported for another plan, or ``table`` is not this plan's
+            or was made in another runtime or on another device.
+    """
+    check_plan(plan)
+    check_point(plan, point)
+    check_table(plan, table, backend, batch)
+    x, shapes, models = plan_input(plan, batch), plan.get('weightless'), plan['models']
+    full = load_call(folder, models['full'], models['full_onnx'],
+                     None if shapes is None else shapes['full'], backend, x)
+    compact = load_call(point_folder, point['pt'], point['onnx'], point.get('weightless'),
+                        backend, x)
+    ratio, se = paired_ratio(full, compact, backend, rounds, warmup)
+    if log:
+        log(f'[profile_latency] compact measured {ratio:.3f} +- {se:.3f} of the model '
+            f'({rounds} paired rounds, {backend.name}, {backend.clock} clock)')
+    entry = {'widths': point['widths'], 'ratio': ratio, 'se': se}
+    return {**table, 'points': list(table.get('points') or []) + [entry]}
+
+
+def _read(path: str, what: str) -> Dict:
+    if not osp.isfile(path):
+        raise ValueError(f'{what} {path} does not exist')
+    with open(path) as f:
+        return json.load(f)
+
+
+def runtime(args, key: Optional[Dict] = None) -> Backend:
+    """The runtime the flags name; where a flag is not given, the table key's (``key``) or
+    the default."""
+    base = key_runtime(key) if key else {'name': 'torch', 'device': 'cpu', 'dtype': 'fp32',
+                                         'channels_last': False, 'threads': None,
+                                         'providers': None, 'opt_level': 'all'}
+    given = {'name': args.backend, 'device': args.device, 'dtype': args.dtype,
+             'channels_last': args.channels_last, 'threads': args.threads,
+             'providers': args.providers, 'opt_level': args.opt_level}
+    return Backend(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Measure a latency table from a plan, or add a '
+                                'measured compact to a table made from it')
     p.add_argument('plan', help='plan.json written by tools/profile_latency.py --export-plan')
     p.add_argument('--out', required=True, help='the table (JSON) to write')
-    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'])
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (torch backend)")
-    p.add_argument('--dtype', default='fp32', choices=list(DTYPES))
-    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--backend', default=None, choices=['torch', 'onnxruntime'],
+                   help="default: torch (with --add-point: the table's, as every flag here)")
+    p.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (torch backend)")
+    p.add_argument('--dtype', default=None, choices=list(DTYPES))
+    p.add_argument('--channels-last', action='store_true', default=None)
     p.add_argument('--batch', type=int, default=None, help="default: the plan's")
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--providers', nargs='+', default=None,
                    help='onnxruntime providers, first preferred (default: CPU)')
-    p.add_argument('--opt-level', default='all', choices=ORT_LEVELS)
+    p.add_argument('--opt-level', default=None, choices=ORT_LEVELS, help='default: all')
+    p.add_argument('--table', metavar='TABLE.json',
+                   help='with --add-point: a table this runner made from the plan')
+    p.add_argument('--add-point', metavar='POINT.json',
+                   help='time the compact of POINT.json (tools/profile_latency.py '
+                   '--export-point) against the plan\'s model in the table\'s runtime and write '
+                   'the table with it added as a measured point to --out')
+    p.add_argument('--point-rounds', type=int, default=15,
+                   help='paired rounds with --add-point (default: 15)')
     args = p.parse_args(argv)
-    with open(args.plan) as f:
-        plan = json.load(f)
+    if bool(args.table) != bool(args.add_point):
+        p.error('--add-point POINT.json and --table TABLE.json go together')
+    if args.point_rounds < 1:
+        p.error(f'--point-rounds must be >= 1, got {args.point_rounds}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    folder = osp.dirname(osp.abspath(args.plan))
     try:
-        backend = Backend(args.backend, args.device, args.dtype, args.channels_last,
-                          args.threads, args.providers, args.opt_level)
-        table = run_plan(plan, osp.dirname(osp.abspath(args.plan)), backend, args.batch,
-                         log=lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+        plan = _read(args.plan, 'plan')
+        if args.add_point:
+            table, point = _read(args.table, 'table'), _read(args.add_point, 'point')
+            backend = runtime(args, table.get('key', {}))
+            torch.set_num_threads(backend.threads)
+            table = add_point(plan, folder, table, point,
+                              osp.dirname(osp.abspath(args.add_point)), backend,
+                              args.batch or table.get('key', {}).get('batch'),
+                              args.point_rounds, log=log)
+        else:
+            table = run_plan(plan, folder, runtime(args), args.batch, log=log)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     with open(args.out, 'w') as f:
         json.dump(table, f, indent=1)
-    groups = table.get('group_calibration', {}).get('groups', {})
+    extra = [f"{len(table['group_calibration']['groups'])} groups calibrated"] if \
+        table.get('group_calibration') else []
+    extra += [f"{len(table['points'])} measured point(s)"] if table.get('points') else []
     print(f"wrote {args.out}: {len(table['layers'])} layers, whole model "
           f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}"
-          + (f'; {len(groups)} groups calibrated' if groups else ''))
+          + ''.join(f'; {e}' for e in extra))
     return 0
 
 
