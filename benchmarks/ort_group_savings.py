@@ -61,10 +61,10 @@ def cases(groups, args):
 def main(argv=None):
     args = parse_args(argv)
     from mmgfp.apis.checking.check import load_config
-    from mmgfp.apis.latency.group_calib import _caller, paired_ratio
+    from mmgfp.apis.latency.group_calib import _caller
     from mmgfp.apis.latency.plan import narrowed
     from mmgfp.apis.latency.profile import config_model
-    from mmgfp.apis.latency.runner import Backend
+    from mmgfp.apis.latency.runner import Backend, paired_ratio
     from mmgfp.core import LatencyTable
     torch.set_num_threads(1)
     table = LatencyTable.load(args.table)

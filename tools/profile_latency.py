@@ -4,8 +4,11 @@
         --batch N --input-size H W --out TABLE.json [--threads T] [--checkpoint CKPT]
         [--backend torch|onnxruntime [--providers P ...] [--opt-level all]]
     python tools/profile_latency.py CONFIG --batch N --input-size H W --export-plan plan.json
+        [--calibrate-groups [--group-rounds R]]
     python tools/profile_latency.py CONFIG --table-in TABLE.json --calibrate-on SPEC.json|DIR
         --out TABLE2.json [--point-rounds R]
+    python tools/profile_latency.py CONFIG --plan-in plan.json --calibrate-on SPEC.json|DIR
+        --export-point point.json
 
 Times every conv/linear layer that pruning can narrow (with its norm and activation) at its
 real input sizes over a grid of channel counts, plus the whole model, and writes the table.
@@ -29,12 +32,21 @@ table on a deploy device without OpenMMLab::
 
     python runner.py plan.json --out table.json [--device cuda --dtype fp16 --batch 32]
 
+With ``--calibrate-groups`` the plan also holds the model with each prunable group alone at
+half width (``plan.group000.pt`` / ``.onnx``, ...; ResNet-50: 37 groups, 17 MB in all): the
+runner times them (``--group-rounds`` paired rounds) and the table gets its group factors.
+
 ``--calibrate-on SPEC.json`` (with ``--table-in``, a table of this config) times the compact
 that the channel spec makes (or a ``tools/deploy_pruned.py`` output DIR: its ``channels.json``)
 against the original in the table's runtime, batch, input size and clock (paired
 rounds), and writes the table with the compact added as a measured point to ``--out``: the
 table then predicts that compact as measured and corrects predictions near its saving
-(``mmgfp/core/latency_points.py``). Prune again with the new table.
+(``mmgfp/core/latency_points.py``). Prune again with the new table. For a table made by the
+runner, ``--plan-in plan.json --calibrate-on SPEC.json --export-point point.json`` writes the
+compact (weightless TorchScript and ONNX beside ``point.json``) and its widths instead, and
+the runner times it on the deploy device, in the table's runtime::
+
+    python runner.py plan.json --table table.json --add-point point.json --out table2.json
 """
 import argparse
 import os.path as osp
@@ -56,8 +68,8 @@ def parse_args(argv=None):
     p.add_argument('--export-plan', metavar='PLAN.json',
                    help='write the plan for runner.py instead of measuring here')
     p.add_argument('--keep-weights', action='store_true',
-                   help="with --export-plan: keep the weights in the plan's model files "
-                   '(default: stripped, refilled with random values by runner.py)')
+                   help='with --export-plan / --export-point: keep the weights in the model '
+                   'files (default: stripped, refilled with random values by runner.py)')
     p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
                    help='runtime to time in (default: torch eager)')
     p.add_argument('--providers', nargs='+', default=None,
@@ -75,7 +87,8 @@ def parse_args(argv=None):
     p.add_argument('--force', action='store_true', help='measure even if --out fits')
     p.add_argument('--calibrate-groups', action='store_true',
                    help='then time each prunable group alone at half width in the model and '
-                   'store a factor per group (added to a cached --out that lacks them)')
+                   'store a factor per group (added to a cached --out that lacks them); with '
+                   '--export-plan: write those models into the plan for runner.py to time')
     p.add_argument('--group-rounds', type=int, default=None,
                    help='paired rounds per group with --calibrate-groups (default: '
                    'max(2 * --rounds, 11))')
@@ -87,14 +100,26 @@ def parse_args(argv=None):
                    'as a measured point (written to --out)')
     p.add_argument('--point-rounds', type=int, default=15,
                    help='paired rounds with --calibrate-on (default: 15)')
+    p.add_argument('--plan-in', metavar='PLAN.json',
+                   help='with --calibrate-on and --export-point: the plan whose table the '
+                   'compact is to be added to on the deploy device')
+    p.add_argument('--export-point', metavar='POINT.json',
+                   help='write the compact of --calibrate-on (without weights unless '
+                   '--keep-weights) and its widths for runner.py PLAN --table TABLE '
+                   '--add-point POINT.json instead of timing it here')
     args = p.parse_args(argv)
-    if bool(args.table_in) != bool(args.calibrate_on):
-        p.error('--calibrate-on SPEC.json and --table-in TABLE.json go together')
+    if args.plan_in or args.export_point:
+        if not (args.plan_in and args.export_point and args.calibrate_on) or args.table_in:
+            p.error('--export-point POINT.json goes with --plan-in PLAN.json and --calibrate-on '
+                    'SPEC.json|DIR (not --table-in: that adds the compact to a table here)')
+    elif bool(args.table_in) != bool(args.calibrate_on):
+        p.error('--calibrate-on SPEC.json and --table-in TABLE.json go together (or '
+                '--calibrate-on with --plan-in PLAN.json and --export-point POINT.json)')
     if args.point_rounds < 1:
         p.error(f'--point-rounds must be >= 1, got {args.point_rounds}')
-    if bool(args.out) == bool(args.export_plan):
+    if sum(map(bool, (args.out, args.export_plan, args.export_point))) != 1:
         p.error('give --out TABLE.json (measure here) or --export-plan PLAN.json (measure with '
-                'runner.py on the deploy device), one of them')
+                'runner.py on the deploy device) or --export-point POINT.json, one of them')
     if args.group_rounds is not None and not args.calibrate_groups:
         p.error('--group-rounds needs --calibrate-groups')
     for name in ('batch', 'points', 'rounds', 'group_rounds'):
@@ -142,13 +167,54 @@ def export_plan(args, cfg) -> int:
     from mmgfp.apis.latency.profile import plan_config
     plan = plan_config(cfg, args.config, args.export_plan, args.batch, args.input_size,
                        args.checkpoint, points=args.points, rounds=args.rounds, tol=args.tol,
-                       align=not args.no_align, weights=args.keep_weights)
+                       align=not args.no_align, weights=args.keep_weights,
+                       calibrate_groups=args.calibrate_groups, group_rounds=args.group_rounds)
     folder = os.path.dirname(os.path.abspath(args.export_plan))
+    groups = plan.get('groups', {}).get('models', [])
+    extra = (f' and {len(groups)} groups alone at half width (.group000.pt/.onnx to '
+             f".group{len(groups) - 1:03d}.*, {plan['groups']['rounds']} paired rounds each)"
+             if groups else '')
     print(f"wrote {args.export_plan}: {len(plan['layers'])} layers; beside it "
-          f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')} "
+          f"{', '.join(v for k, v in plan['models'].items() if k != 'input_shape')}{extra} "
           f"(in {folder})\non the deploy device (torch only), with runner.py and weightless.py "
           f"copied there from {os.path.dirname(runner.__file__)}: python runner.py "
           f"{args.export_plan} --out table.json [--device cuda --dtype fp16 --batch N]")
+    return 0
+
+
+def spec_path(args, other: str) -> str:
+    """The channel spec of ``--calibrate-on``; it and ``other`` must exist."""
+    spec = args.calibrate_on
+    if osp.isdir(spec):
+        spec = osp.join(spec, 'channels.json')  # a tools/deploy_pruned.py output folder
+    for path in (other, spec):
+        if not osp.isfile(path):
+            raise SystemExit(f'error: {path} does not exist')
+    return spec
+
+
+def export_point(args, cfg) -> int:
+    """Write the compact of ``--calibrate-on`` as a point of ``--plan-in`` for runner.py."""
+    import json
+    from mmgfp.apis.latency.point_calib import compact_from_spec, write_point
+    from mmgfp.apis.latency.profile import config_model
+    from mmgfp.apis.latency.runner import check_plan
+    spec = spec_path(args, args.plan_in)
+    try:
+        with open(args.plan_in) as f:
+            plan = json.load(f)
+        check_plan(plan)  # before building the model at its batch and input size
+        model, groups, fwd = config_model(cfg, plan['key']['batch'],
+                                          plan['key']['input_size'], args.checkpoint)
+        compact = compact_from_spec(model, spec)
+        write_point(args.export_point, plan, model.eval(), groups, compact, fwd,
+                    args.keep_weights)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    print(f'wrote {args.export_point} (the compact of {spec} for {args.plan_in}); on the deploy '
+          f'device, beside the plan and the table runner.py made from it: python runner.py '
+          f'{args.plan_in} --table table.json --add-point {args.export_point} --out '
+          'table_point.json')
     return 0
 
 
@@ -159,12 +225,7 @@ def calibrate_on(args, cfg) -> int:
     from mmgfp.apis.latency.profile import config_model
     from mmgfp.apis.latency.timing import threads_set
     from mmgfp.core import LatencyTable
-    spec = args.calibrate_on
-    if osp.isdir(spec):
-        spec = osp.join(spec, 'channels.json')  # a tools/deploy_pruned.py output folder
-    for path in (args.table_in, spec):
-        if not osp.isfile(path):
-            raise SystemExit(f'error: {path} does not exist')
+    spec = spec_path(args, args.table_in)
     try:
         table = LatencyTable.load(args.table_in)
         model, groups, fwd = config_model(cfg, table.key['batch'], table.key['input_size'],
@@ -194,6 +255,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.export_plan:
         return export_plan(args, cfg)
+    if args.export_point:
+        return export_point(args, cfg)
     if args.calibrate_on:
         return calibrate_on(args, cfg)
     try:

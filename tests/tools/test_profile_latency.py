@@ -22,6 +22,9 @@ custom_hooks = [dict(type='FisherPruningHook', skip=['backbone.layer4.*'])]
     (['--dtype', 'int8'], "invalid choice: 'int8'"),
     (['--group-rounds', '3'], '--group-rounds needs --calibrate-groups'),
     (['--calibrate-groups', '--group-rounds', '0'], '--group-rounds must be >= 1'),
+    (['--export-point', 'p.json'], '--export-point POINT.json goes with --plan-in PLAN.json'),
+    (['--plan-in', 'p.json', '--calibrate-on', 's.json', '--export-point', 'q.json'],
+     'or --export-point POINT.json, one of them'),
 ])
 def test_bad_arguments(argv, words, capsys):
     with pytest.raises(SystemExit):
@@ -87,6 +90,7 @@ def test_export_plan_writes_what_the_runner_needs(tmp_path, capsys):
     assert set(plan['calibration']['quarter']) == set(plan['layers'])
     for f in ('full', 'thin', 'quarter', 'full_onnx', 'thin_onnx', 'quarter_onnx'):
         assert osp.isfile(tmp_path / plan['models'][f])
+    assert 'groups' not in plan  # without --calibrate-groups
     with pytest.raises(SystemExit):  # a plan or a table, not both
         tool.parse_args([str(cfg), '--out', 't.json', '--export-plan', 'p.json'])
 
@@ -144,4 +148,51 @@ def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.parse_args([str(cfg), '--calibrate-on', spec, '--out', out])
     assert '--calibrate-on SPEC.json and --table-in TABLE.json go together' in \
+        capsys.readouterr().err
+
+
+def test_export_plan_with_groups_and_a_point_for_it(tmp_path, capsys):
+    """--export-plan --calibrate-groups writes every prunable group alone at half width;
+    --plan-in + --calibrate-on + --export-point the compact for runner.py --add-point (layers
+    2 to 4 skipped: few groups to export)."""
+    from mmgfp.apis.latency.runner import plan_id
+    from mmgfp.core.spec import save_spec
+    cfg = tmp_path / 'r18.py'
+    cfg.write_text(CFG.replace("skip=['backbone.layer4.*']",
+                               "skip=['backbone.layer[234].*']"))
+    plan_path, spec, point_path = (str(tmp_path / f) for f in ('plan.json', 'channels.json',
+                                                               'point.json'))
+    assert tool.main([str(cfg), '--input-size', '32', '32', '--export-plan', plan_path,
+                      '--calibrate-groups', '--group-rounds', '3']) == 0
+    said = capsys.readouterr()
+    assert '3 paired rounds each' in said.out and 'exported 1/' in said.err  # progress
+    plan = json.load(open(plan_path))
+    groups = plan['groups']
+    assert groups['rounds'] == 3 and sorted(groups['layers']) == sorted(plan['layers'])
+    keys = [g['key'] for g in groups['models']]
+    assert 'backbone.layer1.0.conv1' in keys and not [k for k in keys if 'layer2' in k]
+    for g in groups['models']:
+        assert 0 < g['kept'] < g['channels'] and g['weightless']
+        assert osp.isfile(tmp_path / g['pt']) and osp.isfile(tmp_path / g['onnx'])
+    save_spec(_hand_table(cfg, str(tmp_path / 't.json')), spec)
+    argv = [str(cfg), '--plan-in', plan_path, '--calibrate-on', spec, '--export-point',
+            point_path]
+    assert tool.main(argv) == 0
+    assert '--add-point ' + point_path in capsys.readouterr().out
+    point = json.load(open(point_path))
+    assert point['plan']['id'] == plan_id(plan) and point['plan']['input_size'] == [32, 32]
+    assert set(point['widths']) == set(plan['layers'])
+    conv = point['widths']['backbone.layer1.0.conv1']
+    assert conv[1] < plan['layers']['backbone.layer1.0.conv1']['axes']['out']  # half width
+    assert osp.isfile(tmp_path / point['pt']) and osp.isfile(tmp_path / point['onnx'])
+    plan['key']['model'] = 'RetinaNet'
+    json.dump(plan, open(plan_path, 'w'))
+    with pytest.raises(SystemExit, match=r'the plan is for a RetinaNet .* but the model is a '
+                       r'ImageClassifier'):
+        tool.main(argv)
+    with pytest.raises(SystemExit, match='error: not a latency plan'):
+        tool.main(argv[:2] + [spec] + argv[3:])  # the spec given as the plan
+    with pytest.raises(SystemExit):
+        tool.parse_args([str(cfg), '--plan-in', plan_path, '--export-point', point_path])
+    assert '--export-point POINT.json goes with --plan-in PLAN.json and --calibrate-on' in \
         capsys.readouterr().err

@@ -7,6 +7,11 @@ ratio of the two times is kept, and the median ratio and its standard error go i
 table's ``group_calibration`` (:mod:`mmgfp.core.latency_groups`), fitted into one factor per
 group when the table loads. ResNet-50 has 37 prunable groups: with ONNX Runtime, one thread and
 ``rounds=11`` that is 37 exports and 37 x 24 whole-model runs (about 6 minutes here).
+
+For a device without OpenMMLab, :func:`export_groups` writes the same copies into a latency
+plan (``--export-plan --calibrate-groups``) with the group map of the plan's layers; the
+runner times them with the same paired rounds and writes the same ``group_calibration``
+(:func:`mmgfp.apis.latency.runner.time_groups`).
 """
 import math
 import os.path as osp
@@ -22,11 +27,8 @@ from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_groups import group_map
 from mmgfp.apis.latency.plan import export_models, narrowed
-from mmgfp.apis.latency.runner import Backend, Timer
+from mmgfp.apis.latency.runner import Backend, group_progress, paired_ratio
 from mmgfp.apis.latency.timing import prepare
-
-MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
-
 
 def aligned_units(units: int, fraction: float = 0.5) -> int:
     """``fraction`` of ``units``, rounded up to a multiple of 8 where there are at least 16
@@ -40,26 +42,6 @@ def half_one_group(model: nn.Module, groups: GroupSet, key: str) -> Tuple[nn.Mod
     (:func:`aligned_units`)."""
     half = aligned_units(groups.groups[key].units)
     return narrowed(model, groups, {key: half}), half
-
-
-def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend, rounds: int,
-                 warmup: int) -> Tuple[float, float]:
-    """``(median, standard error)`` of the per-round ratio ``time(thin) / time(full)``, the
-    two timed back to back in alternating order (``run``'s device and clock)."""
-    timer = Timer(run.device, rounds=1, warmup=0, clock=run.clock)
-    with torch.no_grad():
-        for _ in range(warmup):
-            full(), thin()
-        ratios = []
-        for r in range(rounds):
-            if r % 2:
-                t_thin, t_full = timer(thin), timer(full)
-            else:
-                t_full, t_thin = timer(full), timer(thin)
-            ratios.append(t_thin / t_full)
-    med = statistics.median(ratios)
-    mad = statistics.median(abs(x - med) for x in ratios)
-    return med, MAD_TO_SE * mad / math.sqrt(len(ratios))
 
 
 def _caller(model: nn.Module, forward_fn: Callable[[nn.Module], Any], run: Backend,
@@ -88,9 +70,39 @@ def measure_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gro
                                      rounds, warmup)
             out[g.key] = {'channels': g.channels, 'kept': half * g.block, 'ratio': ratio,
                           'se': se}
-            log(f'[profile_latency] group {i + 1}/{len(todo)} {g.key} at {half * g.block}/'
-                f'{g.channels}: {ratio:.3f} +- {se:.3f} of the model '
-                f'({time.perf_counter() - t0:.0f} s)')
+            log(group_progress(i, len(todo), g.key, half * g.block, g.channels, ratio, se,
+                               time.perf_counter() - t0))
+    return out
+
+
+def export_groups(model: nn.Module, forward_fn: Callable[[nn.Module], Any], groups: GroupSet,
+                  stem: str, rounds: int = 11, warmup: int = 2, weights: bool = False,
+                  log=None) -> Dict:
+    """The ``groups`` of a plan: what :func:`measure_groups` times, written for the runner
+    (:func:`mmgfp.apis.latency.runner.time_groups`).
+
+    Each prunable group's :func:`half_one_group` copy is written as ``{stem}.groupNNN.pt``
+    and ``.onnx`` (:func:`export_models`, without weights unless ``weights``). Returns
+    ``{"rounds", "warmup", "layers": the group map of the plan's layers, "models": [{"key",
+    "channels", "kept", "pt", "onnx"[, "weightless": TorchScript parameter shapes]}]}``.
+    """
+    out = {'rounds': rounds, 'warmup': warmup,
+           'layers': group_map(groups, timed_layers(groups)), 'models': []}
+    t0 = time.perf_counter()
+    for i, g in enumerate(groups.prunable):
+        thin, half = half_one_group(model, groups, g.key)
+        tag = f'group{i:03d}'
+        files = export_models({tag: thin}, forward_fn, stem, weights=weights)
+        entry = {'key': g.key, 'channels': g.channels, 'kept': half * g.block,
+                 'pt': files[tag], 'onnx': files[f'{tag}_onnx']}
+        if not weights:
+            entry['weightless'] = files['shapes'][tag]
+        out['models'].append(entry)
+        if log:
+            log(f'\r[profile_latency] exported {i + 1}/{len(groups.prunable)} groups at half '
+                f'width ({time.perf_counter() - t0:.0f} s) ', end='')
+    if log:
+        log('')
     return out
 
 

@@ -6,7 +6,9 @@ activation that read its output; its calls' input shapes; its prunable axes and 
 The in-process profiler times this plan at once (:mod:`mmgfp.apis.latency.profile`);
 :func:`write_plan` writes it with the model and its half-width calibration copy (TorchScript
 and ONNX) so that :mod:`mmgfp.apis.latency.runner`, one file needing only torch, measures the
-table on a device where OpenMMLab is not installed.
+table on a device where OpenMMLab is not installed; with ``calibrate_groups`` also the model
+with each prunable group alone at half width, for the table's group factors
+(:mod:`mmgfp.apis.latency.group_calib`).
 """
 import copy
 import json
@@ -233,11 +235,20 @@ def export_models(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module]
 
 
 def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], Any],
-               groups: GroupSet, key: Dict, settings: Dict, weights: bool = False) -> Dict:
+               groups: GroupSet, key: Dict, settings: Dict, weights: bool = False,
+               calibrate_groups: bool = False, group_rounds: Optional[int] = None,
+               log=None) -> Dict:
     """Write the plan of ``model`` to ``path`` (JSON) with the model and its half-width copy
     beside it (``<path stem>.full.pt`` / ``.thin.pt`` / ``.quarter.pt`` and ``.onnx``), without
     their weights unless ``weights`` (the runner refills random values: a few MB instead of
-    hundreds for a ResNet-50 detector)."""
+    hundreds for a ResNet-50 detector).
+
+    With ``calibrate_groups`` the plan also holds ``groups``: each prunable group alone at half
+    width (``<path stem>.groupNNN.pt`` / ``.onnx``) and the group map of the layers
+    (:func:`mmgfp.apis.latency.group_calib.export_groups`), timed by the runner in
+    ``group_rounds`` paired rounds (default ``max(2 * rounds, 11)``, as the profiler) into the
+    table's ``group_calibration``.
+    """
     model.eval()
     names = timed_layers(groups)
     calls = capture_calls(model, forward_fn, names)
@@ -253,6 +264,11 @@ def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], An
     shapes = plan['models'].pop('shapes', None)
     if shapes is not None:  # TorchScript parameter shapes; ONNX files keep theirs
         plan['weightless'] = shapes
+    if calibrate_groups:
+        from mmgfp.apis.latency.group_calib import export_groups  # it imports this module
+        plan['groups'] = export_groups(model, forward_fn, groups, stem,
+                                       group_rounds or max(2 * settings['rounds'], 11),
+                                       settings['warmup'] + 1, weights, log)
     with open(path, 'w') as f:
         json.dump(plan, f, indent=1)
     return plan

@@ -2,32 +2,37 @@
 
 :func:`calibrate_on` times a compact model of the table's architecture against the original,
 in paired rounds in the table's runtime and on its clock
-(:func:`mmgfp.apis.latency.group_calib.paired_ratio`, as the group calibration does), and
+(:func:`mmgfp.apis.latency.runner.paired_ratio`, as the group calibration does), and
 stores the compact's layer widths and the measured ratio as a point; the table then fits a
 correction at that operating point (:mod:`mmgfp.core.latency_points`). The loop it serves:
 prune to a latency target, add the compact the pruner chose, prune again with the table.
+
+For a table made by the plan runner on a device without OpenMMLab, :func:`write_point`
+writes the compact (TorchScript and ONNX, without weights) and its widths as a point file of
+the plan; ``runner.py PLAN --table TABLE --add-point POINT --out TABLE2`` times it there
+against the plan's model in the table's runtime and appends the point in the same format
+(:func:`mmgfp.apis.latency.runner.add_point`).
 """
 import copy
+import json
+import os.path as osp
 import tempfile
 from typing import Any, Callable, Dict, Optional
 
 import torch.nn as nn
 
-from mmgfp.core import LatencyTable
+from mmgfp.core import GroupSet, LatencyTable
+from mmgfp.core.latency import timed_layers
 from mmgfp.core.latency_calib import LatencyTableError, module_widths, origin_warning
-from mmgfp.apis.latency.group_calib import _caller, paired_ratio
-from mmgfp.apis.latency.runner import Backend, device_name
+from mmgfp.apis.latency.group_calib import _caller
+from mmgfp.apis.latency.plan import export_models
+from mmgfp.apis.latency.runner import (POINT_FORMAT, Backend, check_plan, device_name,
+                                       key_runtime, paired_ratio, plan_id)
 
 
 def table_backend(table: LatencyTable) -> Backend:
     """The runtime ``table`` was profiled in, from its key."""
-    key = table.key
-    ort = key.get('backend', 'torch') == 'onnxruntime'
-    providers = [key['provider']] if ort and key.get('provider') else None
-    device = 'cuda' if str(key.get('device', '')).startswith('cuda:') else 'cpu'  # device_name
-    return Backend(key.get('backend', 'torch'), device, key.get('dtype', 'fp32'),
-                   bool(key.get('channels_last')), int(key.get('threads') or 1), providers,
-                   key.get('graph_optimization', 'all'))
+    return Backend(**key_runtime(table.key))
 
 
 def compact_from_spec(model: nn.Module, spec) -> nn.Module:
@@ -88,3 +93,46 @@ def calibrate_on(table: LatencyTable, model: nn.Module, compact: nn.Module,
         f'now {out.predict_module(compact) / out.total_us:.3f} '
         f'({len(out.points)} point(s))')
     return out
+
+
+def write_point(path: str, plan: Dict, model: nn.Module, groups: GroupSet, compact: nn.Module,
+                forward_fn: Callable[[nn.Module], Any], weights: bool = False) -> Dict:
+    """Write ``compact`` as a point of ``plan`` for ``runner.py --add-point``: ``path`` (JSON:
+    the plan it is for, the compact's layer widths as :func:`with_point` stores them) and
+    ``<path stem>.compact.pt`` / ``.onnx`` beside it (without weights unless ``weights``).
+
+    Raises:
+        LatencyTableError: ``plan`` is not of ``model`` with ``groups`` (another model or
+            config), or ``compact`` is wider than it.
+    """
+    check_plan(plan)
+    names, key = timed_layers(groups), plan['key']
+    if key.get('model') != type(model).__name__ or set(plan['layers']) != set(names):
+        raise LatencyTableError(
+            f"the plan is for a {key.get('model')} ({key.get('config')}) timing "
+            f"{len(plan['layers'])} layers, but the model is a {type(model).__name__} whose "
+            f'groups make {len(names)} timed layers: give the plan exported from this config')
+    widths = module_widths(compact, names)
+    for name, (cin, cout) in widths.items():
+        axes = plan['layers'][name]['axes']
+        full = (axes['width'], ) * 2 if 'width' in axes else (axes['in'], axes['out'])
+        if cin > full[0] or cout > full[1]:
+            raise LatencyTableError(f'the compact\'s layer {name!r} is {[cin, cout]} wide, '
+                                    f'wider than the plan\'s {list(full)}: a compact of '
+                                    'another model')
+    files = export_models({'compact': compact}, forward_fn, osp.splitext(path)[0],
+                          weights=weights)
+    if files['input_shape'] != plan['models']['input_shape']:
+        raise LatencyTableError(f"the compact was exported at input {files['input_shape']}, "
+                                f"the plan's model at {plan['models']['input_shape']}: use "
+                                "the plan's batch and input size")
+    point = {'format': POINT_FORMAT,
+             'plan': {'id': plan_id(plan), **{k: key.get(k) for k in ('model', 'config',
+                                                                      'batch', 'input_size')}},
+             'widths': {n: list(w) for n, w in widths.items()},
+             'pt': files['compact'], 'onnx': files['compact_onnx']}
+    if not weights:
+        point['weightless'] = files['shapes']['compact']
+    with open(path, 'w') as f:
+        json.dump(point, f, indent=1)
+    return point

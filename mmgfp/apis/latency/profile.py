@@ -244,13 +244,17 @@ def plan_config(cfg, config: str, path: str, batch: int = 1,
                 input_size: Sequence[int] = (320, 320), checkpoint: Optional[str] = None,
                 seed: int = 0, points: int = 5, rounds: int = 5, warmup: int = 1,
                 tol: float = 0.1, max_points: int = 9, align: bool = True,
-                weights: bool = False) -> Dict:
+                weights: bool = False, calibrate_groups: bool = False,
+                group_rounds: Optional[int] = None, progress: bool = True) -> Dict:
     """Write the latency plan of a config's model to ``path`` (see
     :func:`mmgfp.apis.latency.plan.write_plan`; model files without weights unless
-    ``weights``) for :mod:`mmgfp.apis.latency.runner`."""
+    ``weights``; with each prunable group alone at half width if ``calibrate_groups``) for
+    :mod:`mmgfp.apis.latency.runner`."""
     model, groups, fwd = config_model(cfg, batch, input_size, checkpoint, seed)
     key = {'batch': int(batch), 'input_size': [int(s) for s in input_size],
            'model': type(model).__name__, 'config': config}
     settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
                     max_points=max_points, align=align)
-    return write_plan(path, model.eval(), fwd, groups, key, settings, weights)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if progress else None
+    return write_plan(path, model.eval(), fwd, groups, key, settings, weights,
+                      calibrate_groups, group_rounds, log)

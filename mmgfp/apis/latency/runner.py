@@ -16,8 +16,21 @@ plan-made one are sampled alike. Every layer of the plan is one conv/linear bloc
 norm and activation) at its recorded input shapes, timed over a grid of widths (see
 :func:`profile_entry`); the model and its thinner copies are timed interleaved, which gives
 the table's total and the ratios its remainder and layer scale are calibrated with.
+
+A plan exported with ``--calibrate-groups`` also holds the model with each prunable group
+alone at half width (``plan.group000.pt`` / ``.onnx``, ...): the runner then times each
+against the model in paired rounds (:func:`time_groups`, a progress line per group) and writes
+the table's ``group_calibration`` as the local profiler does. A compact chosen on the training
+machine (``tools/profile_latency.py CONFIG --plan-in plan.json --calibrate-on SPEC.json
+--export-point point.json``: its widths and weightless model files) is added to a table made
+from the plan as a measured point, timed against the plan's model in the table's runtime
+(:func:`add_point`; the runtime flags default to the table's key, and a point of another plan
+or a table of another runtime or device is refused)::
+
+    python runner.py plan.json --table table.json --add-point point.json --out table2.json
 """
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -28,7 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,6 +57,11 @@ except ImportError:  # run as a script on a device without mmgfp: weightless.py 
 
 PLAN_FORMAT = 'mmgfp-latency-plan/1'
 TABLE_FORMAT = 'mmgfp-latency/1'
+POINT_FORMAT = 'mmgfp-latency-point/1'
+# what a point's timing must share with its table: the plan's model and the runtime
+RUN_FIELDS = ('model', 'config', 'input_size', 'batch', 'device', 'backend', 'backend_version',
+              'provider', 'graph_optimization', 'block_timing', 'clock', 'dtype',
+              'channels_last', 'threads')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
 ALIGN_PROBES = (1, 2, 4, 8, 16, 32)
 ORT_LEVELS = ('disable', 'basic', 'extended', 'all')
@@ -51,6 +69,9 @@ CLOCKS = ('wall', 'cpu')
 PROFILED_RUNS = 3
 BLOCK_TIMING = 'in_context'  # ORT tables' key: blocks timed as in Backend.time_block
 BOUNDARY_OPS = ('ReorderInput', 'ReorderOutput')
+# TorchScript profiles its first run and optimises the graph in the second: neither is timed
+FIRST_RUNS = 2
+MAD_TO_SE = 1.4826 * 1.2533  # the median's standard error from the MAD (normal samples)
 
 
 def device_name(device: str) -> str:
@@ -521,38 +542,104 @@ def compare_calls(calls: Dict[str, Callable[[], Any]], device: str = 'cpu', roun
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def paired_ratio(full: Callable[[], Any], thin: Callable[[], Any], run: Backend, rounds: int,
+                 warmup: int) -> Tuple[float, float]:
+    """``(median, standard error)`` of the per-round ratio ``time(thin) / time(full)``, the
+    two timed back to back in alternating order (``run``'s device and clock)."""
+    timer = Timer(run.device, rounds=1, warmup=0, clock=run.clock)
+    with torch.no_grad():
+        for _ in range(warmup):
+            full(), thin()
+        ratios = []
+        for r in range(rounds):
+            if r % 2:
+                t_thin, t_full = timer(thin), timer(full)
+            else:
+                t_full, t_thin = timer(full), timer(thin)
+            ratios.append(t_thin / t_full)
+    med = statistics.median(ratios)
+    mad = statistics.median(abs(x - med) for x in ratios)
+    return med, MAD_TO_SE * mad / math.sqrt(len(ratios))
+
+
+def group_progress(i: int, n: int, key: str, kept: int, channels: int, ratio: float,
+                   se: float, seconds: float) -> str:
+    """The progress line of the ``i``-th of ``n`` groups measured alone in the model."""
+    return (f'[profile_latency] group {i + 1}/{n} {key} at {kept}/{channels}: {ratio:.3f} '
+            f'+- {se:.3f} of the model ({seconds:.0f} s)')
+
+
 # -- a plan from another machine ---------------------------------------------------------------
-def _model_calls(plan: Dict, folder: str, backend: Backend, batch: Optional[int]) -> Dict:
-    """``fn()`` of the plan's model and half-width copy in ``backend``, their weights refilled
-    with random values where the plan was written without them."""
-    models, shapes = plan['models'], plan.get('weightless')
-    shape = list(models['input_shape'])
+def plan_input(plan: Dict, batch: Optional[int] = None) -> torch.Tensor:
+    """A random input of the plan's models (at ``batch``, else the plan's batch)."""
+    shape = list(plan['models']['input_shape'])
     if batch:
         shape[0] = batch
-    x = torch.randn(shape)
-    calls = {}
-    for tag in [t for t in ('full', 'thin', 'quarter') if t in models]:
-        if backend.name == 'onnxruntime':
-            onnx = osp.join(folder, models[tag + '_onnx'])
-            calls[tag] = backend.file_callable(
-                weightless.refill_onnx(onnx) if shapes is not None else onnx, x)
-            continue
+    return torch.randn(shape)
+
+
+def load_call(folder: str, pt: str, onnx: str, shapes: Optional[Dict], backend: Backend,
+              x: torch.Tensor) -> Callable[[], Any]:
+    """``fn()`` running a model file of the plan on ``x`` in ``backend``: the TorchScript
+    file ``pt`` (eager) or the ONNX file ``onnx``, its weights refilled with random values
+    where it was written without them (``shapes``: its TorchScript parameter shapes), run
+    ``FIRST_RUNS`` times untimed."""
+    if backend.name == 'onnxruntime':
+        path = osp.join(folder, onnx)
+        fn = backend.file_callable(weightless.refill_onnx(path) if shapes is not None
+                                   else path, x)
+    else:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # TorchScript's deprecation notices
-            module = torch.jit.load(osp.join(folder, models[tag]))
+            module = torch.jit.load(osp.join(folder, pt))
         if shapes is not None:
-            weightless.refill(module, shapes[tag])
-        calls[tag] = backend.callable(module, x)
-    return calls
+            weightless.refill(module, shapes)
+        fn = backend.callable(module, x)
+    with torch.no_grad():
+        for _ in range(FIRST_RUNS):
+            fn()
+    return fn
 
 
-def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
-             log=None) -> Dict:
-    """The latency table (a dict) of ``plan`` measured here."""
+def _model_calls(plan: Dict, folder: str, backend: Backend, x: torch.Tensor) -> Dict:
+    """``fn()`` of the plan's model and its thinner copies in ``backend``."""
+    models, shapes = plan['models'], plan.get('weightless')
+    return {tag: load_call(folder, models[tag], models[tag + '_onnx'],
+                           None if shapes is None else shapes[tag], backend, x)
+            for tag in ('full', 'thin', 'quarter') if tag in models}
+
+
+def time_groups(plan: Dict, folder: str, backend: Backend, full: Callable[[], Any],
+                x: torch.Tensor, log=None) -> Dict[str, Dict]:
+    """Group key -> ``{"channels", "kept", "ratio", "se"}`` (the table's
+    ``group_calibration['groups']``): the model with each group of the plan alone at
+    ``kept`` channels, timed against ``full`` in paired rounds (:func:`paired_ratio`)."""
+    todo, out, t0 = plan['groups']['models'], {}, time.perf_counter()
+    rounds, warmup = plan['groups']['rounds'], plan['groups']['warmup']
+    for i, g in enumerate(todo):
+        thin = load_call(folder, g['pt'], g['onnx'], g.get('weightless'), backend, x)
+        ratio, se = paired_ratio(full, thin, backend, rounds, warmup)
+        out[g['key']] = {'channels': g['channels'], 'kept': g['kept'], 'ratio': ratio,
+                         'se': se}
+        if log:
+            log(group_progress(i, len(todo), g['key'], g['kept'], g['channels'], ratio, se,
+                               time.perf_counter() - t0))
+    return out
+
+
+def check_plan(plan: Dict) -> None:
+    """Raise ValueError unless ``plan`` is a latency plan."""
     if plan.get('format') != PLAN_FORMAT:
         raise ValueError(f'not a latency plan: `format` must be {PLAN_FORMAT!r}, but got '
                          f'{plan.get("format")!r}; write one with tools/profile_latency.py '
                          'CONFIG --export-plan plan.json')
+
+
+def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
+             log=None) -> Dict:
+    """The latency table (a dict) of ``plan`` measured here, with its ``group_calibration``
+    where the plan holds groups (``--calibrate-groups``)."""
+    check_plan(plan)
     s = plan['settings']
     if backend.threads:
         torch.set_num_threads(backend.threads)
@@ -560,17 +647,28 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     for entry in layers.values():  # output elements per channel grow with the batch
         entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
             'key']['batch']
-    calls = _model_calls(plan, folder, backend, batch)
+    x = plan_input(plan, batch)
+    calls = _model_calls(plan, folder, backend, x)
     device = backend.device if backend.name == 'torch' else 'cpu'
     with torch.no_grad():
         us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
                            backend.clock)
-    key = dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
-               dtype=backend.dtype, channels_last=backend.channels_last,
-               batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
-               **backend.key())
-    return {'format': TABLE_FORMAT, 'key': key, 'total_us': us['full'], 'layers': layers,
-            'calibration': calibration(us, plan['calibration'])}
+    table = {'format': TABLE_FORMAT, 'key': table_key(plan, backend, batch),
+             'total_us': us['full'], 'layers': layers,
+             'calibration': calibration(us, plan['calibration'])}
+    if plan.get('groups'):
+        table['group_calibration'] = {
+            'groups': time_groups(plan, folder, backend, calls['full'], x, log),
+            'layers': plan['groups']['layers']}
+    return table
+
+
+def table_key(plan: Dict, backend: Backend, batch: Optional[int] = None) -> Dict:
+    """The key of a table of ``plan`` timed here in ``backend`` (at ``batch``)."""
+    return dict(plan['key'], device=device_name(backend.device), torch=str(torch.__version__),
+                dtype=backend.dtype, channels_last=backend.channels_last,
+                batch=batch or plan['key']['batch'], threads=torch.get_num_threads(),
+                **backend.key())
 
 
 def calibration(us: Dict[str, float], widths: Dict) -> Dict:
@@ -581,33 +679,161 @@ def calibration(us: Dict[str, float], widths: Dict) -> Dict:
     return cal
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description='Measure a latency table from a plan')
+# -- a measured compact ------------------------------------------------------------------------
+def plan_id(plan: Dict) -> str:
+    """A fingerprint of the plan's key and layers: a point is exported for one plan."""
+    text = json.dumps({'key': plan['key'], 'layers': plan['layers']}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_runtime(key: Dict) -> Dict:
+    """The :class:`Backend` arguments of the runtime a table's key names."""
+    ort = key.get('backend', 'torch') == 'onnxruntime'
+    return {'name': key.get('backend', 'torch'),
+            'device': 'cuda' if str(key.get('device', '')).startswith('cuda:') else 'cpu',
+            'dtype': key.get('dtype', 'fp32'), 'channels_last': bool(key.get('channels_last')),
+            'threads': int(key.get('threads') or 1),
+            'providers': [key['provider']] if ort and key.get('provider') else None,
+            'opt_level': key.get('graph_optimization', 'all')}
+
+
+def check_point(plan: Dict, point: Dict) -> None:
+    """Raise ValueError unless ``point`` was exported for ``plan``."""
+    fix = ('export it from this plan: tools/profile_latency.py CONFIG --plan-in PLAN.json '
+           '--calibrate-on SPEC.json --export-point POINT.json')
+    if point.get('format') != POINT_FORMAT:
+        raise ValueError(f'not a latency point: `format` must be {POINT_FORMAT!r}, but got '
+                         f'{point.get("format")!r}; {fix}')
+    made = point.get('plan', {})
+    if made.get('id') != plan_id(plan):
+        what = ', '.join(f'{k} {made.get(k)!r}' for k in ('model', 'config', 'batch',
+                                                          'input_size'))
+        here = ', '.join(f'{k} {plan["key"].get(k)!r}' for k in ('model', 'config', 'batch',
+                                                                 'input_size'))
+        raise ValueError(f'the point was exported for another plan ({what}; plan id '
+                         f'{made.get("id")}), not for this one ({here}; plan id '
+                         f'{plan_id(plan)}): {fix}')
+
+
+def check_table(plan: Dict, table: Dict, backend: Backend, batch: Optional[int]) -> None:
+    """Raise ValueError unless ``table`` was made from ``plan`` in this runtime, here."""
+    want, key = table_key(plan, backend, batch), table.get('key', {})
+    bad = [f'{k}: table {key.get(k)!r}, here {want.get(k)!r}' for k in RUN_FIELDS
+           if key.get(k) != want.get(k)]
+    if set(table.get('layers', ())) != set(plan['layers']):
+        bad.append("layers: the table's are not the plan's")
+    if bad:
+        raise ValueError('the table was not made from this plan in this runtime on this '
+                         f'device ({"; ".join(bad)}): a point is timed where and as its table '
+                         'was; run --add-point on the device the table was made on with its '
+                         'settings (they default to the table\'s), or make a table here first '
+                         '(runner.py PLAN.json --out TABLE.json)')
+
+
+def add_point(plan: Dict, folder: str, table: Dict, point: Dict, point_folder: str,
+              backend: Backend, batch: Optional[int] = None, rounds: int = 15,
+              warmup: int = 2, log=None) -> Dict:
+    """``table`` (made from ``plan`` by :func:`run_plan` in ``backend``) with the compact of
+    ``point`` (its files in ``point_folder``) timed against the plan's model in paired rounds
+    (:func:`paired_ratio`) and appended to its ``points`` as
+    :func:`mmgfp.apis.latency.point_calib.with_point` stores one.
+
+    Raises:
+        ValueError: ``point`` was exported for another plan, or ``table`` is not this plan's
+            or was made in another runtime or on another device.
+    """
+    check_plan(plan)
+    check_point(plan, point)
+    check_table(plan, table, backend, batch)
+    x, shapes, models = plan_input(plan, batch), plan.get('weightless'), plan['models']
+    full = load_call(folder, models['full'], models['full_onnx'],
+                     None if shapes is None else shapes['full'], backend, x)
+    compact = load_call(point_folder, point['pt'], point['onnx'], point.get('weightless'),
+                        backend, x)
+    ratio, se = paired_ratio(full, compact, backend, rounds, warmup)
+    if log:
+        log(f'[profile_latency] compact measured {ratio:.3f} +- {se:.3f} of the model '
+            f'({rounds} paired rounds, {backend.name}, {backend.clock} clock)')
+    entry = {'widths': point['widths'], 'ratio': ratio, 'se': se}
+    return {**table, 'points': list(table.get('points') or []) + [entry]}
+
+
+def _read(path: str, what: str) -> Dict:
+    if not osp.isfile(path):
+        raise ValueError(f'{what} {path} does not exist')
+    with open(path) as f:
+        return json.load(f)
+
+
+def runtime(args, key: Optional[Dict] = None) -> Backend:
+    """The runtime the flags name; where a flag is not given, the table key's (``key``) or
+    the default."""
+    base = key_runtime(key) if key else {'name': 'torch', 'device': 'cpu', 'dtype': 'fp32',
+                                         'channels_last': False, 'threads': None,
+                                         'providers': None, 'opt_level': 'all'}
+    given = {'name': args.backend, 'device': args.device, 'dtype': args.dtype,
+             'channels_last': args.channels_last, 'threads': args.threads,
+             'providers': args.providers, 'opt_level': args.opt_level}
+    return Backend(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='Measure a latency table from a plan, or add a '
+                                'measured compact to a table made from it')
     p.add_argument('plan', help='plan.json written by tools/profile_latency.py --export-plan')
     p.add_argument('--out', required=True, help='the table (JSON) to write')
-    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'])
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]' (torch backend)")
-    p.add_argument('--dtype', default='fp32', choices=list(DTYPES))
-    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--backend', default=None, choices=['torch', 'onnxruntime'],
+                   help="default: torch (with --add-point: the table's, as every flag here)")
+    p.add_argument('--device', default=None, help="'cpu' or 'cuda[:N]' (torch backend)")
+    p.add_argument('--dtype', default=None, choices=list(DTYPES))
+    p.add_argument('--channels-last', action='store_true', default=None)
     p.add_argument('--batch', type=int, default=None, help="default: the plan's")
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--providers', nargs='+', default=None,
                    help='onnxruntime providers, first preferred (default: CPU)')
-    p.add_argument('--opt-level', default='all', choices=ORT_LEVELS)
+    p.add_argument('--opt-level', default=None, choices=ORT_LEVELS, help='default: all')
+    p.add_argument('--table', metavar='TABLE.json',
+                   help='with --add-point: a table this runner made from the plan')
+    p.add_argument('--add-point', metavar='POINT.json',
+                   help='time the compact of POINT.json (tools/profile_latency.py '
+                   '--export-point) against the plan\'s model in the table\'s runtime and write '
+                   'the table with it added as a measured point to --out')
+    p.add_argument('--point-rounds', type=int, default=15,
+                   help='paired rounds with --add-point (default: 15)')
     args = p.parse_args(argv)
-    with open(args.plan) as f:
-        plan = json.load(f)
+    if bool(args.table) != bool(args.add_point):
+        p.error('--add-point POINT.json and --table TABLE.json go together')
+    if args.point_rounds < 1:
+        p.error(f'--point-rounds must be >= 1, got {args.point_rounds}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+    folder = osp.dirname(osp.abspath(args.plan))
     try:
-        backend = Backend(args.backend, args.device, args.dtype, args.channels_last,
-                          args.threads, args.providers, args.opt_level)
-        table = run_plan(plan, osp.dirname(osp.abspath(args.plan)), backend, args.batch,
-                         log=lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
+        plan = _read(args.plan, 'plan')
+        if args.add_point:
+            table, point = _read(args.table, 'table'), _read(args.add_point, 'point')
+            backend = runtime(args, table.get('key', {}))
+            torch.set_num_threads(backend.threads)
+            table = add_point(plan, folder, table, point,
+                              osp.dirname(osp.abspath(args.add_point)), backend,
+                              args.batch or table.get('key', {}).get('batch'),
+                              args.point_rounds, log=log)
+        else:
+            table = run_plan(plan, folder, runtime(args), args.batch, log=log)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     with open(args.out, 'w') as f:
         json.dump(table, f, indent=1)
+    extra = [f"{len(table['group_calibration']['groups'])} groups calibrated"] if \
+        table.get('group_calibration') else []
+    extra += [f"{len(table['points'])} measured point(s)"] if table.get('points') else []
     print(f"wrote {args.out}: {len(table['layers'])} layers, whole model "
-          f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}")
+          f"{table['total_us'] / 1e3:.2f} ms on {table['key']['device']}"
+          + ''.join(f'; {e}' for e in extra))
     return 0
 
 
