@@ -169,6 +169,7 @@ def test_plan_groups_through_the_isolated_runner(tmp_path):
     """Group factors for a plan-made table, by runner.py without mmgfp: the table loads here
     with them, in the format the profiler writes."""
     plan, model, gs, _ = _plan_with_groups_and_point(tmp_path)
+    assert plan['format'] == 'mmgfp-latency-plan/2'  # a runner without groups refuses it
     assert [g['key'] for g in plan['groups']['models']] == [g.key for g in gs.prunable]
     for g in plan['groups']['models']:
         assert osp.isfile(tmp_path / g['pt']) and osp.isfile(tmp_path / g['onnx'])
@@ -178,6 +179,12 @@ def test_plan_groups_through_the_isolated_runner(tmp_path):
     table = LatencyTable.load(str(tmp_path / 'table.json'))
     _check_groups(table, model, gs)
     assert table.points is None
+    assert table.profiled['threads'] == 1 and 'other processes kept' in done.stderr
+    with pytest.raises(ValueError, match='does not match its content'):
+        runner.run_plan(dict(plan, groups=None), str(tmp_path), runner.Backend())
+    with pytest.raises(ValueError, match='copy the runner.py'):
+        runner.run_plan(dict(plan, format='mmgfp-latency-plan/3'), str(tmp_path),
+                        runner.Backend())
 
 
 def test_a_point_through_the_isolated_runner(tmp_path):

@@ -25,7 +25,7 @@ from mmgfp.core import GroupSet
 from mmgfp.core.latency import module_widths, timed_layers
 from mmgfp.core.tracing import flatten
 from mmgfp.apis.latency import weightless
-from mmgfp.apis.latency.runner import PLAN_FORMAT
+from mmgfp.apis.latency.runner import PLAN_FORMAT, PLAN_FORMAT_GROUPS
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid,
                nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish)
@@ -269,6 +269,7 @@ def write_plan(path: str, model: nn.Module, forward_fn: Callable[[nn.Module], An
         plan['groups'] = export_groups(model, forward_fn, groups, stem,
                                        group_rounds or max(2 * settings['rounds'], 11),
                                        settings['warmup'] + 1, weights, log)
+        plan['format'] = PLAN_FORMAT_GROUPS  # a runner that predates groups refuses it
     with open(path, 'w') as f:
         json.dump(plan, f, indent=1)
     return plan

@@ -56,6 +56,7 @@ except ImportError:  # run as a script on a device without mmgfp: weightless.py 
     _spec.loader.exec_module(weightless)
 
 PLAN_FORMAT = 'mmgfp-latency-plan/1'
+PLAN_FORMAT_GROUPS = 'mmgfp-latency-plan/2'  # a plan with groups: /1 runners would skip them
 TABLE_FORMAT = 'mmgfp-latency/1'
 POINT_FORMAT = 'mmgfp-latency-point/1'
 # what a point's timing must share with its table: the plan's model and the runtime
@@ -629,10 +630,17 @@ def time_groups(plan: Dict, folder: str, backend: Backend, full: Callable[[], An
 
 def check_plan(plan: Dict) -> None:
     """Raise ValueError unless ``plan`` is a latency plan."""
-    if plan.get('format') != PLAN_FORMAT:
-        raise ValueError(f'not a latency plan: `format` must be {PLAN_FORMAT!r}, but got '
-                         f'{plan.get("format")!r}; write one with tools/profile_latency.py '
-                         'CONFIG --export-plan plan.json')
+    got = plan.get('format')
+    if got not in (PLAN_FORMAT, PLAN_FORMAT_GROUPS):
+        newer = isinstance(got, str) and got.startswith('mmgfp-latency-plan/')
+        raise ValueError(f'not a latency plan this runner reads: `format` must be '
+                         f'{PLAN_FORMAT!r} or {PLAN_FORMAT_GROUPS!r}, but got {got!r}; ' + (
+                             'copy the runner.py (and weightless.py) of the mmgfp that wrote '
+                             'the plan' if newer else 'write one with tools/profile_latency.py '
+                             'CONFIG --export-plan plan.json'))
+    if (got == PLAN_FORMAT_GROUPS) != bool(plan.get('groups')):
+        raise ValueError(f'latency plan format {got!r} does not match its content (groups: '
+                         f"{bool(plan.get('groups'))}); export the plan again")
 
 
 def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = None,
@@ -643,19 +651,24 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     s = plan['settings']
     if backend.threads:
         torch.set_num_threads(backend.threads)
-    layers = profile_layers(plan['layers'], backend, s, batch, log)
+    with CpuShare(torch.get_num_threads()) as share:
+        layers = profile_layers(plan['layers'], backend, s, batch, log)
+        x = plan_input(plan, batch)
+        calls = _model_calls(plan, folder, backend, x)
+        device = backend.device if backend.name == 'torch' else 'cpu'
+        with torch.no_grad():
+            us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
+                               backend.clock)
     for entry in layers.values():  # output elements per channel grow with the batch
         entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
             'key']['batch']
-    x = plan_input(plan, batch)
-    calls = _model_calls(plan, folder, backend, x)
-    device = backend.device if backend.name == 'torch' else 'cpu'
-    with torch.no_grad():
-        us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
-                           backend.clock)
+    if log and share.result:
+        log(share.text())
     table = {'format': TABLE_FORMAT, 'key': table_key(plan, backend, batch),
              'total_us': us['full'], 'layers': layers,
              'calibration': calibration(us, plan['calibration'])}
+    if share.result:
+        table['profiled'] = share.result
     if plan.get('groups'):
         table['group_calibration'] = {
             'groups': time_groups(plan, folder, backend, calls['full'], x, log),
