@@ -211,16 +211,19 @@ def main(argv=None):
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)
     wall = None
-    if table.key.get('backend') == 'onnxruntime':
-        from mmgfp.apis.latency.check import time_onnxruntime
-        opts = {'backend': 'onnxruntime', 'device': 'cpu', 'threads': table.key['threads'],
-                'batch': table.key['batch'], 'input_size': table.key['input_size']}
-        ms = time_onnxruntime(models, opts, args.rounds, 1)  # one thread: CPU time
-        wall = time_onnxruntime(models, opts, args.rounds, 1, clock='wall')
-    else:
-        ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()},
-                             tensor_forward(data), rounds=args.rounds, warmup=1,
-                             threads=table.key['threads'])
+    from mmgfp.apis.latency.runner import CpuShare
+    with CpuShare(table.key['threads']) as share:  # what else ran while timing
+        if table.key.get('backend') == 'onnxruntime':
+            from mmgfp.apis.latency.check import time_onnxruntime
+            opts = {'backend': 'onnxruntime', 'device': 'cpu',
+                    'threads': table.key['threads'], 'batch': table.key['batch'],
+                    'input_size': table.key['input_size']}
+            ms = time_onnxruntime(models, opts, args.rounds, 1)  # one thread: CPU time
+            wall = time_onnxruntime(models, opts, args.rounds, 1, clock='wall')
+        else:
+            ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()},
+                                 tensor_forward(data), rounds=args.rounds, warmup=1,
+                                 threads=table.key['threads'])
     wall = wall or ms
     for k in models:
         pred = info[k]['predicted_ms']
@@ -236,15 +239,18 @@ def main(argv=None):
     from mmgfp.core.latency_calib import origin_warning
     warning = origin_warning(table.key, {'device': device_name('cpu'),
                                          'backend': table.key.get('backend', 'torch')})
-    if warning:
-        print(warning)
+    from mmgfp.core.latency_calib import load_warning
+    for line in (warning, load_warning(table.key, table.profiled), share.text(),
+                 load_warning(table.key, share.result, 'these figures were')):
+        if line:
+            print(line)
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',
                          'predicted_ratio', 'pred_over_meas', 'wall_ratio'],
                   ['variant', 'FLOPs left', 'measured (ms)', 'predicted (ms)',
                    'measured ratio', 'predicted ratio', 'predicted / measured',
                    'wall-clock ratio']))
     out = {'benchmark': 'latency_prediction', 'args': vars(args), 'rows': rows,
-           'key': table.key}
+           'key': table.key, 'profiled': share.result}
     if stored is not None:  # the search's facts (its FLOPs target, score, search time, ...)
         out['modelopt'] = info[MODELOPT_ROW]['modelopt']
     C.write_json(args.json, out)
