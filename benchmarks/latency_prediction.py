@@ -236,12 +236,10 @@ def main(argv=None):
           f'{table.key["input_size"]}); median of {args.rounds} interleaved rounds')
     print(C.env_line())
     from mmgfp.apis.latency.timing import device_name
-    from mmgfp.core.latency_calib import origin_warning
-    warning = origin_warning(table.key, {'device': device_name('cpu'),
-                                         'backend': table.key.get('backend', 'torch')})
-    from mmgfp.core.latency_calib import load_warning
-    for line in (warning, load_warning(table.key, table.profiled), share.text(),
-                 load_warning(table.key, share.result, 'these figures were')):
+    from mmgfp.core.latency_calib import timing_warnings
+    here = {'device': device_name('cpu'), 'backend': table.key.get('backend', 'torch'),
+            'clock': table.key.get('clock'), 'threads': table.key['threads']}
+    for line in [share.text()] + timing_warnings(table, here, share.result):
         if line:
             print(line)
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',

@@ -6,7 +6,8 @@ Both are plain data about a :class:`mmgfp.core.latency.LatencyTable`:
   ``device``, ``backend``, ``backend_version``, ``provider``) with where a model is now timed
   or predicted, and says what differs: a compact chosen for one CPU model or runtime can lose
   part of its gain on another, so a prediction from a foreign table is a guess.
-  :func:`load_warning` says when a CPU table was timed while other processes shared its cores.
+  :func:`load_warning` says when a CPU table was timed while other processes shared its cores;
+  :func:`timing_warnings` gathers both for a measurement.
 - :func:`fit_calibration` turns measured ratios (a half-width and a quarter-width copy of the
   model against the model, timed interleaved) into the two numbers that shape the prediction
   of any width: the share of the remainder that shrinks with the layers' output elements
@@ -87,6 +88,17 @@ def load_warning(key: Mapping, profiled: Optional[Mapping],
             f'CPU(s) it could run on busy ({threads} thread(s)): the runs were preempted, so '
             'absolute times, and on depth-wise networks the ratios, can be several points '
             'off; time again on an idle machine or a core of its own (taskset -c N)')
+
+
+def timing_warnings(table, here: Mapping, profiled: Optional[Mapping] = None) -> List[str]:
+    """The warnings of a timing at ``here`` (a key's origin fields) against ``table`` (a
+    :class:`~mmgfp.core.latency.LatencyTable` or None): the table comes from another machine
+    or runtime, it was profiled under load, and this timing itself ran under load
+    (``profiled`` of the timing)."""
+    out = [origin_warning(table.key, here), load_warning(table.key, table.profiled)] if \
+        table is not None else []
+    out.append(load_warning(here, profiled, 'these figures were'))
+    return [w for w in out if w]
 
 
 def _equation(table, widths: Mapping[str, Sequence[float]], ratio: float):

@@ -22,9 +22,9 @@ predicted saving`` (with the table's remainder share and layer scale), shrunk to
 the measurement's noise grows against the predicted saving, 1 where the table predicts too
 small a saving to divide by, clipped to ``SCALE_RANGE``; it covers the widths the group was
 measured over (below them the factor fades to 1, :func:`ranged_factor`). Going from widths
-``(in, out)`` to ``(in', out')``, a layer's change of time splits into an input-side part (the mean of
-``t(in', out) - t(in, out)`` and ``t(in', out') - t(in, out')``) and an output-side part
-(likewise), each scaled by the factor of the groups on that side
+``(in, out)`` to ``(in', out')``, a layer's change of time splits into an input-side part
+(the mean of ``t(in', out) - t(in, out)`` and ``t(in', out') - t(in, out')``) and an
+output-side part (likewise), each scaled by the factor of the groups on that side
 (:func:`side_factor`), so that one group alone at the measured width is predicted as measured.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple

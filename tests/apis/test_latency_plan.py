@@ -2,6 +2,7 @@
 mmgfp, and ONNX Runtime tables: the tables have the shape of a locally profiled one and prune
 the same model; a plan's group factors and measured compacts load as the profiler's do. Toy
 nets at 8x8, a few widths: no assertion depends on this machine's speed."""
+import importlib.util
 import json
 import os.path as osp
 import shutil
@@ -26,8 +27,8 @@ BLOCKED = ['mmgfp', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain']
 
 
 def run_isolated(args, cwd):
-    """runner.py and weightless.py copied alone to ``cwd`` and run with ``python -I`` (no PYTHONPATH, no user
-    site) and the OpenMMLab packages and mmgfp made unimportable."""
+    """runner.py and weightless.py copied alone to ``cwd`` and run with ``python -I`` (no
+    PYTHONPATH, no user site) and the OpenMMLab packages and mmgfp made unimportable."""
     shutil.copy(runner.__file__, cwd / 'runner.py')
     shutil.copy(weightless.__file__, cwd / 'weightless.py')
     code = (f'import sys; sys.modules.update(dict.fromkeys({BLOCKED!r})); '
@@ -236,9 +237,10 @@ def test_a_point_of_another_plan_or_a_table_of_another_runtime_is_refused(tmp_pa
         add(plan=other, table={**table, 'key': runner.table_key(other, run)})
     with pytest.raises(ValueError, match='not a latency point'):
         add(point={'widths': point['widths']})
-    with pytest.raises(ValueError, match=r"in this runtime on this device \(backend: table "
-                       r"'torch', here 'onnxruntime'.*run --add-point on the device"):
-        add(run=runner.Backend('onnxruntime', threads=1))
+    if importlib.util.find_spec('onnxruntime') is not None:  # an optional extra
+        with pytest.raises(ValueError, match=r"in this runtime on this device \(backend: "
+                           r"table 'torch', here 'onnxruntime'.*run --add-point on the device"):
+            add(run=runner.Backend('onnxruntime', threads=1))
     moved = {**table, 'key': {**table['key'], 'device': 'cuda: H100'}}
     with pytest.raises(ValueError, match=r"device: table 'cuda: H100', here 'cpu: "):
         add(table=moved)
@@ -255,3 +257,27 @@ def test_a_point_of_another_plan_or_a_table_of_another_runtime_is_refused(tmp_pa
     with pytest.raises(LatencyTableError, match=r"layer 'head' is \[8, 4\] wide, wider than "
                        r"the plan's \[2, 4\]"):
         write_point(str(tmp_path / 'w.json'), narrow, model, gs, model, lambda m: m(x))
+
+
+def test_the_runtime_records_the_threads_that_run():
+    """Without --threads the runner runs (and keys) torch's thread count, so a table made
+    pinned to one core and its --add-point agree on the thread count and the clock."""
+    import torch
+    args = runner.parse_args(['plan.json', '--out', 't.json'])
+    assert runner.runtime(args).threads == torch.get_num_threads()
+    args = runner.parse_args(['plan.json', '--out', 't.json', '--threads', '3'])
+    assert runner.runtime(args).threads == 3
+    key = {'backend': 'torch', 'device': 'cpu: x', 'threads': 2}
+    args = runner.parse_args(['plan.json', '--out', 't.json', '--table', 't0.json',
+                              '--add-point', 'p.json'])
+    assert runner.runtime(args, key).threads == 2  # the table's
+
+
+def test_unreadable_files_are_named(tmp_path):
+    bad = tmp_path / 'plan.json'
+    bad.write_text('{"format": ')
+    with pytest.raises(SystemExit, match=r'error: plan .*plan.json is not JSON'):
+        runner.main([str(bad), '--out', str(tmp_path / 't.json')])
+    bad.write_text('[1, 2]')
+    with pytest.raises(SystemExit, match=r'plan .*plan.json holds a list, not a plan'):
+        runner.main([str(bad), '--out', str(tmp_path / 't.json')])

@@ -112,4 +112,5 @@ def test_load_warning_only_when_others_took_the_free_cpus():
     # the table keeps it through save and load
     table = LatencyTable.from_dict(dict(chain_table(), profiled=busy))
     assert LatencyTable.from_dict(table.to_dict()).profiled == busy
-    assert 'profiled' not in chain_table() and LatencyTable.from_dict(chain_table()).profiled is None
+    assert 'profiled' not in chain_table()
+    assert LatencyTable.from_dict(chain_table()).profiled is None

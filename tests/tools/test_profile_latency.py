@@ -1,6 +1,7 @@
 """tools/profile_latency.py: argument checks, a small real run, and reuse of its output."""
 import json
 import os.path as osp
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_profile_then_reuse(tmp_path, capsys):
     printed = capsys.readouterr()
     assert f'wrote {out}' in printed.out and 'alignment found: 1:' in printed.out
     assert "of the rest shrinks with the layers' outputs" in printed.out
-    table = json.load(open(out))
+    table = json.loads(Path(out).read_text())
     assert table['key']['input_size'] == [32, 32] and table['key']['threads'] == 1
     assert table['key']['config'] == str(cfg)
     # the hook's skip patterns hold: layer4's groups are never pruned, so it is not profiled
@@ -70,7 +71,7 @@ def test_profile_then_reuse(tmp_path, capsys):
     printed = capsys.readouterr()
     assert 'has no group calibration: adding it' in printed.err
     assert 'groups calibrated: factors' in printed.out
-    grouped = json.load(open(out))
+    grouped = json.loads(Path(out).read_text())
     assert grouped['layers'] == table['layers'] and grouped['group_calibration']['groups']
 
 
@@ -109,8 +110,8 @@ def _hand_table(cfg, path):
            'threads': 1, 'input_size': [32, 32], 'model': type(model).__name__,
            'backend': 'torch'}
     total = 2 * sum(e['us'][1][1] for e in layers.values())
-    json.dump({'format': FORMAT, 'key': key, 'total_us': total, 'layers': layers},
-              open(path, 'w'))
+    Path(path).write_text(json.dumps({'format': FORMAT, 'key': key, 'total_us': total,
+                                      'layers': layers}))
     masker = ChannelMasker(model, gs)
     for g in gs.prunable:
         for unit in range(g.units // 2, g.units):
@@ -137,9 +138,9 @@ def test_calibrate_on_adds_the_measured_compact(tmp_path, capsys):
     widths = table.points[0]['widths']
     assert widths['backbone.layer3.0.conv1'][1] < table.layers['backbone.layer3.0.conv1'].full[1]
     assert LatencyTable.load(table_in).points is None  # --table-in is left as it was
-    other = json.load(open(table_in))
+    other = json.loads(Path(table_in).read_text())
     other['key']['model'] = 'RetinaNet'
-    json.dump(other, open(table_in, 'w'))
+    Path(table_in).write_text(json.dumps(other))
     with pytest.raises(SystemExit, match='the latency table is for a RetinaNet, but the model '
                        'is a ImageClassifier'):
         tool.main(argv)
@@ -166,7 +167,7 @@ def test_export_plan_with_groups_and_a_point_for_it(tmp_path, capsys):
                       '--calibrate-groups', '--group-rounds', '3']) == 0
     said = capsys.readouterr()
     assert '3 paired rounds each' in said.out and 'exported 1/' in said.err  # progress
-    plan = json.load(open(plan_path))
+    plan = json.loads(Path(plan_path).read_text())
     groups = plan['groups']
     assert groups['rounds'] == 3 and sorted(groups['layers']) == sorted(plan['layers'])
     keys = [g['key'] for g in groups['models']]
@@ -179,14 +180,14 @@ def test_export_plan_with_groups_and_a_point_for_it(tmp_path, capsys):
             point_path]
     assert tool.main(argv) == 0
     assert '--add-point ' + point_path in capsys.readouterr().out
-    point = json.load(open(point_path))
+    point = json.loads(Path(point_path).read_text())
     assert point['plan']['id'] == plan_id(plan) and point['plan']['input_size'] == [32, 32]
     assert set(point['widths']) == set(plan['layers'])
     conv = point['widths']['backbone.layer1.0.conv1']
     assert conv[1] < plan['layers']['backbone.layer1.0.conv1']['axes']['out']  # half width
     assert osp.isfile(tmp_path / point['pt']) and osp.isfile(tmp_path / point['onnx'])
     plan['key']['model'] = 'RetinaNet'
-    json.dump(plan, open(plan_path, 'w'))
+    Path(plan_path).write_text(json.dumps(plan))
     with pytest.raises(SystemExit, match=r'the plan is for a RetinaNet .* but the model is a '
                        r'ImageClassifier'):
         tool.main(argv)

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable
 from mmgfp.core.latency import load_table
-from mmgfp.core.latency_calib import load_warning, origin_warning
+from mmgfp.core.latency_calib import timing_warnings
 from mmgfp.core.spec import from_ranges, validate
 from mmgfp.apis.latency.runner import Backend, CpuShare, compare_calls
 from mmgfp.apis.latency.timing import compare_latency, device_name, prepare
@@ -131,11 +131,7 @@ def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
              f"{opts['dtype']}{', channels_last' if opts['channels_last'] else ''}"
              f", batch {opts['batch']}, {opts['input_size'][0]}x{opts['input_size'][1]}, "
              f"{opts['threads'] or 'default'} threads; median of {rounds} interleaved rounds)"]
-    for warning in (origin_warning(table.key, where) if table is not None else '',
-                    load_warning(table.key, table.profiled) if table is not None else '',
-                    load_warning(where, profiled, 'these figures were')):
-        if warning:
-            lines.append(warning)
+    lines += timing_warnings(table, where, profiled)
     for r in rows:
         line = f"  {r['model']:>8}: measured {r['measured_ms']:.2f} ms ({r['measured_ratio']:.3f})"
         if 'predicted_ms' in r:
@@ -183,11 +179,7 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
         rows = latency_rows({'original': original, 'compact': compact}, tensor_forward(data),
                             gs, {'original': full, 'compact': kept_from_spec(gs, spec)}, table,
                             opts, rounds)
-    where = here(opts)
-    warnings = [origin_warning(table.key, where) if table is not None else '',
-                load_warning(table.key, table.profiled) if table is not None else '',
-                load_warning(where, share.result, 'these figures were')]
-    warning = ' '.join(w for w in warnings if w)
+    warning = ' '.join(timing_warnings(table, here(opts), share.result))
     if warning:
         logging.getLogger('mmgfp').warning(warning)
     return {'rows': rows, 'settings': opts, 'profiled': share.result,

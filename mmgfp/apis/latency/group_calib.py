@@ -30,6 +30,7 @@ from mmgfp.apis.latency.plan import export_models, narrowed
 from mmgfp.apis.latency.runner import Backend, group_progress, paired_ratio
 from mmgfp.apis.latency.timing import prepare
 
+
 def aligned_units(units: int, fraction: float = 0.5) -> int:
     """``fraction`` of ``units``, rounded up to a multiple of 8 where there are at least 16
     (the widths a table with alignment samples), at least 1."""

@@ -15,6 +15,7 @@ against the plan's model in the table's runtime and appends the point in the sam
 """
 import copy
 import json
+import os
 import os.path as osp
 import tempfile
 from typing import Any, Callable, Dict, Optional
@@ -123,6 +124,10 @@ def write_point(path: str, plan: Dict, model: nn.Module, groups: GroupSet, compa
     files = export_models({'compact': compact}, forward_fn, osp.splitext(path)[0],
                           weights=weights)
     if files['input_shape'] != plan['models']['input_shape']:
+        for tag in ('compact', 'compact_onnx'):  # no stale model files beside a refusal
+            stale = osp.join(osp.dirname(path), files[tag])
+            if osp.isfile(stale):
+                os.remove(stale)
         raise LatencyTableError(f"the compact was exported at input {files['input_shape']}, "
                                 f"the plan's model at {plan['models']['input_shape']}: use "
                                 "the plan's batch and input size")

@@ -25,6 +25,7 @@ here (:func:`plan_config`) into a table on a device without OpenMMLab. The resul
 :class:`mmgfp.core.LatencyTable` keyed by device, runtime, dtype, memory format, batch, threads
 and input size, cached as JSON.
 """
+import logging
 import os.path as osp
 import sys
 import tempfile
@@ -139,8 +140,9 @@ def profile_latency(model: nn.Module, forward_fn: Callable[[nn.Module], Any], gr
                                  profiled=share.result)
             log(f'[profile_latency] {share.text()}' if share.result else
                 '[profile_latency] the load of the CPUs could not be read (no /proc/stat)')
-            if load_warning(key, share.result):
-                log(f'[profile_latency] {load_warning(key, share.result)}')
+            busy = load_warning(key, share.result)
+            if busy:  # said even without progress: the table is suspect
+                logging.getLogger('mmgfp').warning(f'profile_latency: {busy}')
         elif not calibrate_groups or table.group_calibration:
             return table
         else:

@@ -651,7 +651,7 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
     s = plan['settings']
     if backend.threads:
         torch.set_num_threads(backend.threads)
-    with CpuShare(torch.get_num_threads()) as share:
+    with CpuShare(torch.get_num_threads()) as share:  # the groups' timing included
         layers = profile_layers(plan['layers'], backend, s, batch, log)
         x = plan_input(plan, batch)
         calls = _model_calls(plan, folder, backend, x)
@@ -659,6 +659,8 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
         with torch.no_grad():
             us = compare_calls(calls, device, max(2 * s['rounds'], 10), s['warmup'] + 1,
                                backend.clock)
+        groups = time_groups(plan, folder, backend, calls['full'], x, log) if plan.get(
+            'groups') else None
     for entry in layers.values():  # output elements per channel grow with the batch
         entry['out_elems'] = entry['out_elems'] * (batch or plan['key']['batch']) // plan[
             'key']['batch']
@@ -669,10 +671,8 @@ def run_plan(plan: Dict, folder: str, backend: Backend, batch: Optional[int] = N
              'calibration': calibration(us, plan['calibration'])}
     if share.result:
         table['profiled'] = share.result
-    if plan.get('groups'):
-        table['group_calibration'] = {
-            'groups': time_groups(plan, folder, backend, calls['full'], x, log),
-            'layers': plan['groups']['layers']}
+    if groups is not None:
+        table['group_calibration'] = {'groups': groups, 'layers': plan['groups']['layers']}
     return table
 
 
@@ -763,10 +763,12 @@ def add_point(plan: Dict, folder: str, table: Dict, point: Dict, point_folder: s
                      None if shapes is None else shapes['full'], backend, x)
     compact = load_call(point_folder, point['pt'], point['onnx'], point.get('weightless'),
                         backend, x)
-    ratio, se = paired_ratio(full, compact, backend, rounds, warmup)
+    with CpuShare(backend.threads) as share:
+        ratio, se = paired_ratio(full, compact, backend, rounds, warmup)
     if log:
         log(f'[profile_latency] compact measured {ratio:.3f} +- {se:.3f} of the model '
-            f'({rounds} paired rounds, {backend.name}, {backend.clock} clock)')
+            f'({rounds} paired rounds, {backend.name}, {backend.clock} clock)'
+            + (f'; {share.text()}' if share.result else ''))
     entry = {'widths': point['widths'], 'ratio': ratio, 'se': se}
     return {**table, 'points': list(table.get('points') or []) + [entry]}
 
@@ -774,8 +776,15 @@ def add_point(plan: Dict, folder: str, table: Dict, point: Dict, point_folder: s
 def _read(path: str, what: str) -> Dict:
     if not osp.isfile(path):
         raise ValueError(f'{what} {path} does not exist')
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            out = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{what} {path} is not JSON ({e}): give the {what} file mmgfp wrote '
+                         '(tools/profile_latency.py or this runner)') from None
+    if not isinstance(out, dict):
+        raise ValueError(f'{what} {path} holds a {type(out).__name__}, not a {what}')
+    return out
 
 
 def runtime(args, key: Optional[Dict] = None) -> Backend:
@@ -787,7 +796,11 @@ def runtime(args, key: Optional[Dict] = None) -> Backend:
     given = {'name': args.backend, 'device': args.device, 'dtype': args.dtype,
              'channels_last': args.channels_last, 'threads': args.threads,
              'providers': args.providers, 'opt_level': args.opt_level}
-    return Backend(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    chosen = {**base, **{k: v for k, v in given.items() if v is not None}}
+    # the threads that run, as the key records them (ONNX Runtime's own default would differ
+    # from the key's count, and one thread picks the CPU clock): torch's count where not given
+    chosen['threads'] = chosen['threads'] or torch.get_num_threads()
+    return Backend(**chosen)
 
 
 def parse_args(argv=None):
