@@ -206,7 +206,7 @@ def test_the_table_says_what_else_ran_while_profiling(tmp_path, capsys):
     prof = LatencyTable.load(out).profiled
     assert set(prof) == {'other_cpus', 'cpus', 'threads', 'seconds'}
     assert prof['threads'] == 1 and prof['cpus'] == len(os.sched_getaffinity(0))
-    assert prof['other_cpus'] <= prof['cpus'] and prof['seconds'] > 0
+    assert prof['other_cpus'] <= prof['cpus'] and prof['seconds'] >= 0  # 0.0: under 50 ms
     assert 'other processes kept' in capsys.readouterr().err
 
 
