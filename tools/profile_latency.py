@@ -195,14 +195,12 @@ def spec_path(args, other: str) -> str:
 
 def export_point(args, cfg) -> int:
     """Write the compact of ``--calibrate-on`` as a point of ``--plan-in`` for runner.py."""
-    import json
     from mmgfp.apis.latency.point_calib import compact_from_spec, write_point
     from mmgfp.apis.latency.profile import config_model
-    from mmgfp.apis.latency.runner import check_plan
+    from mmgfp.apis.latency.runner import check_plan, read_json
     spec = spec_path(args, args.plan_in)
     try:
-        with open(args.plan_in) as f:
-            plan = json.load(f)
+        plan = read_json(args.plan_in, 'plan')
         check_plan(plan)  # before building the model at its batch and input size
         model, groups, fwd = config_model(cfg, plan['key']['batch'],
                                           plan['key']['input_size'], args.checkpoint)

@@ -123,15 +123,15 @@ def latency_rows(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module],
 
 
 def format_rows(rows: List[Dict], opts: Dict, table: Optional[LatencyTable],
-                rounds: int, profiled: Optional[Dict] = None) -> str:
-    """A readable report: settings, then one line per model (``profiled``: what else ran
-    on the CPUs meanwhile, :class:`mmgfp.apis.latency.runner.CpuShare`)."""
+                rounds: int, warnings: Sequence[str] = ()) -> str:
+    """A readable report: settings, the ``warnings`` of the timing
+    (:func:`mmgfp.core.latency_calib.timing_warnings`), then one line per model."""
     where = here(opts)
     lines = [f"latency on {where['device']} in {where['backend']} {where['backend_version']} ("
              f"{opts['dtype']}{', channels_last' if opts['channels_last'] else ''}"
              f", batch {opts['batch']}, {opts['input_size'][0]}x{opts['input_size'][1]}, "
              f"{opts['threads'] or 'default'} threads; median of {rounds} interleaved rounds)"]
-    lines += timing_warnings(table, where, profiled)
+    lines += list(warnings)
     for r in rows:
         line = f"  {r['model']:>8}: measured {r['measured_ms']:.2f} ms ({r['measured_ratio']:.3f})"
         if 'predicted_ms' in r:
@@ -179,11 +179,12 @@ def measure_pair(cfg, original: nn.Module, compact: nn.Module, spec: Dict,
         rows = latency_rows({'original': original, 'compact': compact}, tensor_forward(data),
                             gs, {'original': full, 'compact': kept_from_spec(gs, spec)}, table,
                             opts, rounds)
-    warning = ' '.join(timing_warnings(table, here(opts), share.result))
+    said = timing_warnings(table, here(opts), share.result)
+    warning = ' '.join(said)
     if warning:
         logging.getLogger('mmgfp').warning(warning)
     return {'rows': rows, 'settings': opts, 'profiled': share.result,
-            'text': format_rows(rows, opts, table, rounds, share.result),
+            'text': format_rows(rows, opts, table, rounds, said),
             'table_key': table.key if table is not None else None, 'warning': warning}
 
 

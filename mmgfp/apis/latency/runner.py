@@ -773,7 +773,9 @@ def add_point(plan: Dict, folder: str, table: Dict, point: Dict, point_folder: s
     return {**table, 'points': list(table.get('points') or []) + [entry]}
 
 
-def _read(path: str, what: str) -> Dict:
+def read_json(path: str, what: str) -> Dict:
+    """The JSON object in ``path`` (a plan, table or point: ``what``), or ValueError naming
+    the file."""
     if not osp.isfile(path):
         raise ValueError(f'{what} {path} does not exist')
     try:
@@ -839,9 +841,9 @@ def main(argv=None) -> int:
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k))
     folder = osp.dirname(osp.abspath(args.plan))
     try:
-        plan = _read(args.plan, 'plan')
+        plan = read_json(args.plan, 'plan')
         if args.add_point:
-            table, point = _read(args.table, 'table'), _read(args.add_point, 'point')
+            table, point = read_json(args.table, 'table'), read_json(args.add_point, 'point')
             backend = runtime(args, table.get('key', {}))
             torch.set_num_threads(backend.threads)
             table = add_point(plan, folder, table, point,
