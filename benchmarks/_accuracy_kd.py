@@ -1,8 +1,8 @@
 """The distillation options of ``benchmarks/accuracy.py``: which GFPDistillHook a ``*_kd`` run gets.
 
 ``--kd-weight W`` (the default CWD term on the neck with weight ``W``), ``--kd-losses JSON`` (a
-JSON list of GFPDistillHook ``losses`` entries) and ``--kd-during {all,pruning,finetuning}``
-(the hook's ``during``) choose the recipe; with none of them a ``*_kd`` run gets the hook's
+JSON list of GFPDistillHook ``losses`` entries), ``--kd-during {all,pruning,finetuning}`` (the
+hook's ``during``) and ``--kd-fisher {all,task}`` (the hook's ``fisher``) choose the recipe; with none of them a ``*_kd`` run gets the hook's
 defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
@@ -11,8 +11,9 @@ import hashlib
 import json
 from typing import Dict, List, Optional
 
-KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during')
+KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher')
 DURING = ('all', 'pruning', 'finetuning')
+FISHER = ('all', 'task')
 
 
 def add_args(p) -> None:
@@ -24,6 +25,9 @@ def add_args(p) -> None:
                    '"output": 0}]\' (default: the hook\'s defaults)')
     p.add_argument('--kd-during', choices=DURING, help="*_kd: GFPDistillHook's `during` "
                    '(default: the hook\'s)')
+    p.add_argument('--kd-fisher', choices=FISHER, help="gfp_*_kd: GFPDistillHook's `fisher`, "
+                   'which loss ranks the channels while the teacher teaches during pruning '
+                   '(default: the hook\'s, all; tp_*_kd does not prune and ignores it)')
 
 
 def parse_losses(text: str) -> List[dict]:
@@ -72,6 +76,8 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['losses'] = [dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)]
     if args.kd_during is not None:
         out['during'] = args.kd_during
+    if getattr(args, 'kd_fisher', None) is not None:
+        out['fisher'] = args.kd_fisher
     return out
 
 
@@ -119,7 +125,10 @@ def run_name(method: str, target: float, seed: int, args, prefix: str = 't') -> 
     overwrite each other; runs without options keep the names stored runs already have.
     """
     tag = ''
-    given = {k: getattr(args, k, None) for k in KD_KEYS}
+    # kd_fisher joins the hashed text only when given: the names of runs stored before it
+    # existed stay what they were
+    given = {k: getattr(args, k, None) for k in KD_KEYS
+             if k != 'kd_fisher' or getattr(args, k, None) is not None}
     if is_kd(method) and any(v is not None for v in given.values()):
         text = json.dumps(given, sort_keys=True)
         tag = '-' + hashlib.sha1(text.encode()).hexdigest()[:8]
@@ -134,8 +143,10 @@ def run_signature(sig: dict, method: str) -> dict:
     return {k: v for k, v in sig.items() if k not in KD_KEYS}
 
 
-def recipe(losses: Optional[List[dict]], during: Optional[str] = None) -> str:
-    """A short text for a table: ``cwd neck w1 tau1; finetuning``."""
+def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
+           fisher: Optional[str] = None) -> str:
+    """A short text for a table: ``cwd neck w1 tau1; finetuning`` (``; Fisher: task loss``
+    when the channels are ranked by the task loss alone)."""
     if not losses:
         return ''
     parts = []
@@ -144,7 +155,8 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None) -> str:
                         if k not in ('module', 'type', 'weight', 'tau') and x[k] is not None)
         parts.append(f"{x.get('type', 'cwd')} {x['module']} w{x.get('weight', 1.0):g} "
                      f"tau{x.get('tau', 1.0):g}{extra}")
-    return ', '.join(parts) + (f'; {during}' if during else '')
+    return (', '.join(parts) + (f'; {during}' if during else '') +
+            ('; Fisher: task loss' if fisher == 'task' else ''))
 
 
 # --------------------------------------------------------------------- a sliced student
@@ -188,11 +200,12 @@ def sliced_hook(args, task, baseline: str, base) -> dict:
 
 
 def distilled(run) -> Dict:
-    """``{'kd': {'losses': ..., 'during': ...}}``: what the run's GFPDistillHook distilled
+    """``{'kd': {'losses': ..., 'during': ..., 'fisher': ...}}``: what the run's GFPDistillHook distilled
     (the hook's defaults resolved), or ``{}`` without one."""
     from mmgfp.hooks.distill_hook import GFPDistillHook
     hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
     if hook is None:
         return {}
     return {'kd': {'losses': copy.deepcopy(hook.losses),
-                   'during': getattr(hook, 'during', None)}}
+                   'during': getattr(hook, 'during', None),
+                   'fisher': getattr(hook, 'fisher', None)}}

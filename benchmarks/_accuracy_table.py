@@ -66,7 +66,8 @@ def format_tables(rows: list, keys=('mAP', 'mAP50'), headers=('bbox mAP', 'mAP@0
     for r in rows:
         label = LABELS[r['method']]
         if r.get('kd'):
-            label += f" ({K.recipe(r['kd']['losses'], r['kd'].get('during'))})"
+            kd = r['kd']
+            label += f" ({K.recipe(kd['losses'], kd.get('during'), kd.get('fisher'))})"
         main.append({'method': label, 'flops': f'{100 * r["flops"]:.1f}',
                      'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',
                      'map': _pm(r[k1], r[k1 + '_std']), 'map50': _pm(r[k2],

@@ -13,6 +13,7 @@ from .distill_teacher import checkpoint_config, config_of, make_teacher, state_o
 
 TEACHER_KEY = 'mmgfp_teacher'
 DURING = ('all', 'pruning', 'finetuning')
+FISHER = ('all', 'task')
 
 
 class _TeacherDone(Exception):
@@ -39,10 +40,13 @@ class GFPDistillHook(Hook):
     'loss')`` calls ``self.loss`` (mmdet, mmpretrain, mmpose, mmseg, mmyolo) works unchanged.
     The teacher runs ``forward(mode='tensor')`` and stops after its last tapped module.
 
-    The distillation term enters the Fisher information: the recorder squares the gradient of
-    the loss being optimised, now task + distillation, so a channel is scored by how much the
-    student needs it to fit the labels *and* to follow the teacher. This costs nothing (one
-    backward) and ranks channels by the objective they are trained for.
+    By default the distillation term enters the Fisher information: the recorder squares the
+    gradient of the loss being optimised, now task + distillation, so a channel is scored by
+    how much the student needs it to fit the labels *and* to follow the teacher. This costs
+    nothing (one backward) and ranks channels by the objective they are trained for. With
+    ``fisher='task'`` the channels are ranked by the task loss alone, as without the teacher,
+    while the student still trains on both: one more backward pass per pruning iteration, from
+    the task loss to the masked feature maps (no parameter gradients).
 
     Checkpoints store the teacher's weights (key ``'mmgfp_teacher'``): a resumed run, and a
     fine-tuning run that ``load_from`` a pruning checkpoint, distil from the same teacher. The
@@ -77,11 +81,15 @@ class GFPDistillHook(Hook):
             Fisher information of the pruning phase sees the task loss alone with
             ``'finetuning'``. The phase follows the pruning hook's state, also after a
             resume. Defaults to 'all'.
+        fisher (str): Which loss ranks the channels while the teacher teaches during pruning:
+            ``'all'`` the loss being optimised (task + distillation), ``'task'`` the task
+            loss alone (the distillation term then only trains). Defaults to 'all'.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
-                 save_teacher: bool = True, teacher_cfg=None, during: str = 'all'):
+                 save_teacher: bool = True, teacher_cfg=None, during: str = 'all',
+                 fisher: str = 'all'):
         self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
         keys = [loss_key(spec) for spec in self.losses or []]
         if len(set(keys)) < len(keys):
@@ -95,6 +103,10 @@ class GFPDistillHook(Hook):
         if during not in DURING:
             raise ValueError(f'`during` must be one of {DURING}, got {during!r}')
         self.during = during
+        if fisher not in FISHER:
+            raise ValueError(f'`fisher` must be one of {FISHER}, got {fisher!r}')
+        self.fisher = fisher
+        self._grad_scale = 1.0  # AMP's loss scale of the current iteration (fisher='task')
         self._teaching: Optional[bool] = None  # the phase of the last iteration
         self.save_teacher = save_teacher
         self.teacher: Optional[nn.Module] = None
@@ -117,7 +129,9 @@ class GFPDistillHook(Hook):
         self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
-            for s in self.losses) + f' from {self._source}, during {self.during}')
+            for s in self.losses) + f' from {self._source}, during {self.during}; channels '
+            'ranked by ' + ('the task loss alone' if self.fisher == 'task' else
+                            'the task and distillation losses'))
         if self.during == 'pruning' and (prune_hook is None or not prune_hook.prune_enabled):
             runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
                                   'prunes in this run: the teacher never teaches')
@@ -154,6 +168,10 @@ class GFPDistillHook(Hook):
                 raise ValueError(f"GFPDistillHook: the model has no module {spec['module']!r} "
                                  f'to distil; give `losses` naming one of its modules, e.g. '
                                  f'{[n for n, _ in model.named_children()]}')
+        if self.fisher == 'task' and not callable(getattr(model, 'parse_losses', None)):
+            raise ValueError(f"GFPDistillHook(fisher='task') sums the task losses with the "
+                             f"model's parse_losses, which {type(model).__name__} lacks (not "
+                             "an MMEngine BaseModel): use fisher='all'")
         self.teacher = self._build_teacher(model, teacher_model, model_cfg)
         for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
@@ -215,12 +233,25 @@ class GFPDistillHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # after the pruning hook's tracing forward of iteration 1 and its restored state
         self.active = self.teaching()
+        recorder = self._recorder()
+        if recorder is not None:
+            recorder.keep_taps = self.active and self.fisher == 'task'
+            if recorder.keep_taps:
+                from .fisher_pruning_hook import _grad_scale
+                self._grad_scale = _grad_scale(runner)
         if self.active != self._teaching and self.during != 'all':
             runner.logger.info(
                 f'GFPDistillHook: from iteration {runner.iter + 1} the teacher '
                 f"{'teaches' if self.active else 'does not teach'} (during={self.during!r}, "
                 f"pruning {'finished' if self._finished() else 'goes on'})")
         self._teaching = self.active
+
+    def _recorder(self):
+        """The pruning hook's Fisher recorder while it records (None otherwise)."""
+        hook = self._prune_hook
+        if hook is None or hook.pruner is None or hook.finished:
+            return None
+        return hook.pruner.recorder
 
     def _finished(self) -> bool:
         return self._prune_hook is None or self._prune_hook.finished
@@ -240,6 +271,10 @@ class GFPDistillHook(Hook):
                 return orig(inputs, data_samples, *args, **kwargs)
             self._student = {}
             losses = orig(inputs, data_samples, *args, **kwargs)
+            recorder = self._recorder()
+            if self.fisher == 'task' and recorder is not None and recorder.recording:
+                task, _ = model.parse_losses(losses)  # summed as the Runner sums them
+                recorder.record_from(task * self._grad_scale)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
                 key = loss_key(spec)

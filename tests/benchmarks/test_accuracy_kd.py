@@ -52,6 +52,11 @@ def test_each_recipe_gets_its_own_run_folder():
         ('--kd-weight', '1'), ('--kd-weight', '3'))}
     assert len(recipes) == 4 and all(r.startswith('gfp_acts_kd-') for r in recipes)
     assert name('tp_l1_kd', '--kd-losses', SIGMOID).endswith('_t30_s1')
+    # a later option leaves the names of recipes stored before it (session 12's runs)
+    assert name('gfp_acts_kd', '--kd-during', 'finetuning') == 'gfp_acts_kd-52fa2ec3_t30_s1'
+    fisher = name('gfp_acts_kd', '--kd-fisher', 'task')
+    assert fisher.startswith('gfp_acts_kd-') and fisher != name('gfp_acts_kd', '--kd-fisher',
+                                                                 'all')
 
 
 def test_stored_runs_match_by_method(tmp_path):
@@ -75,6 +80,10 @@ def test_hook_arguments_and_table_recipe():
     assert weight['losses'][0]['weight'] == 0.5 and weight['losses'][0]['module'] == 'neck'
     assert K.recipe(json.loads(SIGMOID), 'pruning') == \
         'sigmoid_kl bbox_head w1 tau1 output0; pruning'
+    fisher = K.hook_args('gfp_acts_kd', accuracy.parse_args(['--kd-fisher', 'task']))
+    assert fisher == {'fisher': 'task'}
+    assert K.recipe([dict(module='neck', type='cwd')], 'all', 'task') == \
+        'cwd neck w1 tau1; all; Fisher: task loss'
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -339,3 +339,55 @@ def test_non_finite_iteration_is_left_out(fisher_net):
     rec.skipped = 0
     rec.load_state_dict(state)
     assert rec.skipped == 1 and rec.iters == 2
+
+
+def test_record_from_ranks_by_part_of_the_loss(fisher_net):
+    """``record_from(task)``: the Fisher terms are those of the task loss alone (the reference),
+    the hits those of one backward, while the backward of task + extra that follows leaves
+    every parameter gradient as a plain backward of the sum gives it."""
+    model, x, targets = fisher_net
+    gs, pruner = _setup(model, x)
+    rec = pruner.recorder
+
+    def extra(outs):  # another term (a distillation loss, say) that must not rank channels
+        return sum((o.tanh() * 3.0).pow(2).sum() for o in outputs(outs))
+
+    model.zero_grad()
+    rec.begin_iter(N)
+    outs = model(x)
+    (per_sample_loss(outs, targets).sum() + extra(outs)).backward()
+    rec.end_iter()
+    both = {k: v.clone() for k, v in rec.fisher.items()}
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    rec.reset()
+
+    model.zero_grad()
+    rec.keep_taps = True
+    rec.begin_iter(N)
+    outs = model(x)
+    task = per_sample_loss(outs, targets).sum()
+    rec.record_from(task * 8.0)  # scaled as an AMP backward would scale it
+    assert not rec.recording
+    with pytest.raises(RuntimeError, match='already taken'):
+        rec.record_from(task)
+    (task + extra(outs)).backward()
+    assert rec.end_iter(8.0)
+    ref = detached(pruner, reference_fisher, model, gs, x, targets)
+    assert_close(rec.fisher, ref)
+    assert rec.hits[gs.producers['stem']] == 3 and rec.hits[gs.producers['l1']] == 2
+    assert any(not torch.allclose(both[k], ref[k], rtol=1e-3) for k in ref)  # extra matters
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grads[n])
+
+
+def test_record_from_needs_kept_taps(fisher_net):
+    model, x, targets = fisher_net
+    gs, pruner = _setup(model, x)
+    rec = pruner.recorder
+    with pytest.raises(RuntimeError, match='begin_iter'):
+        rec.record_from(torch.zeros((), requires_grad=True))
+    rec.begin_iter(N)
+    loss = per_sample_loss(model(x), targets).sum()
+    with pytest.raises(RuntimeError, match='keep_taps'):
+        rec.record_from(loss)
+    assert rec._taps == []  # nothing was kept: the feature maps are freed by the backward

@@ -96,6 +96,23 @@ def test_distillation_term_enters_the_fisher_information(tmp_path, cls_data):
     zero = _fisher(zero)
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert any(not torch.allclose(plain[k], weighted[k], rtol=1e-3) for k in plain)
+    # fisher='task': the channels are ranked as without the teacher (the first iteration's
+    # terms, from the same weights, equal the plain run's), the student trained as with it
+    # (no pruning step here, so the masks cannot differ)
+    task_hook = dict(type='GFPDistillHook', losses=[dict(kl, weight=10.0)], fisher='task')
+    one = cls_config(tmp_path, cls_data, name='one', max_iters=1, ckpt_interval=100)
+    plain1 = _fisher(_train(one, tmp_path / 'd', [prune]))
+    task1 = _fisher(_train(one, tmp_path / 'e', [prune, task_hook]))
+    for k in plain1:
+        torch.testing.assert_close(task1[k], plain1[k], rtol=1e-5, atol=1e-12)
+    task_run = _train(config, tmp_path / 'f', [prune, task_hook])
+    assert _hook(task_run, FisherPruningHook).pruner.recorder.iters == 2
+    weighted_run = _train(config, tmp_path / 'g', [prune, dict(
+        type='GFPDistillHook', losses=[dict(kl, weight=10.0)])])
+    for (n, p), (_, q) in zip(weighted_run.model.state_dict().items(),
+                              task_run.model.state_dict().items()):
+        if p.is_floating_point():
+            torch.testing.assert_close(q, p, msg=n)
 
 
 def test_finetune_needs_the_unpruned_teacher(tmp_path, cls_data):
@@ -146,6 +163,17 @@ def test_bad_arguments_are_named():
         GFPDistillHook(losses=[dict(module='head', tau=0)])
     with pytest.raises(ValueError, match='unknown keys'):
         GFPDistillHook(losses=[dict(module='head', temperature=2)])
+    with pytest.raises(ValueError, match="`fisher` must be one of"):
+        GFPDistillHook(fisher='distill')
+    hook = GFPDistillHook(losses=[dict(module='head')], fisher='task')
+    with pytest.raises(ValueError, match='parse_losses'):  # not an MMEngine BaseModel
+        hook.attach(_Plain())
+
+
+class _Plain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2)
 
 
 def test_compact_config_drops_the_distillation_hook(tmp_path, cls_data):
