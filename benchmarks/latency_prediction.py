@@ -210,7 +210,7 @@ def main(argv=None):
     if args.time_core is not None:
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)
-    wall = None
+    wall, faults = None, {}
     from mmgfp.apis.latency.runner import CpuShare
     with CpuShare(table.key['threads']) as share:  # what else ran while timing
         if table.key.get('backend') == 'onnxruntime':
@@ -223,14 +223,15 @@ def main(argv=None):
         else:
             ms = compare_latency({k: prepare(m, 'cpu') for k, m in models.items()},
                                  tensor_forward(data), rounds=args.rounds, warmup=1,
-                                 threads=table.key['threads'])
+                                 threads=table.key['threads'], faults=faults)
     wall = wall or ms
     for k in models:
         pred = info[k]['predicted_ms']
         rows.append({'variant': k, 'flops': info[k]['remaining']['flops'], 'measured_ms': ms[k],
                      'predicted_ms': pred, 'measured_ratio': ms[k] / ms['original'],
                      'predicted_ratio': pred / info['original']['predicted_ms'],
-                     'pred_over_meas': pred / ms[k], 'wall_ratio': wall[k] / wall['original']})
+                     'pred_over_meas': pred / ms[k], 'wall_ratio': wall[k] / wall['original'],
+                     'faults_per_run': faults.get(k)})
     print(f'\n{args.config}, table {args.table} ({table.key["device"]}, '
           f'{table.key["threads"]} thread(s), batch {table.key["batch"]}, input '
           f'{table.key["input_size"]}); median of {args.rounds} interleaved rounds')
@@ -242,6 +243,9 @@ def main(argv=None):
     for line in [share.text()] + timing_warnings(table, here, share.result):
         if line:
             print(line)
+    print(f"allocator: {(share.result or {}).get('allocator') or 'not fixed (not glibc)'}"
+          + ('; minor page faults per timed run: ' + ', '.join(
+              f'{k} {v:.0f}' for k, v in faults.items()) if faults else ''))
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',
                          'predicted_ratio', 'pred_over_meas', 'wall_ratio'],
                   ['variant', 'FLOPs left', 'measured (ms)', 'predicted (ms)',

@@ -7,9 +7,11 @@ import json
 import math
 import os
 import os.path as osp
+import platform
 import sys
 
 import pytest
+import torch
 import torch.nn as nn
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'core'))
@@ -18,6 +20,7 @@ from mmgfp.apis.latency.profile import (CpuShare, axis_points, build_block,  # n
                                         capture_calls, compare_latency, measure_latency,
                                         probe_align,
                                         profile_latency, refine)
+from mmgfp.apis.latency.runner import steady_allocator  # noqa: E402
 from mmgfp.core import FisherPruner, LatencyTable  # noqa: E402
 from mmgfp.core.grouping import layer_io as _io  # noqa: E402
 from mmgfp.core.latency import timed_layers  # noqa: E402
@@ -204,7 +207,8 @@ def test_the_table_says_what_else_ran_while_profiling(tmp_path, capsys):
     out = str(tmp_path / 'chain.json')
     _profile('chain', out=out, progress=True)
     prof = LatencyTable.load(out).profiled
-    assert set(prof) == {'other_cpus', 'cpus', 'threads', 'seconds'}
+    assert set(prof) == {'other_cpus', 'cpus', 'threads', 'seconds', 'allocator'}
+    assert prof['allocator'] == steady_allocator()  # what the timing ran with
     assert prof['threads'] == 1 and prof['cpus'] == len(os.sched_getaffinity(0))
     assert prof['other_cpus'] <= prof['cpus'] and prof['seconds'] >= 0  # 0.0: under 50 ms
     assert 'other processes kept' in capsys.readouterr().err
@@ -223,7 +227,7 @@ def test_cpu_share_counts_another_process_not_this_one(monkeypatch):
     with CpuShare(1) as share:
         pass
     assert share.result == {'other_cpus': 1.0, 'cpus': len(os.sched_getaffinity(0)),
-                            'threads': 1, 'seconds': 2.0}
+                            'threads': 1, 'seconds': 2.0, 'allocator': steady_allocator()}
     monkeypatch.undo()
     # on this machine: a child spinning for 1.5 s while this process waits counts as others,
     # whatever else runs here (busy CPUs are busy either way)
@@ -231,3 +235,28 @@ def test_cpu_share_counts_another_process_not_this_one(monkeypatch):
     with CpuShare(1) as shared:
         subprocess.run([sys.executable, '-c', spin], check=True)
     assert shared.result['other_cpus'] >= 0.6
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
+def test_timing_fixes_glibc_allocator_once():
+    """glibc's thresholds are set once per process and said in what is recorded."""
+    text = steady_allocator()
+    assert text.startswith('glibc ') and 'mmap threshold 32 MiB' in text and \
+        'trim threshold 1 GiB' in text
+    assert steady_allocator() is text
+
+
+def test_compare_latency_counts_page_faults_per_run():
+    """A forward that maps fresh memory on every run (128 MiB, above any mmap threshold
+    glibc allows) faults on every run; one that reuses its memory does not. Page counts:
+    at least one fault per 4 MiB, also with transparent huge pages."""
+    keep = torch.zeros(1 << 10)
+
+    def forward(m):
+        return m()
+
+    faults = {}
+    compare_latency({'fresh': lambda: torch.ones(32 << 20),
+                     'reused': lambda: keep.add_(1)}, forward, rounds=3, warmup=1,
+                    faults=faults)
+    assert faults['fresh'] >= 32 and faults['reused'] < faults['fresh']

@@ -113,6 +113,7 @@ def test_modelopt_row_is_timed_and_predicted(tmp_path, capsys):
     mo = rows[-1]
     assert f'{LP.MODELOPT_ROW}: rebuilt from {spec}' in said and LP.MODELOPT_ROW in said
     assert 0 < mo['predicted_ratio'] < 1 and mo['measured_ms'] > 0
+    assert all(r['faults_per_run'] >= 0 for r in rows) and 'allocator: ' in said
     # FLOPs left as an independent counter sees them (the smallest subnet: 32 channels in every
     # width ModelOpt searches, the block outputs stay)
     import _common as C

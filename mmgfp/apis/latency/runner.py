@@ -30,12 +30,14 @@ or a table of another runtime or device is refused)::
     python runner.py plan.json --table table.json --add-point point.json --out table2.json
 """
 import argparse
+import ctypes
 import hashlib
 import io
 import json
 import math
 import os
 import os.path as osp
+import platform
 import statistics
 import sys
 import tempfile
@@ -159,6 +161,55 @@ def _busy_seconds(cpus) -> Optional[float]:
         return None
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+STEADY_MMAP, STEADY_TRIM = 32 << 20, 1 << 30  # 32 MiB: the largest glibc accepts on 64-bit
+_ALLOCATOR: List[Optional[str]] = []  # what steady_allocator did, once per process
+
+
+def steady_allocator() -> Optional[str]:
+    """Keep glibc's malloc from handing memory back to the OS between timed runs.
+
+    With glibc's defaults, whether a model's large feature maps go to fresh mmap'ed pages, or
+    to the top of a heap that ``free`` trims, depends on the process's history (the mmap
+    threshold adapts to the blocks freed so far); where they do, every forward faults its
+    pages in again. The same MobileNetV2 measured 26.4-26.9 ms in some processes of one
+    benchmark and 30.6-33.6 ms, with about 3,500 minor page faults per forward, in others
+    (docs/en/benchmarks/latency_onnxruntime.md). Fixing both thresholds (mmap 32 MiB, the
+    largest glibc accepts on 64-bit; trim 1 GiB) gives every process the steady state.
+    Called by every timing of mmgfp on the CPU (:class:`CpuShare`, ``compare_latency``),
+    once per process; a deployment gets the same state with ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=1073741824`` in its environment.
+
+    Returns:
+        str | None: What was set (``'glibc 2.36: mmap threshold 32 MiB, trim threshold 1
+        GiB'``), for the record; None where the C library is not glibc (nothing changed).
+    """
+    if not _ALLOCATOR:
+        text = None
+        name, version = platform.libc_ver()
+        if name == 'glibc':
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                if mallopt(M_MMAP_THRESHOLD, STEADY_MMAP) and mallopt(M_TRIM_THRESHOLD,
+                                                                      STEADY_TRIM):
+                    text = (f'glibc {version}: mmap threshold {STEADY_MMAP >> 20} MiB, trim '
+                            f'threshold {STEADY_TRIM >> 30} GiB')
+            except (OSError, AttributeError):
+                pass
+        _ALLOCATOR.append(text)
+    return _ALLOCATOR[0]
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``getrusage`` is not there)."""
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    except (ImportError, OSError):
+        return 0
+
+
 class CpuShare:
     """Measures, around a ``with`` block, how many CPUs *other* processes kept busy on
     average on the CPUs this process may run on (its affinity): their busy time from
@@ -167,8 +218,10 @@ class CpuShare:
     A table timed while other processes share its cores is preempted: on MobileNetV2 one
     profiled at a load of about 3 on 2 cores came out 3x slow in absolute time and its
     ratios drifted by several points (docs/en/benchmarks/latency_onnxruntime.md). After the
-    block, :attr:`result` is ``{"other_cpus", "cpus", "threads", "seconds"}`` (the table's
-    ``profiled``), or None where /proc/stat is not there.
+    block, :attr:`result` is ``{"other_cpus", "cpus", "threads", "seconds", "allocator"}``
+    (the table's ``profiled``), or None where /proc/stat is not there. Entering the block
+    also fixes the allocator for timing (:func:`steady_allocator`; ``allocator`` says what
+    was set, None where nothing was).
     """
 
     def __init__(self, threads: Optional[int] = None):
@@ -179,6 +232,7 @@ class CpuShare:
         self.cpus = (set(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                      else set(range(os.cpu_count() or 1)))
         self.result = None
+        self.allocator = steady_allocator()
         self._t0, self._own0 = time.perf_counter(), time.process_time()
         self._busy0 = _busy_seconds(self.cpus)
         return self
@@ -189,7 +243,8 @@ class CpuShare:
             own = time.process_time() - self._own0
             others = max(0.0, (busy - self._busy0 - own) / wall)
             self.result = {'other_cpus': round(others, 2), 'cpus': len(self.cpus),
-                           'threads': self.threads, 'seconds': round(wall, 1)}
+                           'threads': self.threads, 'seconds': round(wall, 1),
+                           'allocator': self.allocator}
         return False
 
     def text(self) -> str:

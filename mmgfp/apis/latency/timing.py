@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from mmgfp.apis.latency.runner import DTYPES, Timer, device_name  # noqa: F401
+from mmgfp.apis.latency.runner import (DTYPES, Timer, device_name, minor_faults,  # noqa: F401
+                                       steady_allocator)
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -65,12 +66,22 @@ def prepare(model: nn.Module, device: str = 'cpu', dtype: str = 'fp32',
 # -- whole-model timing ----------------------------------------------------------------------------
 def compare_latency(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Module], Any],
                     device: str = 'cpu', rounds: int = 10, warmup: int = 2,
-                    threads: Optional[int] = None) -> Dict[str, float]:
+                    threads: Optional[int] = None,
+                    faults: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Median forward time (ms) of each model, interleaved: every round times each model once
     in rotating order, so drift and other processes hit all alike. Models must already be on
-    their device/dtype (see :func:`prepare`)."""
+    their device/dtype (see :func:`prepare`). On the CPU the allocator is fixed first
+    (:func:`~mmgfp.apis.latency.runner.steady_allocator`).
+
+    Args:
+        faults (dict, optional): Filled with each model's minor page faults per timed run (a
+            forward that faults in thousands of pages is timing the allocator).
+    """
     names = list(models)
     times: Dict[str, List[float]] = {n: [] for n in names}
+    counts = {n: 0 for n in names}
+    if device == 'cpu':
+        steady_allocator()
     timer = Timer(device, rounds=1, warmup=0)
     with threads_set(threads), torch.no_grad():
         for _ in range(warmup):
@@ -79,7 +90,11 @@ def compare_latency(models: Dict[str, nn.Module], forward_fn: Callable[[nn.Modul
         for r in range(rounds):
             k = r % len(names)
             for n in names[k:] + names[:k]:
+                before = minor_faults()
                 times[n].append(timer(lambda: forward_fn(models[n])) / 1e3)
+                counts[n] += minor_faults() - before
+    if faults is not None:
+        faults.update({n: counts[n] / max(rounds, 1) for n in names})
     return {n: statistics.median(t) for n, t in times.items()}
 
 
