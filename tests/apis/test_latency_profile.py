@@ -8,6 +8,7 @@ import math
 import os
 import os.path as osp
 import platform
+import subprocess
 import sys
 
 import pytest
@@ -215,7 +216,6 @@ def test_the_table_says_what_else_ran_while_profiling(tmp_path, capsys):
 
 
 def test_cpu_share_counts_another_process_not_this_one(monkeypatch):
-    import subprocess
     from mmgfp.apis.latency import runner
     # the arithmetic: 3 busy CPU-seconds over 2 s of wall time, 1 of them this process's own
     clock = iter([10.0, 12.0])
@@ -244,6 +244,13 @@ def test_timing_fixes_glibc_allocator_once():
     assert text.startswith('glibc ') and 'mmap threshold 32 MiB' in text and \
         'trim threshold 1 GiB' in text
     assert steady_allocator() is text
+    # MMGFP_STEADY_ALLOCATOR=0 leaves it alone (a fresh process: once per process)
+    code = ('from mmgfp.apis.latency.runner import steady_allocator; '
+            'print(steady_allocator())')
+    env = dict(os.environ, MMGFP_STEADY_ALLOCATOR='0')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == 'None'
 
 
 def test_compare_latency_counts_page_faults_per_run():

@@ -180,14 +180,18 @@ def steady_allocator() -> Optional[str]:
     once per process; a deployment gets the same state with ``MALLOC_MMAP_THRESHOLD_=33554432
     MALLOC_TRIM_THRESHOLD_=1073741824`` in its environment.
 
+    ``MMGFP_STEADY_ALLOCATOR=0`` in the environment leaves the allocator as it is (to see
+    the difference).
+
     Returns:
         str | None: What was set (``'glibc 2.36: mmap threshold 32 MiB, trim threshold 1
-        GiB'``), for the record; None where the C library is not glibc (nothing changed).
+        GiB'``), for the record; None where the C library is not glibc or the environment
+        said no (nothing changed).
     """
     if not _ALLOCATOR:
         text = None
         name, version = platform.libc_ver()
-        if name == 'glibc':
+        if name == 'glibc' and os.environ.get('MMGFP_STEADY_ALLOCATOR', '1') != '0':
             try:
                 mallopt = ctypes.CDLL(None).mallopt
                 mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
