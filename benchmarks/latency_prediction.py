@@ -243,7 +243,8 @@ def main(argv=None):
     for line in [share.text()] + timing_warnings(table, here, share.result):
         if line:
             print(line)
-    print(f"allocator: {(share.result or {}).get('allocator') or 'not fixed (not glibc)'}"
+    from mmgfp.apis.latency.runner import steady_allocator
+    print(f'allocator: {steady_allocator()}'
           + ('; minor page faults per timed run: ' + ', '.join(
               f'{k} {v:.0f}' for k, v in faults.items()) if faults else ''))
     print(C.table(rows, ['variant', 'flops', 'measured_ms', 'predicted_ms', 'measured_ratio',

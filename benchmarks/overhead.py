@@ -121,7 +121,7 @@ class DistillVariant(Variant):
         self.kd = GFPDistillHook() if losses is None else GFPDistillHook(losses=losses)
         self.kd.attach(var.model)
         # pruned channels left out of the feature loss, as with FisherPruningHook in a Runner
-        self.kd._prune_hook = types.SimpleNamespace(pruner=var.pruner)
+        self.kd._prune_hook = types.SimpleNamespace(pruner=var.pruner, finished=False)
         self.losses = var.losses
 
     def enable_hook(self, on: bool) -> None:

@@ -15,7 +15,7 @@ uneven numbers of RoIs, so only the first is exact; it is what keeps the statist
 that see different RoI counts equal to one process's under DDP.
 """
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -69,10 +69,6 @@ class FisherRecorder:
         self._plans: Dict[str, tuple] = {}
         self._rows: List[torch.Tensor] = []  # sample index per row, noted in this iteration
         self._row_handles: List = []
-        # With keep_taps set (by whoever calls record_from), each iteration's tapped feature
-        # maps are kept for record_from; they would otherwise stay alive through the backward.
-        self.keep_taps = False
-        self._taps: List[tuple] = []  # (layer, tapped tensor, rows) of this iteration
         self._sealed = False  # the terms of this iteration came from record_from
 
     def start(self) -> None:
@@ -88,7 +84,7 @@ class FisherRecorder:
     def stop(self) -> None:
         self.masker.tap = None
         self._buf, self._buf_hits = {}, {}
-        self._rows, self._taps, self._sealed = [], [], False
+        self._rows, self._sealed = [], False
         for h in self._row_handles:
             h.remove()
         self._row_handles = []
@@ -98,7 +94,7 @@ class FisherRecorder:
             raise ValueError(f'num_samples must be positive, got {num_samples}')
         self._n = num_samples
         self._buf, self._buf_hits = {}, {}
-        self._rows, self._taps, self._sealed = [], [], False
+        self._rows, self._sealed = [], False
 
     @property
     def recording(self) -> bool:
@@ -117,8 +113,6 @@ class FisherRecorder:
         rows = None
         if y.shape[0] != self._n:
             rows = next((r for r in reversed(self._rows) if r.numel() == y.shape[0]), None)
-        if self.keep_taps:
-            self._taps.append((layer, y, rows))
         y.register_hook(lambda grad, _y=y.detach(): self._hooked(layer, _y, grad, rows))
 
     def _hooked(self, layer: str, y: torch.Tensor, grad: torch.Tensor,
@@ -126,36 +120,45 @@ class FisherRecorder:
         if not self._sealed:
             self._on_grad(layer, y, grad, rows)
 
-    def record_from(self, loss: torch.Tensor) -> None:
+    def record_from(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
         """Take this iteration's terms from the gradient of ``loss`` alone.
 
         For an objective whose other terms should not rank channels (a distillation term,
         see ``GFPDistillHook(fisher='task')``): call it after the forward with the part of the
-        loss that should, scaled as the backward will scale the whole loss (AMP's loss scale).
-        It differentiates ``loss`` with respect to the tapped feature maps only (no parameter
-        gradient is touched, so the optimizer's backward of the whole loss is unchanged) and
-        records those gradients; the backward that follows adds nothing to this iteration's
-        terms. The graph is kept for that backward.
+        loss that should, scaled as the backward will scale the whole loss (AMP's loss scale,
+        gradient accumulation). It runs ``torch.autograd.grad(loss, params)`` with the graph
+        kept: the recorder's hooks see the gradients of the tapped feature maps as that pass
+        reaches them, exactly as in a backward (and free them as it goes), while no parameter
+        gradient is accumulated (the returned ones are dropped), so the optimizer's backward of
+        the whole loss that follows is unchanged; it adds nothing to this iteration's terms.
+
+        Args:
+            loss (Tensor): The part of the loss that ranks the channels.
+            params (Sequence[Tensor]): The model's trainable parameters (every feature map
+                with a gradient lies on a path from ``loss`` to one of them).
 
         Raises:
-            RuntimeError: Outside a recorded iteration, called twice in one, or without
-                ``keep_taps`` set before the forward.
+            RuntimeError: Outside a recorded iteration, or called twice in one; a model whose
+                backward cannot run through ``torch.autograd.grad`` (reentrant activation
+                checkpointing) is named.
         """
         if not self.recording:
             raise RuntimeError('record_from: no iteration is being recorded (call begin_iter '
                                'first), or its terms were already taken')
-        if not self.keep_taps:
-            raise RuntimeError('record_from needs the feature maps of the forward: set '
-                               '`keep_taps = True` before it')
-        self._sealed = True
-        taps, self._taps = self._taps, []
-        if not taps or not loss.requires_grad:
-            return
-        grads = torch.autograd.grad(loss, [y for _, y, _ in taps], retain_graph=True,
-                                    allow_unused=True)
-        for (layer, y, rows), grad in zip(taps, grads):
-            if grad is not None:
-                self._on_grad(layer, y.detach(), grad, rows)
+        params = [p for p in params if p.requires_grad]
+        try:
+            if params and loss.requires_grad:
+                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        except RuntimeError as e:
+            if 'checkpoint' in str(e).lower():
+                raise RuntimeError(
+                    'record_from: the model uses reentrant activation checkpointing (with_cp='
+                    'True), which torch.autograd.grad cannot run through; turn with_cp off or '
+                    f"rank the channels by the whole loss (fisher='all'). torch said: {e}"
+                ) from None
+            raise
+        finally:
+            self._sealed = True
 
     def _plan(self, layer: str):
         """Per consumer layer: which slices of its input channels feed which recorded group."""
@@ -233,7 +236,7 @@ class FisherRecorder:
         if reduce is not None:  # after the reduction all processes agree on finiteness
             terms, hits = self._reduce(terms, hits, reduce)
         self._buf, self._buf_hits = {}, {}
-        self._rows, self._taps, self._sealed = [], [], False
+        self._rows, self._sealed = [], False
         self._n = 0
         if not all(bool(torch.isfinite(t).all()) for t in terms.values()):
             self.skipped += 1

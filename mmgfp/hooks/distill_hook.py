@@ -45,8 +45,8 @@ class GFPDistillHook(Hook):
     how much the student needs it to fit the labels *and* to follow the teacher. This costs
     nothing (one backward) and ranks channels by the objective they are trained for. With
     ``fisher='task'`` the channels are ranked by the task loss alone, as without the teacher,
-    while the student still trains on both: one more backward pass per pruning iteration, from
-    the task loss to the masked feature maps (no parameter gradients).
+    while the student still trains on both: one more backward pass of the task loss per
+    pruning iteration (``FisherRecorder.record_from``; no parameter gradient is kept).
 
     Checkpoints store the teacher's weights (key ``'mmgfp_teacher'``): a resumed run, and a
     fine-tuning run that ``load_from`` a pruning checkpoint, distil from the same teacher. The
@@ -107,6 +107,7 @@ class GFPDistillHook(Hook):
             raise ValueError(f'`fisher` must be one of {FISHER}, got {fisher!r}')
         self.fisher = fisher
         self._grad_scale = 1.0  # AMP's loss scale of the current iteration (fisher='task')
+        self._optim_wrapper = None  # the Runner's, for its loss scaling (fisher='task')
         self._teaching: Optional[bool] = None  # the phase of the last iteration
         self.save_teacher = save_teacher
         self.teacher: Optional[nn.Module] = None
@@ -132,9 +133,15 @@ class GFPDistillHook(Hook):
             for s in self.losses) + f' from {self._source}, during {self.during}; channels '
             'ranked by ' + ('the task loss alone' if self.fisher == 'task' else
                             'the task and distillation losses'))
-        if self.during == 'pruning' and (prune_hook is None or not prune_hook.prune_enabled):
+        prunes = prune_hook is not None and prune_hook.prune_enabled
+        if self.during == 'pruning' and not prunes:
             runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
                                   'prunes in this run: the teacher never teaches')
+        if self.fisher == 'task' and (not prunes or self.during == 'finetuning'):
+            runner.logger.warning(
+                "GFPDistillHook: fisher='task' changes nothing here: "
+                + ('no FisherPruningHook prunes in this run' if not prunes else
+                   "with during='finetuning' the teacher is silent while channels are ranked"))
 
     def teaching(self) -> bool:
         """Whether the teacher teaches in the current phase (``during``)."""
@@ -233,12 +240,10 @@ class GFPDistillHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # after the pruning hook's tracing forward of iteration 1 and its restored state
         self.active = self.teaching()
-        recorder = self._recorder()
-        if recorder is not None:
-            recorder.keep_taps = self.active and self.fisher == 'task'
-            if recorder.keep_taps:
-                from .fisher_pruning_hook import _grad_scale
-                self._grad_scale = _grad_scale(runner)
+        if self.active and self.fisher == 'task':
+            from .fisher_pruning_hook import _grad_scale
+            self._grad_scale = _grad_scale(runner)  # AMP's, for this iteration's backward
+            self._optim_wrapper = runner.optim_wrapper
         if self.active != self._teaching and self.during != 'all':
             runner.logger.info(
                 f'GFPDistillHook: from iteration {runner.iter + 1} the teacher '
@@ -249,9 +254,23 @@ class GFPDistillHook(Hook):
     def _recorder(self):
         """The pruning hook's Fisher recorder while it records (None otherwise)."""
         hook = self._prune_hook
-        if hook is None or hook.pruner is None or hook.finished:
+        if hook is None or hook.pruner is None or getattr(hook, 'finished', False):
             return None
         return hook.pruner.recorder
+
+    def _task_fisher(self, model: nn.Module, losses: Dict) -> None:
+        """``fisher='task'``: the recorder takes this iteration's terms from the task losses
+        (summed as the Runner sums them, scaled as its optimizer wrapper will scale the
+        whole loss) before the distillation terms join them."""
+        recorder = self._recorder()
+        if recorder is None or not recorder.recording:
+            return
+        task, _ = model.parse_losses(losses)
+        scale_loss = getattr(self._optim_wrapper, 'scale_loss', None)
+        if callable(scale_loss):  # gradient accumulation divides the loss
+            task = scale_loss(task)
+        recorder.record_from(task * self._grad_scale,
+                             [p for p in model.parameters() if p.requires_grad])
 
     def _finished(self) -> bool:
         return self._prune_hook is None or self._prune_hook.finished
@@ -271,10 +290,8 @@ class GFPDistillHook(Hook):
                 return orig(inputs, data_samples, *args, **kwargs)
             self._student = {}
             losses = orig(inputs, data_samples, *args, **kwargs)
-            recorder = self._recorder()
-            if self.fisher == 'task' and recorder is not None and recorder.recording:
-                task, _ = model.parse_losses(losses)  # summed as the Runner sums them
-                recorder.record_from(task * self._grad_scale)
+            if self.fisher == 'task':
+                self._task_fisher(model, losses)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
                 key = loss_key(spec)

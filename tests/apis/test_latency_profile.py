@@ -237,22 +237,33 @@ def test_cpu_share_counts_another_process_not_this_one(monkeypatch):
     assert shared.result['other_cpus'] >= 0.6
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
+GLIBC_AS_IS = platform.libc_ver()[0] == 'glibc' and not any(
+    k in os.environ for k in ('LD_PRELOAD', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
+                              'MMGFP_STEADY_ALLOCATOR'))
+
+
+def _allocator_in_a_fresh_process(**env):
+    code = 'from mmgfp.apis.latency.runner import steady_allocator; print(steady_allocator())'
+    env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not GLIBC_AS_IS, reason="glibc's own malloc, no allocator settings given")
 def test_timing_fixes_glibc_allocator_once():
-    """glibc's thresholds are set once per process and said in what is recorded."""
+    """glibc's thresholds are set once per process and said in what is recorded; settings
+    of the environment and a preloaded allocator are left alone, and say so."""
     text = steady_allocator()
     assert text.startswith('glibc ') and 'mmap threshold 32 MiB' in text and \
         'trim threshold 1 GiB' in text
     assert steady_allocator() is text
-    # MMGFP_STEADY_ALLOCATOR=0 leaves it alone (a fresh process: once per process)
-    code = ('from mmgfp.apis.latency.runner import steady_allocator; '
-            'print(steady_allocator())')
-    env = dict(os.environ, MMGFP_STEADY_ALLOCATOR='0')
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == 'None'
+    assert _allocator_in_a_fresh_process(MMGFP_STEADY_ALLOCATOR='0') == \
+        'unchanged (MMGFP_STEADY_ALLOCATOR=0)'
+    assert _allocator_in_a_fresh_process(MALLOC_TRIM_THRESHOLD_='4096') == \
+        'unchanged (MALLOC_TRIM_THRESHOLD_=4096 given)'
 
 
+@pytest.mark.skipif(not GLIBC_AS_IS, reason="glibc's own malloc, no allocator settings given")
 def test_compare_latency_counts_page_faults_per_run():
     """A forward that maps fresh memory on every run (128 MiB, above any mmap threshold
     glibc allows) faults on every run; one that reuses its memory does not. Page counts:

@@ -342,9 +342,9 @@ def test_non_finite_iteration_is_left_out(fisher_net):
 
 
 def test_record_from_ranks_by_part_of_the_loss(fisher_net):
-    """``record_from(task)``: the Fisher terms are those of the task loss alone (the reference),
-    the hits those of one backward, while the backward of task + extra that follows leaves
-    every parameter gradient as a plain backward of the sum gives it."""
+    """``record_from(task, params)``: the Fisher terms are those of the task loss alone (the
+    reference), the hits those of one backward, while the backward of task + extra that
+    follows leaves every parameter gradient as a plain backward of the sum gives it."""
     model, x, targets = fisher_net
     gs, pruner = _setup(model, x)
     rec = pruner.recorder
@@ -362,14 +362,14 @@ def test_record_from_ranks_by_part_of_the_loss(fisher_net):
     rec.reset()
 
     model.zero_grad()
-    rec.keep_taps = True
     rec.begin_iter(N)
     outs = model(x)
     task = per_sample_loss(outs, targets).sum()
-    rec.record_from(task * 8.0)  # scaled as an AMP backward would scale it
+    rec.record_from(task * 8.0, list(model.parameters()))  # scaled as AMP would scale it
     assert not rec.recording
+    assert all(p.grad is None for p in model.parameters())  # nothing accumulated yet
     with pytest.raises(RuntimeError, match='already taken'):
-        rec.record_from(task)
+        rec.record_from(task, list(model.parameters()))
     (task + extra(outs)).backward()
     assert rec.end_iter(8.0)
     ref = detached(pruner, reference_fisher, model, gs, x, targets)
@@ -380,14 +380,37 @@ def test_record_from_ranks_by_part_of_the_loss(fisher_net):
         torch.testing.assert_close(p.grad, plain_grads[n])
 
 
-def test_record_from_needs_kept_taps(fisher_net):
+def test_record_from_outside_an_iteration_is_refused(fisher_net):
     model, x, targets = fisher_net
     gs, pruner = _setup(model, x)
-    rec = pruner.recorder
     with pytest.raises(RuntimeError, match='begin_iter'):
-        rec.record_from(torch.zeros((), requires_grad=True))
+        pruner.recorder.record_from(torch.zeros((), requires_grad=True),
+                                    list(model.parameters()))
+
+
+class _Checkpointed(nn.Module):
+    """a -> b inside a reentrant checkpoint -> c."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 1)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        h = checkpoint(lambda t: self.b(torch.relu(t)), self.a(x), use_reentrant=True)
+        return self.c(torch.relu(h))
+
+
+def test_record_from_names_reentrant_checkpointing():
+    """torch refuses to run autograd.grad through a reentrant checkpoint: the error says
+    what to change."""
+    torch.manual_seed(0)
+    model, x = _Checkpointed(), inputs(N, 0)
+    gs, pruner = _setup(model, x)
+    rec = pruner.recorder
     rec.begin_iter(N)
-    loss = per_sample_loss(model(x), targets).sum()
-    with pytest.raises(RuntimeError, match='keep_taps'):
-        rec.record_from(loss)
-    assert rec._taps == []  # nothing was kept: the feature maps are freed by the backward
+    loss = model(x).pow(2).sum()
+    with pytest.raises(RuntimeError, match="with_cp.*fisher='all'"):
+        rec.record_from(loss, list(model.parameters()))

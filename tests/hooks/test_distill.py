@@ -103,8 +103,10 @@ def test_distillation_term_enters_the_fisher_information(tmp_path, cls_data):
     one = cls_config(tmp_path, cls_data, name='one', max_iters=1, ckpt_interval=100)
     plain1 = _fisher(_train(one, tmp_path / 'd', [prune]))
     task1 = _fisher(_train(one, tmp_path / 'e', [prune, task_hook]))
+    all1 = _fisher(_train(one, tmp_path / 'e2', [prune, dict(task_hook, fisher='all')]))
     for k in plain1:
         torch.testing.assert_close(task1[k], plain1[k], rtol=1e-5, atol=1e-12)
+    assert any(not torch.allclose(all1[k], plain1[k], rtol=1e-3) for k in plain1)
     task_run = _train(config, tmp_path / 'f', [prune, task_hook])
     assert _hook(task_run, FisherPruningHook).pruner.recorder.iters == 2
     weighted_run = _train(config, tmp_path / 'g', [prune, dict(

@@ -30,7 +30,6 @@ or a table of another runtime or device is refused)::
     python runner.py plan.json --table table.json --add-point point.json --out table2.json
 """
 import argparse
-import ctypes
 import hashlib
 import io
 import json
@@ -163,46 +162,62 @@ def _busy_seconds(cpus) -> Optional[float]:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STEADY_MMAP, STEADY_TRIM = 32 << 20, 1 << 30  # 32 MiB: the largest glibc accepts on 64-bit
-_ALLOCATOR: List[Optional[str]] = []  # what steady_allocator did, once per process
+_ALLOCATOR: List[str] = []  # what steady_allocator did, once per process
 
 
-def steady_allocator() -> Optional[str]:
+def steady_allocator() -> str:
     """Keep glibc's malloc from handing memory back to the OS between timed runs.
 
     With glibc's defaults, whether a model's large feature maps go to fresh mmap'ed pages, or
     to the top of a heap that ``free`` trims, depends on the process's history (the mmap
     threshold adapts to the blocks freed so far); where they do, every forward faults its
-    pages in again. The same MobileNetV2 measured 26.4-26.9 ms in some processes of one
-    benchmark and 30.6-33.6 ms, with about 3,500 minor page faults per forward, in others
+    pages in again. The same MobileNetV2 measured 26-27 ms in some processes of one benchmark
+    and 31-34 ms, with about 3,500 minor page faults per forward, in others
     (docs/en/benchmarks/latency_onnxruntime.md). Fixing both thresholds (mmap 32 MiB, the
     largest glibc accepts on 64-bit; trim 1 GiB) gives every process the steady state.
     Called by every timing of mmgfp on the CPU (:class:`CpuShare`, ``compare_latency``),
-    once per process; a deployment gets the same state with ``MALLOC_MMAP_THRESHOLD_=33554432
-    MALLOC_TRIM_THRESHOLD_=1073741824`` in its environment.
+    once per process; the process keeps the setting (a training process too, when the hook
+    profiles a table in it). A deployment gets the same state with
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in its environment.
 
-    ``MMGFP_STEADY_ALLOCATOR=0`` in the environment leaves the allocator as it is (to see
-    the difference).
+    Nothing is changed where the C library is not glibc, where another allocator is preloaded
+    (``LD_PRELOAD``), where the environment sets glibc's thresholds itself
+    (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``), or with
+    ``MMGFP_STEADY_ALLOCATOR=0`` (to see the difference).
 
     Returns:
-        str | None: What was set (``'glibc 2.36: mmap threshold 32 MiB, trim threshold 1
-        GiB'``), for the record; None where the C library is not glibc or the environment
-        said no (nothing changed).
+        str: What the timing runs with, for the record: ``'glibc 2.36: mmap threshold 32
+        MiB, trim threshold 1 GiB'``, or ``'unchanged (<why>)'``.
     """
     if not _ALLOCATOR:
-        text = None
-        name, version = platform.libc_ver()
-        if name == 'glibc' and os.environ.get('MMGFP_STEADY_ALLOCATOR', '1') != '0':
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                if mallopt(M_MMAP_THRESHOLD, STEADY_MMAP) and mallopt(M_TRIM_THRESHOLD,
-                                                                      STEADY_TRIM):
-                    text = (f'glibc {version}: mmap threshold {STEADY_MMAP >> 20} MiB, trim '
-                            f'threshold {STEADY_TRIM >> 30} GiB')
-            except (OSError, AttributeError):
-                pass
-        _ALLOCATOR.append(text)
+        _ALLOCATOR.append(_set_allocator())
     return _ALLOCATOR[0]
+
+
+def _set_allocator() -> str:
+    name, version = platform.libc_ver()
+    env = os.environ
+    if name != 'glibc':
+        return f'unchanged (C library {name or "unknown"}, not glibc)'
+    if env.get('MMGFP_STEADY_ALLOCATOR', '1') == '0':
+        return 'unchanged (MMGFP_STEADY_ALLOCATOR=0)'
+    if env.get('LD_PRELOAD'):
+        return f"unchanged (LD_PRELOAD={env['LD_PRELOAD']})"
+    given = [k for k in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_') if k in env]
+    if given:
+        return 'unchanged (' + ', '.join(f'{k}={env[k]}' for k in given) + ' given)'
+    try:
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    except (ImportError, OSError, AttributeError) as e:
+        return f'unchanged (no mallopt: {e})'
+    done = []
+    if mallopt(M_MMAP_THRESHOLD, STEADY_MMAP):
+        done.append(f'mmap threshold {STEADY_MMAP >> 20} MiB')
+    if mallopt(M_TRIM_THRESHOLD, STEADY_TRIM):
+        done.append(f'trim threshold {STEADY_TRIM >> 30} GiB')
+    return f'glibc {version}: ' + ', '.join(done) if done else 'unchanged (mallopt refused)'
 
 
 def minor_faults() -> int:
@@ -225,7 +240,7 @@ class CpuShare:
     block, :attr:`result` is ``{"other_cpus", "cpus", "threads", "seconds", "allocator"}``
     (the table's ``profiled``), or None where /proc/stat is not there. Entering the block
     also fixes the allocator for timing (:func:`steady_allocator`; ``allocator`` says what
-    was set, None where nothing was).
+    was set, or why nothing was).
     """
 
     def __init__(self, threads: Optional[int] = None):
