@@ -56,10 +56,11 @@ def test_detector_distils_the_neck_from_the_loaded_model(tmp_path, det_data):
     assert len(keys) == 1 and keys.pop() in prune.pruner.masker.keep
 
 
-def test_resume_matches_uninterrupted(tmp_path, det_data):
+@pytest.mark.parametrize('fisher', ['all', 'task'])
+def test_resume_matches_uninterrupted(tmp_path, det_data, fisher):
     config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
                         ckpt_interval=3)
-    hooks = [_prune(target=0.8), dict(type='GFPDistillHook')]
+    hooks = [_prune(target=0.8), dict(type='GFPDistillHook', fisher=fisher)]
     full = _train(config, tmp_path / 'full', hooks)
     _train(config, tmp_path / 'part', hooks, **{'train_cfg.max_iters': 3})
     resumed = _train(config, tmp_path / 'part', hooks, resume=True)

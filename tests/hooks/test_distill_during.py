@@ -1,5 +1,7 @@
 """GFPDistillHook(during=...): the teacher teaches while pruning, or only after it, with real
 Runners; the phase follows the pruning hook's state, also after a resume."""
+import os.path as osp
+
 import pytest
 import torch
 
@@ -42,9 +44,11 @@ def test_finetuning_phase_follows_the_restored_pruning_state(tmp_path, cls_data)
     on (the pruning hook restores ``finished`` on its first iteration, before this hook asks),
     with the teacher the checkpoint stores."""
     config = cls_config(tmp_path, cls_data, max_iters=4, ckpt_interval=2)
-    hooks = [PRUNE, dict(type='GFPDistillHook', during='finetuning')]
+    hooks = [PRUNE, dict(type='GFPDistillHook', during='finetuning', fisher='task')]
     part = _train(config, tmp_path / 'w', hooks, **{'train_cfg.max_iters': 2})
     assert pruning_hook(part).steps == 1 and pruning_hook(part).finished
+    with open(osp.join(part.log_dir, f'{part.timestamp}.log')) as f:
+        assert "fisher='task' changes nothing here" in f.read()
     assert _distilled(part, 'loss_distill_kl_head') == 1  # iteration 2 only
     resumed = _train(config, tmp_path / 'w', hooks, resume=True)
     assert resumed.iter == 4 and pruning_hook(resumed).finished
