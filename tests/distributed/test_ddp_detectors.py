@@ -292,7 +292,10 @@ def test_uneven_rois_fold_onto_their_images(roi_source):
     assert batched.keys() == ref.keys() and len(ref) == 2  # c1 and fc1
     for k in ref:
         assert float(ref[k].sum()) > 0
-        torch.testing.assert_close(batched[k], ref[k], rtol=1e-6, atol=0)
+        # float32 gradients summed in two orders: relative errors up to ~1e-5 on other CPUs,
+        # thread counts or seeds (the core suite's tolerance)
+        torch.testing.assert_close(batched[k], ref[k], rtol=1e-4,
+                                   atol=1e-6 * float(ref[k].abs().max()))
 
 
 def test_ranks_with_uneven_rois_sum_to_one_process(roi_source):
