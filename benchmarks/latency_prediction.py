@@ -211,7 +211,7 @@ def main(argv=None):
         os.sched_setaffinity(0, {args.time_core})
     data = demo_batch(model, table.key['batch'], table.key['input_size'], seed=1)
     wall, faults = None, {}
-    from mmgfp.apis.latency.runner import CpuShare
+    from mmgfp.apis.latency.runner import CpuShare, steady_allocator
     with CpuShare(table.key['threads']) as share:  # what else ran while timing
         if table.key.get('backend') == 'onnxruntime':
             from mmgfp.apis.latency.check import time_onnxruntime
@@ -243,7 +243,6 @@ def main(argv=None):
     for line in [share.text()] + timing_warnings(table, here, share.result):
         if line:
             print(line)
-    from mmgfp.apis.latency.runner import steady_allocator
     print(f'allocator: {steady_allocator()}'
           + ('; minor page faults per timed run: ' + ', '.join(
               f'{k} {v:.0f}' for k, v in faults.items()) if faults else ''))

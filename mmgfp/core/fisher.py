@@ -113,12 +113,7 @@ class FisherRecorder:
         rows = None
         if y.shape[0] != self._n:
             rows = next((r for r in reversed(self._rows) if r.numel() == y.shape[0]), None)
-        y.register_hook(lambda grad, _y=y.detach(): self._hooked(layer, _y, grad, rows))
-
-    def _hooked(self, layer: str, y: torch.Tensor, grad: torch.Tensor,
-                rows: Optional[torch.Tensor]) -> None:
-        if not self._sealed:
-            self._on_grad(layer, y, grad, rows)
+        y.register_hook(lambda grad, _y=y.detach(): self._on_grad(layer, _y, grad, rows))
 
     def record_from(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
         """Take this iteration's terms from the gradient of ``loss`` alone.
@@ -175,6 +170,8 @@ class FisherRecorder:
 
     def _on_grad(self, layer: str, y: torch.Tensor, grad: torch.Tensor,
                  rows: Optional[torch.Tensor] = None) -> None:
+        if self._sealed:  # record_from took this iteration's terms
+            return
         lc, segs = self._plan(layer)
         # Sum a*g over positions in the activations' own precision (float32 keeps a relative
         # error near 1e-6 there) and only the per-channel sums in float64: converting whole

@@ -253,10 +253,9 @@ class GFPDistillHook(Hook):
 
     def _recorder(self):
         """The pruning hook's Fisher recorder while it records (None otherwise)."""
-        hook = self._prune_hook
-        if hook is None or hook.pruner is None or getattr(hook, 'finished', False):
+        if self._finished() or self._prune_hook.pruner is None:
             return None
-        return hook.pruner.recorder
+        return self._prune_hook.pruner.recorder
 
     def _task_fisher(self, model: nn.Module, losses: Dict) -> None:
         """``fisher='task'``: the recorder takes this iteration's terms from the task losses

@@ -244,9 +244,8 @@ GLIBC_AS_IS = platform.libc_ver()[0] == 'glibc' and not any(
 
 def _allocator_in_a_fresh_process(**env):
     code = 'from mmgfp.apis.latency.runner import steady_allocator; print(steady_allocator())'
-    env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
-    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run([sys.executable, '-c', code], env=dict(os.environ, **env),
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.mark.skipif(not GLIBC_AS_IS, reason="glibc's own malloc, no allocator settings given")
