@@ -1,0 +1,53 @@
+"""benchmarks/cost_agreement.py: per-group unit costs under acts, FLOPs and a latency table."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+
+import cost_agreement as CA  # noqa: E402
+
+CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
+TABLES = osp.join(ROOT, 'benchmarks', 'results', 'latency_tables')
+
+
+def test_ranks_and_spearman():
+    assert CA.ranks([3.0, 1.0, 2.0]) == [3.0, 1.0, 2.0]
+    assert CA.ranks([1.0, 2.0, 2.0, 5.0]) == [1.0, 2.5, 2.5, 4.0]  # ties share their mean rank
+    assert CA.spearman([1, 2, 3, 4], [10, 20, 30, 400]) == pytest.approx(1.0)
+    assert CA.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_summary_names_the_outliers():
+    costs = {f'g{i}': {'acts': 1.0 + i, 'flops': 10.0 * (1 + i), 'latency': 1.0 + i}
+             for i in range(4)}
+    costs['g3']['latency'] = 40.0  # 10x the time per FLOP of the others
+    costs['g2']['latency'] = -1.0  # a flat stretch: the next step saves nothing
+    s = CA.summarize(costs, top=2)
+    assert s['groups'] == 4 and s['saves_nothing'] == ['g2']
+    assert [r['group'] for r in s['disagree']] == ['g2', 'g3']
+    assert s['spearman']['flops~acts'] == pytest.approx(1.0)
+    assert s['latency_per_flop_cv'] > 1.0
+
+
+def test_stored_tables_of_the_digits_detector(tmp_path, capsys):
+    out = tmp_path / 'agreement.json'
+    CA.main([CONFIG, '--input-size', '128', '128', '--table',
+             osp.join(TABLES, 'digits_retinanet_r18_ort_cpu_b1_t1_128x128.json'),
+             '--json', str(out)])
+    stored = json.loads(out.read_text())
+    assert set(stored['states']) == {'full', 'x0.5'}
+    full = stored['states']['full']
+    assert full['groups'] == len(full['costs']) == 18
+    for costs in full['costs'].values():
+        assert costs['acts'] > 0 and costs['flops'] > 0 and costs['latency'] > 0
+    # activations and FLOPs per unit rank the groups alike (same maps, kernel sizes differ);
+    # ONNX Runtime's table does not: its deep 4x4 layers cost several times more per FLOP
+    assert full['spearman']['flops~acts'] > 0.9
+    assert full['spearman']['latency~flops'] < 0.9
+    assert full['disagree'][0]['group'].startswith('backbone.layer4')
+    said = capsys.readouterr().out
+    assert '[full] 18 groups' in said and '[x0.5] 18 groups' in said
