@@ -2,8 +2,9 @@
 
 ``--kd-weight W`` (the default CWD term on the neck with weight ``W``), ``--kd-losses JSON`` (a
 JSON list of GFPDistillHook ``losses`` entries), ``--kd-during {all,pruning,finetuning}`` (the
-hook's ``during``) and ``--kd-fisher {all,task}`` (the hook's ``fisher``) choose the recipe; with none of them a ``*_kd`` run gets the hook's
-defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
+hook's ``during``), ``--kd-fisher {all,task}`` (the hook's ``fisher``) and ``--kd-task-weight
+W`` (the hook's ``task_weight``) choose the recipe; with none of them a ``*_kd`` run gets the
+hook's defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
 import copy
@@ -11,7 +12,9 @@ import hashlib
 import json
 from typing import Dict, List, Optional
 
-KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher')
+KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight')
+# hashed into a run's name only when given, so runs stored before them keep their names
+LATE_KEYS = ('kd_fisher', 'kd_task_weight')
 DURING = ('all', 'pruning', 'finetuning')
 FISHER = ('all', 'task')
 
@@ -28,6 +31,9 @@ def add_args(p) -> None:
     p.add_argument('--kd-fisher', choices=FISHER, help="gfp_*_kd: GFPDistillHook's `fisher`, "
                    'which loss ranks the channels while the teacher teaches during pruning '
                    '(default: the hook\'s, all; tp_*_kd does not prune and ignores it)')
+    p.add_argument('--kd-task-weight', type=float, help="*_kd: GFPDistillHook's `task_weight`, "
+                   'the weight of the task losses while the teacher teaches (0: the teacher '
+                   'alone; default: the hook\'s, 1)')
 
 
 def parse_losses(text: str) -> List[dict]:
@@ -78,6 +84,8 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['during'] = args.kd_during
     if getattr(args, 'kd_fisher', None) is not None:
         out['fisher'] = args.kd_fisher
+    if getattr(args, 'kd_task_weight', None) is not None:
+        out['task_weight'] = args.kd_task_weight
     return out
 
 
@@ -125,10 +133,8 @@ def run_name(method: str, target: float, seed: int, args, prefix: str = 't') -> 
     overwrite each other; runs without options keep the names stored runs already have.
     """
     tag = ''
-    # kd_fisher joins the hashed text only when given: the names of runs stored before it
-    # existed stay what they were
     given = {k: getattr(args, k, None) for k in KD_KEYS
-             if k != 'kd_fisher' or getattr(args, k, None) is not None}
+             if k not in LATE_KEYS or getattr(args, k, None) is not None}
     if is_kd(method) and any(v is not None for v in given.values()):
         text = json.dumps(given, sort_keys=True)
         tag = '-' + hashlib.sha1(text.encode()).hexdigest()[:8]
@@ -144,9 +150,10 @@ def run_signature(sig: dict, method: str) -> dict:
 
 
 def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
-           fisher: Optional[str] = None) -> str:
+           fisher: Optional[str] = None, task_weight: Optional[float] = None) -> str:
     """A short text for a table: ``cwd neck w1 tau1; finetuning`` (``; Fisher: task loss``
-    when the channels are ranked by the task loss alone)."""
+    when the channels are ranked by the task loss alone, ``; task x0`` when the task losses
+    are weighted other than 1)."""
     if not losses:
         return ''
     parts = []
@@ -156,7 +163,8 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
         parts.append(f"{x.get('type', 'cwd')} {x['module']} w{x.get('weight', 1.0):g} "
                      f"tau{x.get('tau', 1.0):g}{extra}")
     return (', '.join(parts) + (f'; {during}' if during else '') +
-            ('; Fisher: task loss' if fisher == 'task' else ''))
+            ('; Fisher: task loss' if fisher == 'task' else '') +
+            (f'; task x{task_weight:g}' if task_weight not in (None, 1.0) else ''))
 
 
 # --------------------------------------------------------------------- a sliced student
@@ -208,4 +216,5 @@ def distilled(run) -> Dict:
         return {}
     return {'kd': {'losses': copy.deepcopy(hook.losses),
                    'during': getattr(hook, 'during', None),
-                   'fisher': getattr(hook, 'fisher', None)}}
+                   'fisher': getattr(hook, 'fisher', None),
+                   'task_weight': getattr(hook, 'task_weight', None)}}

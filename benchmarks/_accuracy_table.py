@@ -67,7 +67,9 @@ def format_tables(rows: list, keys=('mAP', 'mAP50'), headers=('bbox mAP', 'mAP@0
         label = LABELS[r['method']]
         if r.get('kd'):
             kd = r['kd']
-            label += f" ({K.recipe(kd['losses'], kd.get('during'), kd.get('fisher'))})"
+            text = K.recipe(kd['losses'], kd.get('during'), kd.get('fisher'),
+                            kd.get('task_weight'))
+            label += f' ({text})'
         main.append({'method': label, 'flops': f'{100 * r["flops"]:.1f}',
                      'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',
                      'map': _pm(r[k1], r[k1 + '_std']), 'map50': _pm(r[k2],

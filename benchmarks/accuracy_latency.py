@@ -414,7 +414,8 @@ def main(argv=None) -> dict:
               + ' '.join(map(str, args.seeds)))
     kd = [r['info']['kd'] for r in runs if 'kd' in r.get('info', {})]
     if kd:
-        text = K.recipe(kd[0]['losses'], kd[0]['during'], kd[0].get('fisher'))
+        text = K.recipe(kd[0]['losses'], kd[0]['during'], kd[0].get('fisher'),
+                        kd[0].get('task_weight'))
         budget += f'; distillation: {text}'
     print(f'\nbbox mAP on the test split of {osp.basename(args.config)} at '
           f'{args.target:g} of the predicted CPU latency; budget: {budget}; mean ± std over '

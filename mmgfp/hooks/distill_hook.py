@@ -1,4 +1,5 @@
 """GFPDistillHook: distillation from the unpruned model while pruning and fine-tuning."""
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -84,12 +85,19 @@ class GFPDistillHook(Hook):
         fisher (str): Which loss ranks the channels while the teacher teaches during pruning:
             ``'all'`` the loss being optimised (task + distillation), ``'task'`` the task
             loss alone (the distillation term then only trains). Defaults to 'all'.
+        task_weight (float): Weight of the model's own (task) losses while the teacher
+            teaches; ``0`` trains on the teacher alone, as Minitron fine-tunes after pruning.
+            Each weighted task term is also logged unweighted, ``loss_cls`` as ``task_cls``
+            (not summed into the loss). With ``fisher='task'`` the channels are ranked by the
+            unweighted task loss; with ``fisher='all'`` by what is optimised. In the phase
+            where the teacher is silent (``during``) the task losses keep weight 1.
+            Defaults to 1.0.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
                  save_teacher: bool = True, teacher_cfg=None, during: str = 'all',
-                 fisher: str = 'all'):
+                 fisher: str = 'all', task_weight: float = 1.0):
         self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
         keys = [loss_key(spec) for spec in self.losses or []]
         if len(set(keys)) < len(keys):
@@ -106,6 +114,10 @@ class GFPDistillHook(Hook):
         if fisher not in FISHER:
             raise ValueError(f'`fisher` must be one of {FISHER}, got {fisher!r}')
         self.fisher = fisher
+        if isinstance(task_weight, bool) or not isinstance(task_weight, (int, float)) or \
+                not math.isfinite(task_weight) or task_weight < 0:
+            raise ValueError(f'`task_weight` must be a finite number >= 0, got {task_weight!r}')
+        self.task_weight = float(task_weight)
         self._grad_scale = 1.0  # AMP's loss scale of the current iteration (fisher='task')
         self._optim_wrapper = None  # the Runner's, for its loss scaling (fisher='task')
         self._teaching: Optional[bool] = None  # the phase of the last iteration
@@ -130,13 +142,20 @@ class GFPDistillHook(Hook):
         self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
-            for s in self.losses) + f' from {self._source}, during {self.during}; channels '
+            for s in self.losses) + f' from {self._source}, during {self.during}; task losses '
+            f'weighted {self.task_weight:g} while it teaches; channels '
             'ranked by ' + ('the task loss alone' if self.fisher == 'task' else
                             'the task and distillation losses'))
         prunes = prune_hook is not None and prune_hook.prune_enabled
         if self.during == 'pruning' and not prunes:
             runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
                                   'prunes in this run: the teacher never teaches')
+        if self.task_weight == 0 and self.fisher == 'all' and prunes and \
+                self.during != 'finetuning':
+            runner.logger.warning(
+                'GFPDistillHook: task_weight=0 while the teacher teaches during pruning, and '
+                "fisher='all': the channels are ranked by the distillation terms alone; "
+                "fisher='task' ranks them by the task loss")
         if self.fisher == 'task' and (not prunes or self.during == 'finetuning'):
             runner.logger.warning(
                 "GFPDistillHook: fisher='task' changes nothing here: "
@@ -291,6 +310,8 @@ class GFPDistillHook(Hook):
             losses = orig(inputs, data_samples, *args, **kwargs)
             if self.fisher == 'task':
                 self._task_fisher(model, losses)
+            if self.task_weight != 1.0:
+                losses = weigh_task(losses, self.task_weight)
             teacher = self._run_teacher(inputs, data_samples)
             for spec in self.losses:
                 key = loss_key(spec)
@@ -373,6 +394,27 @@ class GFPDistillHook(Hook):
             checkpoint[TEACHER_KEY] = self.teacher.state_dict()
         elif self._loaded_teacher is not None:
             checkpoint[TEACHER_KEY] = self._loaded_teacher
+
+
+def weigh_task(losses: Dict, weight: float) -> Dict:
+    """The loss dict with every term MMEngine sums (a key containing ``'loss'``) times
+    ``weight``, and its unweighted value, detached, logged under the key with ``'loss'``
+    replaced by ``'task'`` (not summed). Other entries (accuracies) are kept as they are."""
+    out = {}
+    for key, value in losses.items():
+        if 'loss' not in key:
+            out[key] = value
+            continue
+        shown = key.replace('loss', 'task')
+        if shown in losses:
+            raise ValueError(f'GFPDistillHook(task_weight): the model already logs {shown!r}, '
+                             f'the name the unweighted {key!r} would take')
+        if isinstance(value, torch.Tensor):
+            out[key], out[shown] = value * weight, value.detach()
+        else:  # a list of tensors (one per level), as MMEngine's parse_losses accepts
+            out[key] = [v * weight for v in value]
+            out[shown] = [v.detach() for v in value]
+    return out
 
 
 def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:

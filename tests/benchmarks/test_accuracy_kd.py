@@ -58,6 +58,8 @@ def test_each_recipe_gets_its_own_run_folder():
     fisher = name('gfp_acts_kd', '--kd-fisher', 'task')
     assert fisher.startswith('gfp_acts_kd-') and fisher != name('gfp_acts_kd', '--kd-fisher',
                                                                  'all')
+    alone = name('gfp_acts_kd', '--kd-during', 'finetuning', '--kd-task-weight', '0')
+    assert alone.startswith('gfp_acts_kd-') and alone != 'gfp_acts_kd-52fa2ec3_t30_s1'
 
 
 def test_stored_runs_match_by_method(tmp_path):
@@ -85,6 +87,10 @@ def test_hook_arguments_and_table_recipe():
     assert fisher == {'fisher': 'task'}
     assert K.recipe([dict(module='neck', type='cwd')], 'all', 'task') == \
         'cwd neck w1 tau1; all; Fisher: task loss'
+    alone = K.hook_args('gfp_acts_kd', accuracy.parse_args(['--kd-task-weight', '0']))
+    assert alone == {'task_weight': 0.0}
+    assert K.recipe([dict(module='neck', type='cwd')], 'finetuning', 'all', 0.0) == \
+        'cwd neck w1 tau1; finetuning; task x0'
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -171,6 +171,43 @@ def test_bad_arguments_are_named():
     hook = GFPDistillHook(losses=[dict(module='head')], fisher='task')
     with pytest.raises(ValueError, match='parse_losses'):  # not an MMEngine BaseModel
         hook.attach(_Plain())
+    for bad in (-1.0, float('nan'), '0', True):
+        with pytest.raises(ValueError, match='`task_weight` must be a finite number'):
+            GFPDistillHook(task_weight=bad)
+
+
+def test_weigh_task_scales_what_is_summed_and_logs_it_unweighted():
+    from mmgfp.hooks.distill_hook import weigh_task
+    cls, box = torch.tensor(2.0, requires_grad=True), [torch.tensor(1.0), torch.tensor(3.0)]
+    out = weigh_task({'loss_cls': cls, 'loss_bbox': box, 'acc': torch.tensor(0.5)}, 0.25)
+    assert float(out['loss_cls']) == 0.5 and [float(v) for v in out['loss_bbox']] == [0.25, 0.75]
+    assert float(out['task_cls']) == 2.0 and [float(v) for v in out['task_bbox']] == [1.0, 3.0]
+    assert not out['task_cls'].requires_grad and float(out['acc']) == 0.5
+    with pytest.raises(ValueError, match="already logs 'task_cls'"):
+        weigh_task({'loss_cls': cls, 'task_cls': cls}, 0.0)
+
+
+def test_task_weight_zero_trains_on_the_teacher_alone(tmp_path, cls_data):
+    from mmengine.registry import init_default_scope
+
+    from mmgfp.apis.checking.check import build_model
+    from mmgfp.apis.inputs import demo_batch
+    cfg = Config.fromfile(cls_config(tmp_path, cls_data))
+    init_default_scope('mmpretrain')
+    model = build_model(cfg)
+    model.train()
+    data = model.data_preprocessor(demo_batch(model, 2, (32, 32)), True)
+    plain = model(**data, mode='loss')['loss']
+    for weight in (0.0, 0.5):
+        hook = GFPDistillHook(task_weight=weight)
+        hook.attach(model)
+        hook.active = True
+        losses = model(**data, mode='loss')
+        hook.detach(model)
+        assert torch.allclose(losses['task'], plain)
+        assert torch.allclose(losses['loss'], weight * plain)
+        total, _ = model.parse_losses(losses)  # what the optimizer gets: task_* not summed
+        assert torch.allclose(total, weight * plain + losses['loss_distill_kl_head'])
 
 
 class _Plain(torch.nn.Module):

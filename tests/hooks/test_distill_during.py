@@ -61,3 +61,23 @@ def test_finetuning_phase_follows_the_restored_pruning_state(tmp_path, cls_data)
 def test_during_is_checked():
     with pytest.raises(ValueError, match='`during` must be one of'):
         GFPDistillHook(during='finetune')
+
+
+def test_task_weight_applies_while_the_teacher_teaches(tmp_path, cls_data):
+    """during='finetuning', task_weight=0: the pruning iterations train on the labels; after
+    them the optimised loss is the distillation term alone, the task loss logged beside it."""
+    config = cls_config(tmp_path, cls_data, max_iters=4, ckpt_interval=100)
+    runner = _train(config, tmp_path / 'w', [PRUNE, dict(
+        type='GFPDistillHook', during='finetuning', task_weight=0.0)])
+    steps = pruning_hook(runner).steps
+    assert 0 < steps < 4
+    scalars = runner.message_hub.log_scalars
+    loss = scalars['train/loss'].data[0]
+    kd = scalars['train/loss_distill_kl_head'].data[0]
+    task = scalars['train/task'].data[0]
+    assert len(kd) == len(task) == 4 - steps
+    # a classifier's own term is named 'loss' (it shadows MMEngine's total in the log): it is
+    # weighted 0 while the teacher teaches, and logged unweighted as 'task'
+    assert all(x == 0 for x in loss[steps:]) and all(x > 0 for x in loss[:steps])
+    assert all(t > 0 for t in task) and all(x > 0 for x in kd)
+
