@@ -106,7 +106,8 @@ def check_hook(args, task, base) -> None:
         try:
             GFPDistillHook(**kwargs)
         except (TypeError, ValueError) as e:
-            raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight: GFPDistillHook '
+            raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight / --kd-fisher / '
+                             f'--kd-task-weight: GFPDistillHook '
                              f'refuses {kwargs}: {e}') from None
 
 
@@ -204,12 +205,14 @@ def sliced_hook(args, task, baseline: str, base) -> dict:
                                  default_scope=base.get('default_scope') or task.scope))
     if args.kd_during is not None:
         hook['during'] = args.kd_during
+    if getattr(args, 'kd_task_weight', None) is not None:
+        hook['task_weight'] = args.kd_task_weight
     return hook
 
 
 def distilled(run) -> Dict:
-    """``{'kd': {'losses': ..., 'during': ..., 'fisher': ...}}``: what the run's GFPDistillHook distilled
-    (the hook's defaults resolved), or ``{}`` without one."""
+    """``{'kd': {'losses': ..., 'during': ..., 'fisher': ..., 'task_weight': ...}}``: what the
+    run's GFPDistillHook distilled (the hook's defaults resolved), or ``{}`` without one."""
     from mmgfp.hooks.distill_hook import GFPDistillHook
     hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
     if hook is None:

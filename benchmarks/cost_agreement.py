@@ -70,19 +70,41 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return pearson(ranks(a), ranks(b))
 
 
+def next_step(groups, table, key: str, kept, min_channels: int = 1):
+    """``(units, step, floor)`` of group ``key``'s next removal as ``FisherPruner`` plans it
+    with ``divisor='auto'`` (down to a multiple of the table's alignment, at least one step),
+    or None where the group is at its floor and the pruner no longer considers it."""
+    g = groups.groups[key]
+    step = math.lcm(table.group_align(groups, key), g.block) // g.block
+    floor = math.ceil(max(min_channels, 1) / g.block)
+    floor = max(math.ceil(floor / step) * step, 1)
+    units = kept(key) // g.block
+    k = units % step or step
+    return None if units - k < floor else (k, step, floor)
+
+
 def state_costs(groups, table, kept) -> Dict[str, Dict[str, float]]:
-    """Group key -> {delta: cost of one unit} with the widths ``kept``; latency over one step
-    of the group's alignment (at least one unit), as the hook's ``divisor='auto'`` takes it."""
+    """Group key -> {delta: cost of one unit} with the widths ``kept``, for the groups the
+    pruner can still narrow. Latency: the time the group's next step saves, per unit, and
+    where that step saves nothing on the table's staircase, the first longer removal (up to
+    ``LOOKAHEAD`` steps) that saves time, as ``FisherPruner`` looks ahead."""
     from mmgfp.core.cost import unit_costs
-    steps = {}
-    for g in groups.prunable:
-        step = math.lcm(table.group_align(groups, g.key), g.block) // g.block
-        steps[g.key] = (kept(g.key) // g.block) % step or step
-    out = {g.key: {} for g in groups.prunable}
+    from mmgfp.core.pruner import LOOKAHEAD
+    plans = {g.key: next_step(groups, table, g.key, kept) for g in groups.prunable}
+    plans = {k: p for k, p in plans.items() if p is not None}
+    out = {k: {} for k in plans}
     for d in DELTAS:
-        costs = unit_costs(groups, kept, d, table, steps if d == 'latency' else None)
-        for k, v in costs.items():
-            out[k][d] = v
+        steps = {k: p[0] for k, p in plans.items()} if d == 'latency' else None
+        for k, v in unit_costs(groups, kept, d, table, steps).items():
+            if k in out:
+                out[k][d] = v
+    for key, (k, step, floor) in plans.items():
+        units, block = kept(key) // groups.groups[key].block, groups.groups[key].block
+        for _ in range(LOOKAHEAD):
+            if out[key]['latency'] > 0 or units - (k + step) < floor:
+                break
+            k += step
+            out[key]['latency'] = table.saved(groups, kept, key, k * block) / k
     return out
 
 
@@ -91,6 +113,8 @@ def summarize(costs: Dict[str, Dict[str, float]], top: int) -> Dict:
     col = {d: [costs[k][d] for k in keys] for d in DELTAS}
     ratio = [costs[k]['latency'] / costs[k]['flops'] for k in keys]
     pos = [r for r in ratio if r > 0]
+    if not pos:
+        raise ValueError('no group saves time on this table at these widths: nothing to compare')
     mean = sum(pos) / len(pos)
     geo = math.exp(sum(math.log(r) for r in pos) / len(pos))
     rel = {k: (costs[k]['latency'] / costs[k]['flops']) / geo for k in keys}
@@ -115,25 +139,28 @@ def main(argv=None):
     torch.set_num_threads(1)
     table = LatencyTable.load(args.table)
     _, groups, _ = config_model(load_config(args.config), 1, tuple(args.input_size))
+    table.check_groups(groups)
     prunable = {g.key for g in groups.prunable}
 
     def narrowed(k: str) -> int:
         g = groups.groups[k]
         if k not in prunable:
             return g.channels
-        return g.block * max(2, math.ceil(args.fraction * g.units))
+        return g.block * min(g.units, max(2, math.ceil(args.fraction * g.units)))
 
     states = {'full': lambda k: groups.groups[k].channels, f'x{args.fraction:g}': narrowed}
     result = {'config': args.config, 'table': args.table, 'key': table.key, 'states': {}}
     for name, kept in states.items():
         costs = state_costs(groups, table, kept)
         s = summarize(costs, args.top)
-        result['states'][name] = dict(s, costs=costs)
+        floor = sorted(g.key for g in groups.prunable if g.key not in costs)
+        result['states'][name] = dict(s, costs=costs, at_floor=floor)
         sp = s['spearman']
         print(f'[{name}] {s["groups"]} groups; Spearman latency~flops {sp["latency~flops"]:.2f}, '
               f'latency~acts {sp["latency~acts"]:.2f}, flops~acts {sp["flops~acts"]:.2f}; '
               f'latency per FLOP varies by {s["latency_per_flop_cv"]:.0%} (coefficient of '
-              f'variation); {len(s["saves_nothing"])} groups save no time per step')
+              f'variation); {len(s["saves_nothing"])} groups save no time per step'
+              + (f'; {len(floor)} at their floor, left out' if floor else ''))
         for row in s['disagree']:
             rel = row['latency_per_flop']
             what = (f'x{rel:.2f} the geometric mean' if rel > 0 else

@@ -161,6 +161,17 @@ def test_a_sliced_student_distils_outputs_by_default():
     assert K.sliced_losses(given, TASKS['mmpose']()) == [{'module': 'head', 'type': 'mse'}]
 
 
+def test_a_sliced_student_gets_the_task_weight_and_phase():
+    from mmengine.config import Config
+    from _accuracy_tasks import TASKS
+    base = Config(dict(model=dict(type='ImageClassifier'), default_scope='mmpretrain'))
+    args = accuracy.parse_args(['--kd-task-weight', '0', '--kd-during', 'finetuning'])
+    hook = K.sliced_hook(args, TASKS['mmpretrain'](), 'baseline.pth', base)
+    assert hook['task_weight'] == 0.0 and hook['during'] == 'finetuning'
+    assert 'task_weight' not in K.sliced_hook(accuracy.parse_args([]), TASKS['mmpretrain'](),
+                                              'baseline.pth', base)
+
+
 def test_a_metric_missing_in_every_run_is_nan_not_an_error():
     """A classifier evaluated with topk=(1,) has no top-5: the table says n/a."""
     mean, std = accuracy._mean_std([float('nan')] * 3)

@@ -21,6 +21,24 @@ def test_ranks_and_spearman():
     assert CA.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_next_step_follows_the_pruner():
+    class _G:
+        def __init__(self, block):
+            self.block = block
+
+    class _Groups:
+        groups = {'a': _G(1), 'b': _G(2)}
+
+    class _Table:
+        def group_align(self, gs, key):
+            return 32
+
+    kept = {'a': 64, 'b': 48}.get
+    assert CA.next_step(_Groups, _Table(), 'a', kept) == (32, 32, 32)  # one step above the floor
+    assert CA.next_step(_Groups, _Table(), 'a', {'a': 32}.get) is None  # at the floor
+    assert CA.next_step(_Groups, _Table(), 'b', kept) == (8, 16, 16)  # 24 units: down to 16
+
+
 def test_summary_names_the_outliers():
     costs = {f'g{i}': {'acts': 1.0 + i, 'flops': 10.0 * (1 + i), 'latency': 1.0 + i}
              for i in range(4)}
@@ -49,5 +67,10 @@ def test_stored_tables_of_the_digits_detector(tmp_path, capsys):
     assert full['spearman']['flops~acts'] > 0.9
     assert full['spearman']['latency~flops'] < 0.9
     assert full['disagree'][0]['group'].startswith('backbone.layer4')
+    # at half width six groups are one 32-channel step from their floor: the pruner stops
+    # there, and so does the comparison
+    half = stored['states']['x0.5']
+    assert len(half['at_floor']) == 6 and half['groups'] == 12 == len(half['costs'])
+    assert not set(half['at_floor']) & set(half['costs'])
     said = capsys.readouterr().out
-    assert '[full] 18 groups' in said and '[x0.5] 18 groups' in said
+    assert '[full] 18 groups' in said and '[x0.5] 12 groups' in said and '6 at their floor' in said
