@@ -57,6 +57,13 @@ class Codebase:
         runs of a training batch; the same batch by default)."""
         return data_batch
 
+    def gt_boxes(self, data_samples) -> List:
+        """The ground-truth boxes of a training batch, one ``(K, 4)`` tensor ``(x1, y1, x2,
+        y2)`` in input pixels per image (for ``GFPDistillHook``'s ``fg_mse``)."""
+        raise CodebaseError(f"{self.title or type(self).__name__} training batches carry no "
+                            "boxes mmgfp reads: distil with type='cwd' (or 'kl', 'mse') "
+                            "instead of 'fg_mse'")
+
     def register_rules(self) -> None:
         """Register tracer rules for the codebase's modules (called on ``import mmgfp``)."""
 

@@ -121,6 +121,13 @@ class MMDetection(Codebase):
         packed['inputs'] = inputs
         return packed
 
+    def gt_boxes(self, data_samples) -> List:
+        if not data_samples or not all(hasattr(d, 'gt_instances') for d in data_samples):
+            raise CodebaseError("fg_mse reads each data sample's gt_instances.bboxes, and this "
+                                'batch has none (a training batch of a detector has)')
+        return [getattr(d.gt_instances.bboxes, 'tensor', d.gt_instances.bboxes)
+                for d in data_samples]
+
     def register_rules(self) -> None:
         _register_rules()
 

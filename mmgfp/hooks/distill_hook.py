@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.core.distill import LOSSES, POOLED, producer_group
+from mmgfp.core.distill import LOSSES, NEEDS_BOXES, POOLED, box_masks, producer_group
 from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 
@@ -58,8 +58,10 @@ class GFPDistillHook(Hook):
         losses (Sequence[dict], optional): Each ``dict(module=NAME, type=TYPE, weight=1.0,
             tau=1.0, output=None)``: ``'kl'`` compares class distributions (classifier logits),
             ``'sigmoid_kl'`` dense sigmoid class scores (a detector head's), ``'mse'`` dense
-            regression maps, ``'cwd'`` feature maps channel by channel; pruned channels of the
-            student are left out of ``'cwd'``. ``output=i`` distils element ``i`` of the
+            regression maps, ``'cwd'`` feature maps channel by channel, ``'fg_mse'`` feature
+            maps inside the ground-truth boxes only (detectors; the squared error relative to
+            the teacher's norm there); pruned channels of the student are left out of
+            ``'cwd'`` and ``'fg_mse'``. ``output=i`` distils element ``i`` of the
             module's output tuple only (``dict(module='bbox_head', type='sigmoid_kl',
             output=0)``: the class scores of every level). None: ``kl`` on ``head`` (tau 4)
             for mmpretrain classifiers, else ``cwd`` on ``neck`` (weight 1, tau 1). Defaults
@@ -130,6 +132,8 @@ class GFPDistillHook(Hook):
         self._groups: Dict = {}
         self._prune_hook = None
         self._own_loss = None
+        self._codebase = None  # for the batch's boxes (fg_mse)
+        self._boxes = None  # (boxes per image, input (H, W)) of the current batch
 
     # -- setup -----------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -198,6 +202,8 @@ class GFPDistillHook(Hook):
             raise ValueError(f"GFPDistillHook(fisher='task') sums the task losses with the "
                              f"model's parse_losses, which {type(model).__name__} lacks (not "
                              "an MMEngine BaseModel): use fisher='all'")
+        if any(spec['type'] in NEEDS_BOXES for spec in self.losses):
+            self._codebase = _box_codebase(model)
         self.teacher = self._build_teacher(model, teacher_model, model_cfg)
         for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
@@ -307,6 +313,8 @@ class GFPDistillHook(Hook):
             if not self.active:
                 return orig(inputs, data_samples, *args, **kwargs)
             self._student = {}
+            if self._codebase is not None:
+                self._boxes = (self._codebase.gt_boxes(data_samples), tuple(inputs.shape[-2:]))
             losses = orig(inputs, data_samples, *args, **kwargs)
             if self.fisher == 'task':
                 self._task_fisher(model, losses)
@@ -316,7 +324,7 @@ class GFPDistillHook(Hook):
             for spec in self.losses:
                 key = loss_key(spec)
                 losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
-            self._student = {}
+            self._student, self._boxes = {}, None
             return losses
 
         return loss
@@ -363,6 +371,11 @@ class GFPDistillHook(Hook):
                                f'the student\'s loss forward and {len(t_list)} in the '
                                "teacher's tensor forward; distil a module both paths run")
         fn = LOSSES[spec['type']]
+        if spec['type'] == 'fg_mse':
+            boxes, input_hw = self._boxes
+            masks = box_masks(boxes, input_hw, [s.shape[-2:] for s in s_list])
+            keep = [self._keep(name, i, s) for i, s in enumerate(s_list)]
+            return fn(s_list, t_list, masks, keep)
         if spec['type'] in POOLED:
             return fn(s_list, t_list, spec['tau'])
         terms = []
@@ -427,6 +440,23 @@ def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
         for p in modules[layer].parameters(recurse=False):
             producers[id(p)] = key
     return producer_group(feature, producers)
+
+
+def _box_codebase(model: nn.Module):
+    """The codebase that gives ``model``'s training batches' boxes, for ``fg_mse``."""
+    from mmgfp.codebases import Codebase, codebase_of
+    try:
+        cb = codebase_of(model)
+    except Exception as e:  # noqa: BLE001  (a model of no codebase mmgfp serves)
+        raise ValueError(f"GFPDistillHook: type='fg_mse' reads the ground-truth boxes of the "
+                         f'batch through the model\'s OpenMMLab codebase, and '
+                         f'{type(model).__name__} belongs to none ({e}); use cwd') from e
+    if cb is None or type(cb).gt_boxes is Codebase.gt_boxes:
+        title = getattr(cb, 'title', None) or type(model).__name__
+        raise ValueError(f"GFPDistillHook: type='fg_mse' needs the batch's ground-truth boxes, "
+                         f'which mmgfp reads for MMDetection detectors, not {title} models: '
+                         "use type='cwd' on the neck")
+    return cb
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmgfp.core.distill import cwd, kl_logits, mse, producer_group, sigmoid_kl
+from mmgfp.core.distill import (box_masks, cwd, fg_mse, kl_logits, mse, producer_group,
+                                sigmoid_kl)
 
 
 def test_losses_are_zero_at_the_teacher_and_positive_elsewhere():
@@ -86,3 +87,47 @@ def test_sigmoid_kl_gradient_pulls_the_scores_towards_the_teachers():
     gap = (torch.sigmoid(s) - torch.sigmoid(t)).abs().sum()
     stepped = s.detach() - 10.0 * s.grad
     assert float((torch.sigmoid(stepped) - torch.sigmoid(t)).abs().sum()) < float(gap)
+
+
+def test_box_masks_cover_every_overlapped_cell_on_every_level():
+    boxes = [torch.tensor([[10., 20., 30., 28.]]), torch.zeros(0, 4)]
+    fine, coarse = box_masks(boxes, (64, 64), [(8, 8), (1, 1)])
+    # stride 8: columns 10//8=1 .. ceil(30/8)=4 (exclusive), rows 20//8=2 .. ceil(28/8)=4
+    want = torch.zeros(8, 8, dtype=torch.bool)
+    want[2:4, 1:4] = True
+    assert torch.equal(fine[0], want)
+    assert not fine[1].any(), 'an image without boxes covers nothing'
+    assert coarse[0].all() and coarse.shape == (2, 1, 1), 'a box marks a cell on every level'
+    # a box past the border is clipped, an empty one ignored; non-square strides
+    edge, = box_masks([torch.tensor([[60., -5., 90., 3.], [5., 5., 5., 9.]])], (32, 64),
+                      [(4, 16)])
+    assert edge[0, 0, 15] and edge[0].sum() == 1
+
+
+def test_fg_mse_reads_only_the_boxes_and_the_kept_channels():
+    t = torch.randn(2, 4, 4, 4)
+    masks = [torch.zeros(2, 4, 4, dtype=torch.bool)]
+    masks[0][0, 1:3, 1:3] = True
+    assert float(fg_mse([t], [t], masks)) == 0
+    s = t.clone()
+    s[:, :, 0, 0] += 5  # background: not compared
+    s[:, 1] += 100  # a pruned channel: not compared either
+    keep = torch.tensor([True, False, True, True])
+    assert float(fg_mse([s], [t], masks, [keep])) == 0
+    s[0, 2, 1, 1] += 3
+    norm = t[0][:, 1:3, 1:3].pow(2).sum()  # over all channels, the pruned one too
+    assert float(fg_mse([s], [t], masks, [keep])) == pytest.approx(9 / float(norm), rel=1e-5)
+    # relative: scaling both maps leaves it unchanged; pooled over the levels
+    assert float(fg_mse([3 * s], [3 * t], masks, [keep])) == pytest.approx(
+        9 / float(norm), rel=1e-5)
+    two = fg_mse([s, t], [t, t], masks * 2, [keep, None])
+    assert float(two) == pytest.approx(9 / float(2 * norm), rel=1e-5)
+
+
+def test_fg_mse_without_boxes_is_a_zero_with_a_graph():
+    s = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = fg_mse([s], [torch.randn(1, 3, 2, 2)], [torch.zeros(1, 2, 2, dtype=torch.bool)])
+    loss.backward()
+    assert float(loss) == 0 and s.grad is not None and not s.grad.any()
+    with pytest.raises(ValueError, match='masks'):
+        fg_mse([s], [s.detach()], [])

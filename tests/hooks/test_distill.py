@@ -56,6 +56,34 @@ def test_detector_distils_the_neck_from_the_loaded_model(tmp_path, det_data):
     assert len(keys) == 1 and keys.pop() in prune.pruner.masker.keep
 
 
+def test_foreground_imitation_reads_the_boxes_of_each_batch(tmp_path, det_data, monkeypatch):
+    from mmgfp.core import distill
+    seen = []
+    box_masks = distill.box_masks
+
+    def spy(boxes, input_hw, shapes):
+        seen.append((sum(len(b) for b in boxes), tuple(input_hw), [tuple(s) for s in shapes]))
+        return box_masks(boxes, input_hw, shapes)
+
+    monkeypatch.setattr('mmgfp.hooks.distill_hook.box_masks', spy)
+    config = det_config(tmp_path, det_data, max_iters=4, ckpt_interval=4)
+    hooks = [_prune(), dict(type='GFPDistillHook', losses=[dict(module='neck', type='fg_mse')])]
+    runner = _train(config, tmp_path / 'w', hooks)
+    values = runner.message_hub.log_scalars['train/loss_distill_fg_mse_neck'].data[0]
+    # (not zero on iteration 1: the teacher runs in eval mode, the student's norms in train)
+    assert len(values) == 4 and all(0 < v < float('inf') for v in values)
+    assert len(seen) == 4 and all(n > 0 for n, _, _ in seen), 'every batch has its boxes'
+    n, (h, w), shapes = seen[0]
+    assert len(shapes) == 5 and shapes[0][0] * 8 == h and shapes[0][1] * 8 == w  # P3..P7
+
+
+def test_foreground_imitation_needs_a_detector(tmp_path, cls_data):
+    config = cls_config(tmp_path, cls_data, max_iters=1)
+    hooks = [dict(type='GFPDistillHook', losses=[dict(module='neck', type='fg_mse')])]
+    with pytest.raises(ValueError, match="fg_mse.*MMDetection detectors, not MMPretrain"):
+        _train(config, tmp_path / 'w', hooks)
+
+
 @pytest.mark.parametrize('fisher', ['all', 'task'])
 def test_resume_matches_uninterrupted(tmp_path, det_data, fisher):
     config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
