@@ -158,7 +158,7 @@ def get_table(cfg, args, baseline: str):
                              'there) or drop --backend, so that it is not overwritten')
     quick = dict(points=2, rounds=1, align=False) if args.quick else {}
     t0 = time.perf_counter()
-    table, groups = profile_config(cfg, 'digits/' + osp.basename(args.config), batch=1,
+    table, groups = profile_config(cfg, args.config, batch=1,
                                    input_size=M.INPUT_SIZE, checkpoint=baseline,
                                    threads=args.threads, out=args.table, backend=args.backend,
                                    calibrate_groups=args.calibrate_groups, **quick)

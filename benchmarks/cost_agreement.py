@@ -26,6 +26,8 @@ from typing import Dict, List, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from mmgfp.core.pruner import look_ahead, plan_removal  # noqa: E402
+
 DELTAS = ('acts', 'flops', 'latency')
 
 
@@ -73,23 +75,20 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def next_step(groups, table, key: str, kept, min_channels: int = 1):
     """``(units, step, floor)`` of group ``key``'s next removal as ``FisherPruner`` plans it
     with ``divisor='auto'`` (down to a multiple of the table's alignment, at least one step),
-    or None where the group is at its floor and the pruner no longer considers it."""
+    or None where the group is at its floor and the pruner no longer considers it: the
+    pruner's own :func:`~mmgfp.core.pruner.plan_removal`."""
     g = groups.groups[key]
-    step = math.lcm(table.group_align(groups, key), g.block) // g.block
-    floor = math.ceil(max(min_channels, 1) / g.block)
-    floor = max(math.ceil(floor / step) * step, 1)
-    units = kept(key) // g.block
-    k = units % step or step
-    return None if units - k < floor else (k, step, floor)
+    return plan_removal(kept(key) // g.block, g.block, table.group_align(groups, key),
+                        min_channels)
 
 
 def state_costs(groups, table, kept) -> Dict[str, Dict[str, float]]:
     """Group key -> {delta: cost of one unit} with the widths ``kept``, for the groups the
     pruner can still narrow. Latency: the time the group's next step saves, per unit, and
     where that step saves nothing on the table's staircase, the first longer removal (up to
-    ``LOOKAHEAD`` steps) that saves time, as ``FisherPruner`` looks ahead."""
+    ``LOOKAHEAD`` steps) that saves time, as ``FisherPruner`` looks ahead
+    (:func:`~mmgfp.core.pruner.look_ahead`)."""
     from mmgfp.core.cost import unit_costs
-    from mmgfp.core.pruner import LOOKAHEAD
     plans = {g.key: next_step(groups, table, g.key, kept) for g in groups.prunable}
     plans = {k: p for k, p in plans.items() if p is not None}
     out = {k: {} for k in plans}
@@ -98,13 +97,9 @@ def state_costs(groups, table, kept) -> Dict[str, Dict[str, float]]:
         for k, v in unit_costs(groups, kept, d, table, steps).items():
             if k in out:
                 out[k][d] = v
-    for key, (k, step, floor) in plans.items():
-        units, block = kept(key) // groups.groups[key].block, groups.groups[key].block
-        for _ in range(LOOKAHEAD):
-            if out[key]['latency'] > 0 or units - (k + step) < floor:
-                break
-            k += step
-            out[key]['latency'] = table.saved(groups, kept, key, k * block) / k
+    for key, plan in plans.items():
+        out[key]['latency'] = look_ahead(table, groups, kept, key, plan,
+                                         out[key]['latency'])[1]
     return out
 
 

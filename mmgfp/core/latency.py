@@ -34,6 +34,8 @@ correction at the operating point (:mod:`mmgfp.core.latency_points`).
 import bisect
 import json
 import math
+import os
+import os.path as osp
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
@@ -51,6 +53,31 @@ FORMAT = 'mmgfp-latency/1'
 KEY_FIELDS = ('device', 'torch', 'dtype', 'channels_last', 'batch', 'threads', 'input_size',
               'model', 'config')
 KeptFn = Callable[[str], int]
+# the repository's configs folder: a key names a config in it by its path from here
+CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
+
+
+def config_name(config: Optional[str]) -> Optional[str]:
+    """How a table key names ``config``, so one config has one name however it was given.
+
+    A path inside the repository's ``configs/`` folder (absolute, relative to the working
+    directory, or relative to the repository root: ``configs/digits/x.py``) becomes its path
+    from that folder (``digits/x.py``); a ``scope::path`` (a config of an installed package,
+    mim style) stays as given; any other path is only normalised (``os.path.normpath``).
+    Anything but a non-empty string is returned as it is.
+    """
+    if not isinstance(config, str) or not config or '::' in config:
+        return config
+    path = osp.normpath(config)
+    parts = path.split(os.sep)
+    if not osp.isabs(path) and parts[0] == 'configs' and len(parts) > 1:
+        return '/'.join(parts[1:])
+    # the folder resolved (the worktree or the working directory may be a symlink)
+    full = osp.join(osp.realpath(osp.dirname(osp.abspath(path))), osp.basename(path))
+    root = osp.realpath(CONFIGS_DIR)
+    if full.startswith(root + os.sep):
+        return osp.relpath(full, root).replace(os.sep, '/')
+    return path
 
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -235,11 +262,14 @@ class LatencyTable:
         """``{field: (in the table, expected)}`` for every field of ``expected`` that differs.
 
         A key written before the runtime was recorded is an eager PyTorch table
-        (:func:`~mmgfp.core.latency_calib.origin` fills its backend fields)."""
+        (:func:`~mmgfp.core.latency_calib.origin` fills its backend fields); configs are
+        compared by :func:`config_name` (a key may hold the path as it was given)."""
         out, made = {}, origin(self.key)
         for k, v in expected.items():
             mine = made[k] if k in ORIGIN_FIELDS and k not in self.key else self.key.get(k)
-            if isinstance(v, (list, tuple)) and isinstance(mine, (list, tuple)):
+            if k == 'config':
+                same = config_name(mine) == config_name(v)
+            elif isinstance(v, (list, tuple)) and isinstance(mine, (list, tuple)):
                 same = list(v) == list(mine)
             else:
                 same = mine == v

@@ -17,6 +17,59 @@ from .masks import ChannelMasker
 LOOKAHEAD = 8
 
 
+def plan_removal(units: int, block: int, divisor: int = 1,
+                 min_channels: int = 1) -> Optional[Tuple[int, int, int]]:
+    """How many units the next removal of a group takes, as :class:`FisherPruner` plans it.
+
+    A step is the fewest units that keep the group's channels a multiple of ``divisor``; the
+    removal brings the group down to a multiple of its step, or by one step where it is on
+    one. The floor is ``min_channels`` in units, rounded up to whole steps (at least one).
+
+    Args:
+        units (int): Units of the group still alive.
+        block (int): Channels per unit.
+        divisor (int): Kept channels stay a multiple of this. Defaults to 1.
+        min_channels (int): The group never goes below this many channels. Defaults to 1.
+
+    Returns:
+        tuple | None: ``(units the removal takes, step, floor)``, or None where the removal
+        would go below the floor (the group is no longer considered).
+    """
+    step = math.lcm(divisor, block) // block
+    floor = math.ceil(max(min_channels, 1) / block)
+    floor = max(math.ceil(floor / step) * step, 1)
+    k = units % step or step
+    return None if units - k < floor else (k, step, floor)
+
+
+def look_ahead(table: LatencyTable, groups: GroupSet, kept: Callable[[str], int], key: str,
+               plan: Tuple[int, int, int], cost: float) -> Tuple[int, float]:
+    """On a flat stretch of the table's staircase, the shortest removal of group ``key`` (up
+    to ``LOOKAHEAD`` more steps, never below the floor) that saves time.
+
+    Args:
+        table (LatencyTable): The latency table (only its ``saved`` is asked).
+        groups (GroupSet): The model's groups.
+        kept (callable): Group key -> channels kept now.
+        key (str): The group.
+        plan (tuple): ``(units, step, floor)`` of its next removal (:func:`plan_removal`).
+        cost (float): Time that removal saves per unit; a positive one is kept as it is.
+
+    Returns:
+        tuple: ``(units, time saved per unit)``; the time is still <= 0 where no removal in
+        reach saves any.
+    """
+    k, step, floor = plan
+    block = groups.groups[key].block
+    units = kept(key) // block
+    for _ in range(LOOKAHEAD):
+        if cost > 0 or units - (k + step) < floor:
+            break
+        k += step
+        cost = table.saved(groups, kept, key, k * block) / k
+    return k, cost
+
+
 @dataclass
 class PruneRecord:
     """One removal: ``units`` of group ``key`` with normalised importance ``score``."""
@@ -105,35 +158,13 @@ class FisherPruner:
             now['latency'] = self.table.predict(self.groups, kept)
         return {k: now[k] / self.full[k] if self.full[k] else 1.0 for k in now}
 
-    def _step_units(self, block: int, divisor: Optional[int] = None) -> int:
-        return math.lcm(self.divisor if divisor is None else divisor, block) // block
-
     def _plan(self, key: str) -> Optional[Tuple[torch.Tensor, int, int, int]]:
-        """(alive units, units the next removal takes, step, floor), None at the floor.
-
-        The next removal brings the group down to a multiple of its step (or by one step)."""
-        g = self.groups.groups[key]
+        """(alive units, units the next removal takes, step, floor), None at the floor
+        (:func:`plan_removal`)."""
         alive = self.masker.keep[key].nonzero().flatten()
-        step = self._step_units(g.block, self.divisors[key])
-        floor = math.ceil(max(self.min_channels, 1) / g.block)
-        floor = max(math.ceil(floor / step) * step, 1)
-        k = len(alive) % step or step
-        if len(alive) - k < floor:
-            return None
-        return alive, k, step, floor
-
-    def _lookahead(self, key: str, plan, cost: float, kept: Callable[[str], int]
-                   ) -> Tuple[int, float]:
-        """On a flat stretch of a latency staircase, the shortest removal (up to
-        ``LOOKAHEAD`` steps) that saves time: (units, time saved per unit)."""
-        alive, k, step, floor = plan
-        block = self.groups.groups[key].block
-        for _ in range(LOOKAHEAD):
-            if cost > 0 or len(alive) - (k + step) < floor:
-                break
-            k += step
-            cost = self.table.saved(self.groups, kept, key, k * block) / k
-        return k, cost
+        plan = plan_removal(len(alive), self.groups.groups[key].block, self.divisors[key],
+                            self.min_channels)
+        return None if plan is None else (alive, *plan)
 
     def _candidate(self, key: str, alive: torch.Tensor, k: int, cost: float):
         if cost <= 0:
@@ -159,7 +190,7 @@ class FisherPruner:
         for key, plan in plans.items():
             k, cost = plan[1], costs[key]
             if self.delta == 'latency' and cost <= 0:
-                k, cost = self._lookahead(key, plan, cost, kept)
+                k, cost = look_ahead(self.table, self.groups, kept, key, plan[1:], cost)
             cand = self._candidate(key, plan[0], k, cost)
             if cand is not None and (best is None or cand[0] < best[1]):
                 best = (key, cand[0], cand[1])

@@ -96,6 +96,36 @@ def test_the_table_is_cached_by_key(tmp_path, capsys):
     assert calls and 'stem.0' in LatencyTable.load(out).layers
 
 
+def test_a_cached_table_fits_its_config_however_it_is_named(tmp_path, capsys):
+    """tools/profile_latency.py run from the repository root names a config
+    'configs/digits/x.py', a benchmark the same one by its absolute path: one table."""
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    model, x = make('chain'), inputs(1)
+    gs = groups_of(model, x)
+    out = str(tmp_path / 'chain.json')
+    calls = []
+
+    def fwd(m):
+        calls.append(1)
+        return m(x)
+
+    first = profile_latency(model, fwd, gs, input_size=(8, 8), config='configs/digits/x.py',
+                            out=out, **FAST)
+    assert calls and first.key['config'] == 'digits/x.py'  # stored relative to configs/
+    with open(out) as f:
+        assert json.load(f)['key']['config'] == 'digits/x.py'
+    calls.clear()
+    for same in (osp.join(root, 'configs', 'digits', 'x.py'), 'digits/x.py'):
+        again = profile_latency(model, fwd, gs, input_size=(8, 8), config=same, out=out,
+                                **FAST)
+        assert calls == [] and again.to_dict() == first.to_dict()  # reused, nothing ran
+    capsys.readouterr()
+    other = profile_latency(model, fwd, gs, input_size=(8, 8), config='configs/digits/y.py',
+                            out=out, **FAST)
+    assert calls and other.key['config'] == 'digits/y.py'  # another config: measured again
+    assert "config: table 'digits/x.py', asked 'digits/y.py'" in capsys.readouterr().err
+
+
 def test_capture_finds_calls_norm_and_activation():
     model, x = make('fpn'), inputs(2)
     calls = capture_calls(model, lambda m: m(x), ['c2.0', 'head.0', 'lat2'])

@@ -169,6 +169,32 @@ def test_a_table_of_another_runtime_is_never_overwritten(tmp_path):
     assert path.read_text() == eager
 
 
+def test_a_table_the_tool_made_fits_the_config_asked_for(tmp_path, monkeypatch, capsys):
+    """tools/profile_latency.py run from the repository root keyed the session-14 ONNX Runtime
+    table 'configs/digits/...'; the table this benchmark profiled keys the same config
+    'digits/...'. Both fit what the benchmark asks, so neither is profiled again."""
+    import mmgfp.apis.latency.profile as P
+    from mmgfp.core import LatencyTable
+    tool = LatencyTable.load(osp.join(ROOT, 'benchmarks', 'results', 'latency_ort',
+                                      'table_digits_retinanet_r18_ort_s14_b1_t1_128x128.json'))
+    made = LatencyTable.load(AL.TABLE_ORT)
+    assert tool.key['config'] == 'configs/digits/retinanet_r18_fpn_digits.py'
+    assert made.key['config'] == 'digits/retinanet_r18_fpn_digits.py'
+    assert tool.mismatches(made.key) == {} and made.mismatches(tool.key) == {}
+    asked = []
+
+    def profile_config(cfg, config, **kwargs):  # what get_table hands the profiler's cache
+        asked.append(config)
+        return made, None
+
+    monkeypatch.setattr(P, 'profile_config', profile_config)
+    args = AL.parse_args(['--methods', 'tp_l1', '--backend', 'onnxruntime', '--table',
+                          str(tmp_path / 'table.json')])
+    assert AL.get_table(None, args, 'unused.pth') is made and len(asked) == 1
+    assert tool.matches({'config': asked[0]}) and made.matches({'config': asked[0]})
+    assert not tool.matches({'config': 'configs/digits/retinanet_r18_fpn_digits_kd.py'})
+
+
 @pytest.mark.slow
 def test_quick_in_onnxruntime_times_the_exported_models(tmp_path):
     """The table profiled in ONNX Runtime, every compact timed there; divisor 8 keeps every

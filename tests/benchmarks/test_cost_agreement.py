@@ -4,6 +4,10 @@ import os.path as osp
 import sys
 
 import pytest
+import torch
+import torch.nn as nn
+
+import mmgfp.core.pruner as pruner_module
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
@@ -37,6 +41,53 @@ def test_next_step_follows_the_pruner():
     assert CA.next_step(_Groups, _Table(), 'a', kept) == (32, 32, 32)  # one step above the floor
     assert CA.next_step(_Groups, _Table(), 'a', {'a': 32}.get) is None  # at the floor
     assert CA.next_step(_Groups, _Table(), 'b', kept) == (8, 16, 16)  # 24 units: down to 16
+    # the script runs the pruner's own arithmetic, not a copy of it
+    assert CA.plan_removal is pruner_module.plan_removal
+    assert CA.look_ahead is pruner_module.look_ahead
+
+
+class _Chain(nn.Module):
+    """x (3) -> a: conv 3->8 -> ReLU -> b: conv 8->12 -> ReLU -> c: conv 12->5 -> out"""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 12, 3), nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x).relu()).relu())
+
+
+def test_costs_are_what_the_pruner_ranks_by():
+    """On a table where b's time is flat from 8 to 12 output channels, the script's latency
+    cost of b is the time saved per unit of the removal the pruner takes (12 -> 7, looked
+    ahead past the flat stretch), and its plans are the pruner's (a aligned to 4)."""
+    from mmgfp.core import FisherPruner, LatencyTable, build_groups
+
+    def grid(f, ins, outs):
+        return {'in': ins, 'out': outs, 'us': [[f(i, o) for o in outs] for i in ins]}
+
+    flat_b = grid(lambda i, o: 0.1 * i * min(o, 8), [1, 4, 8], [1, 8, 12])
+    table = LatencyTable({'config': 'toy'}, 100.0, {
+        'a': dict(grid(lambda i, o: 1.0 * o, [3], [1, 4, 8]), align=4), 'b': flat_b,
+        'c': grid(lambda i, o: 2.0, [1, 6, 12], [5])})
+    model, x = _Chain(), torch.randn(1, 3, 12, 12)
+    gs = build_groups(model, lambda m: m(x))
+    pruner = FisherPruner(model, gs, delta='latency', divisor='auto', latency_table=table)
+    assert sorted(g.key for g in gs.prunable) == ['a', 'b']
+    for g in gs.prunable:
+        assert CA.next_step(gs, table, g.key, pruner.kept) == tuple(pruner._plan(g.key)[1:])
+    costs = CA.state_costs(gs, table, pruner.kept)
+    # a's step is 4 units (8 -> 4): 4 us in a, and b's input narrows by 4 (b's out is 8)
+    assert costs['a']['latency'] == pytest.approx((1.0 * 4 + 0.1 * 4 * 8) / 4)
+    assert costs['b']['latency'] == pytest.approx(0.1 * 8 / 5)  # 12 -> 7: 5 units
+    # equal Fisher values: the score is 1 / (time saved per unit) of the removal chosen
+    rec = pruner.recorder
+    rec.fisher['a'].fill_(1e6)
+    rec.fisher['b'].fill_(1.0)
+    rec.hits.update(a=1, b=1)
+    chosen = pruner.select()
+    assert chosen.key == 'b' and len(chosen.units) == 5
+    assert 1 / chosen.score == pytest.approx(costs['b']['latency'])
 
 
 def test_summary_names_the_outliers():

@@ -7,13 +7,19 @@ counts, so interpolation is exact and every expected figure can be worked out by
     t_a = 1.0 * out,  t_b = 0.1 * in * out,  t_c = 0.5 * in     (us)
 """
 import json
+import os.path as osp
 
 import pytest
 import torch
 
 from core_toys import groups_of, inputs, make
 from mmgfp.core import FisherPruner, LatencyTable, LatencyTableError, unit_costs
-from mmgfp.core.latency import FORMAT
+from mmgfp.core.latency import CONFIGS_DIR, FORMAT, config_name
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+# one config of the repository, as a user may give it (its file need not exist)
+SAME_CONFIG = ['configs/digits/x.py', './configs/digits/x.py', 'configs//digits/./x.py',
+               osp.join(ROOT, 'configs', 'digits', 'x.py'), 'digits/x.py']
 
 KEY = {'device': 'cpu: test', 'torch': '2.0', 'dtype': 'fp32', 'channels_last': False,
        'batch': 1, 'threads': 1, 'input_size': [8, 8], 'model': 'Chain', 'config': 'toy'}
@@ -114,6 +120,47 @@ def test_key_matching():
     with pytest.raises(LatencyTableError, match=r"dtype: table 'fp32', asked 'fp16', batch: "
                        r'table 1, asked 8.*profile_latency'):
         t.check_key({'dtype': 'fp16', 'batch': 8, 'threads': 1})
+
+
+def test_config_name_is_the_path_inside_configs(monkeypatch):
+    assert CONFIGS_DIR == osp.join(ROOT, 'configs') and osp.isdir(CONFIGS_DIR)
+    assert {config_name(c) for c in SAME_CONFIG} == {'digits/x.py'}
+    # relative paths are the working directory's; 'configs/...' is the repository's anywhere
+    monkeypatch.chdir(osp.join(ROOT, 'tools'))
+    assert config_name('../configs/digits/x.py') == 'digits/x.py'
+    assert config_name('configs/digits/x.py') == 'digits/x.py'
+    monkeypatch.chdir(osp.join(ROOT, 'configs'))
+    assert config_name('digits/x.py') == config_name('./digits/x.py') == 'digits/x.py'
+
+
+@pytest.mark.parametrize('config', [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',  # a config of an installed package
+    '/elsewhere/configs/digits/x.py',  # not the repository's configs folder
+    osp.join(ROOT, 'tools', 'x.py'), 'toy', 'fcos_r50', '', None])
+def test_config_name_leaves_other_names(config):
+    assert config_name(config) == config
+
+
+def test_config_name_only_normalises_other_paths():
+    assert config_name('a//b/./c.py') == 'a/b/c.py'
+    assert config_name('/elsewhere/x/../y.py') == '/elsewhere/y.py'
+    assert config_name(osp.join(ROOT, 'configs')) == osp.join(ROOT, 'configs')  # the folder
+
+
+@pytest.mark.parametrize('stored', SAME_CONFIG)
+def test_a_config_matches_however_it_is_written(stored):
+    d = chain_table()
+    d['key'] = dict(d['key'], config=stored)
+    t = LatencyTable.from_dict(d)
+    assert t.key['config'] == stored  # the key is kept as it was stored
+    for asked in SAME_CONFIG:
+        assert t.matches({'config': asked, 'batch': 1}), (stored, asked)
+    assert t.mismatches({'config': 'digits/y.py'}) == {'config': (stored, 'digits/y.py')}
+    with pytest.raises(LatencyTableError, match=r"config: table '.*x\.py', asked "
+                       r"'configs/digits/y\.py'"):
+        t.check_key({'config': 'configs/digits/y.py'})
+    for other in ('mmdet::digits/x.py', 'other/digits/x.py', '/elsewhere/configs/digits/x.py'):
+        assert not t.matches({'config': other}), (stored, other)
 
 
 def test_a_key_from_before_the_runtime_was_recorded_is_an_eager_table():

@@ -6,6 +6,7 @@ import torch
 
 from core_toys import groups_of, inputs, make, outputs
 from mmgfp.core import FisherPruner, apply_spec, build_groups, count, make_spec, unit_costs
+from mmgfp.core.pruner import LOOKAHEAD, look_ahead, plan_removal
 
 
 def _pruner(name='chain', **kw):
@@ -163,6 +164,89 @@ def test_min_channels_with_blocks():
     _prune_to_the_end(pruner, lambda rec: None)
     # pw.0: blocks of 4, at least 5 channels -> 2 blocks
     assert {k: pruner.kept(k) for k in pruner.masker.keep} == {'a.0': 5, 'pw.0': 8}
+
+
+@pytest.mark.parametrize('units, block, divisor, min_channels, expected', [
+    (12, 1, 1, 1, (1, 1, 1)),  # no divisor: one unit at a time
+    (12, 1, 8, 1, (4, 8, 8)),  # down to a multiple of 8 in one removal
+    (16, 1, 8, 1, (8, 8, 8)),  # on a multiple already: one whole step
+    (3, 4, 8, 1, (1, 2, 2)),  # blocks of 4, divisor 8: steps of 2 units, 12 -> 8 channels
+    (3, 6, 4, 1, (1, 2, 2)),  # lcm(4, 6) = 12 channels = 2 units per step: 18 -> 12
+    (5, 1, 8, 1, None),  # the step (8) is larger than what is alive
+    (8, 1, 8, 1, None),  # one step is all that is left: the floor
+    (3, 2, 1, 5, None),  # min_channels 5 in blocks of 2 is 3 units: at the floor
+    (4, 2, 1, 5, (1, 1, 3)),  # one unit above it
+    (20, 1, 4, 10, (4, 4, 12)),  # the floor is rounded up to whole steps (10 -> 12)
+    (12, 1, 4, 10, None),  # at the rounded floor
+])
+def test_plan_removal(units, block, divisor, min_channels, expected):
+    assert plan_removal(units, block, divisor, min_channels) == expected
+
+
+def test_plan_removal_is_the_pruners_plan():
+    """The pruner's plan of every group is :func:`plan_removal` of its alive units, down to
+    the floor (a.0: 8 -> 4 channels in one removal; pw.0: blocks of 4, 12 -> 4 channels)."""
+    _, _, gs, pruner = _pruner('depthwise', divisor=4, min_channels=3)
+    planned = []
+    for it in range(10):
+        for g in gs.prunable:
+            plan = pruner._plan(g.key)
+            expected = plan_removal(pruner.kept(g.key) // g.block, g.block, 4, 3)
+            assert (plan if plan is None else tuple(plan[1:])) == expected
+            if plan is not None:
+                assert plan[0].tolist() == pruner.masker.keep[g.key].nonzero().flatten().tolist()
+                planned.append((g.key, expected))
+        fake_stats(pruner, seed=it)
+        if not pruner.step():
+            break
+    assert sorted(set(planned)) == [('a.0', (4, 4, 4)), ('pw.0', (1, 1, 1))]
+    assert {k: pruner.kept(k) for k in pruner.masker.keep} == {'a.0': 4, 'pw.0': 4}
+
+
+class _Staircase:
+    """A latency table whose only answer is ``saved``: the time saved by removing channels
+    of one group, from a list indexed by the channels removed; it records what was asked."""
+
+    def __init__(self, saved_by_channels):
+        self.by = saved_by_channels
+        self.asked = []
+
+    def saved(self, groups, kept, key, channels):
+        self.asked.append(channels)
+        return self.by[channels]
+
+
+class _Groups:
+    def __init__(self, block):
+        self.groups = {'g': type('G', (), {'block': block})()}
+
+
+def test_look_ahead_grows_a_removal_that_saves_nothing():
+    # blocks of 2, 20 units alive, steps of 1 unit: flat until 4 units (8 channels) go
+    table = _Staircase([0.0] * 8 + [6.0] * 33)
+    k, cost = look_ahead(table, _Groups(2), {'g': 40}.get, 'g', (1, 1, 1), 0.0)
+    assert (k, cost) == (4, 6.0 / 4)
+    assert table.asked == [4, 6, 8]  # channels, not units: 2, 3, then 4 units
+
+
+def test_look_ahead_keeps_a_removal_that_saves_time():
+    table = _Staircase([])
+    assert look_ahead(table, _Groups(1), {'g': 12}.get, 'g', (1, 1, 1), 0.5) == (1, 0.5)
+    assert table.asked == []  # never asked
+
+
+def test_look_ahead_stops_at_the_floor_without_a_saving():
+    # 12 units, steps of 2 from 2, floor 6: 4 and 6 units are in reach, 8 would go below
+    table = _Staircase([-1.0] * 13)
+    k, cost = look_ahead(table, _Groups(1), {'g': 12}.get, 'g', (2, 2, 6), -0.1)
+    assert (k, cost) == (6, -1.0 / 6) and table.asked == [4, 6]
+
+
+def test_look_ahead_stops_after_lookahead_steps():
+    units = 4 * LOOKAHEAD
+    table = _Staircase([0.0] * (units + 1))
+    k, cost = look_ahead(table, _Groups(1), {'g': units}.get, 'g', (1, 1, 1), 0.0)
+    assert k == 1 + LOOKAHEAD and cost == 0.0 and len(table.asked) == LOOKAHEAD
 
 
 def test_remaining_reaches_target_and_matches_compact_model():

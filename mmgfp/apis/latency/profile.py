@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from mmgfp.core import GroupSet, LatencyTable, LatencyTableError
-from mmgfp.core.latency import module_widths, timed_layers
+from mmgfp.core.latency import config_name, module_widths, timed_layers
 from mmgfp.core.latency_calib import load_warning
 from mmgfp.apis.latency.group_calib import calibrate_groups as group_calibration
 from mmgfp.apis.latency.plan import (LayerCalls, capture_calls, describe_block,  # noqa: F401
@@ -254,7 +254,7 @@ def plan_config(cfg, config: str, path: str, batch: int = 1,
     :mod:`mmgfp.apis.latency.runner`."""
     model, groups, fwd = config_model(cfg, batch, input_size, checkpoint, seed)
     key = {'batch': int(batch), 'input_size': [int(s) for s in input_size],
-           'model': type(model).__name__, 'config': config}
+           'model': type(model).__name__, 'config': config_name(config)}
     settings = dict(points=points, rounds=rounds, warmup=warmup, tol=tol,
                     max_points=max_points, align=align)
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True, **k)) if progress else None

@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from mmgfp.core.latency import config_name
 from mmgfp.apis.latency.runner import (DTYPES, Timer, device_name, minor_faults,  # noqa: F401
                                        steady_allocator)
 
@@ -15,11 +16,12 @@ def make_key(device: str, dtype: str, channels_last: bool, batch: int, threads: 
              input_size: Sequence[int], model: str, config: str) -> Dict:
     """The settings a table was measured with, as plain JSON types (``torch.__version__`` is
     a ``TorchVersion``, which a checkpoint holding the key could not load with
-    ``weights_only=True``)."""
+    ``weights_only=True``); the config named by :func:`~mmgfp.core.latency.config_name`."""
     return {'device': str(device_name(device)), 'torch': str(torch.__version__),
             'dtype': str(dtype),
             'channels_last': bool(channels_last), 'batch': int(batch), 'threads': int(threads),
-            'input_size': [int(s) for s in input_size], 'model': model, 'config': config}
+            'input_size': [int(s) for s in input_size], 'model': model,
+            'config': config_name(config)}
 
 
 def check_settings(device: str, dtype: str) -> None:
