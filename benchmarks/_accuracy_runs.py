@@ -64,6 +64,8 @@ def settings(args, baseline: str) -> dict:
             'tp_scope', 'tol', 'quick', 'baseline_iters')
     sig = dict({k: getattr(args, k) for k in keys}, config=osp.abspath(args.config),
                baseline=[osp.abspath(baseline), st.st_size, int(st.st_mtime)])
+    if getattr(args, 'train_images', None) is not None:  # runs stored before it still match
+        sig['train_images'] = args.train_images
     return K.add_signature(sig, args)  # the kd options only when given
 
 

@@ -91,6 +91,18 @@ def check_model(cfg, task, fail) -> None:
              f'{task.what}')
 
 
+def few_images(cfg, n: int) -> None:
+    """``--train-images N``: the training data set keeps its first ``n`` images (MMEngine's
+    ``indices``, applied after its own filters). A wrapper data set (repeat, concat) has no
+    such option: the error says so."""
+    ds = cfg.train_dataloader.dataset
+    if 'ann_file' not in ds and 'data_root' not in ds:
+        raise SystemExit(f'error: --train-images needs a plain training data set (one with '
+                         f'an ann_file), and {ds.get("type")!r} wraps others: set `indices` '
+                         'in the config instead')
+    ds.indices = int(n)
+
+
 def quick_data(cfg, task, work_dir: str) -> None:
     """--quick: a few images per split, ``task.quick_batch`` (mostly one) per batch.
 

@@ -73,7 +73,7 @@ import _common as C  # noqa: E402
 # the run, setup and table code lives in these modules; their names stay importable from here
 from _accuracy_runs import (_log_level, _stamp, baseline_iters, run_one,  # noqa: E402,F401
                             save, settings, stored, train_baseline)
-from _accuracy_setup import base_config  # noqa: E402,F401
+from _accuracy_setup import base_config, few_images  # noqa: E402,F401
 from _accuracy_table import (LABELS, METHODS, _mean_std, _pm, format_tables,  # noqa: E402,F401
                              plot, summarize)
 
@@ -111,6 +111,10 @@ def parse_args(argv=None):
     p.add_argument('--gfp-interval', type=int, help='iterations between pruning steps (2)')
     p.add_argument('--gfp-channels-per-step', type=int, help='selections per step (32)')
     p.add_argument('--taylor-batches', type=int, help='gradient batches for TP Taylor (4)')
+    p.add_argument('--train-images', type=int, metavar='N',
+                   help='every method after the baseline trains on the first N training '
+                        'images only (the baseline is trained, or was, on all): pruning with '
+                        'few labels, where a teacher may know more than they say')
     K.add_args(p)
     p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
                    help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
@@ -141,6 +145,8 @@ def parse_args(argv=None):
                     f'{getattr(args, name)}')
     if args.progress < 0:
         p.error(f'--progress must be >= 0 seconds, got {args.progress}')
+    if args.train_images is not None and args.train_images < 1:
+        p.error(f'--train-images must be a positive integer, got {args.train_images}')
     if args.baseline_iters is not None and args.baseline_iters < 1:
         p.error(f'--baseline-iters must be a positive integer, got {args.baseline_iters}')
     for t in args.targets:
@@ -192,6 +198,8 @@ def main(argv=None) -> dict:
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
+    if args.train_images is not None:
+        few_images(base, args.train_images)
     base_model = M.build(base, baseline)
     full = M.measure(base_model)
     sig = settings(args, baseline)
@@ -254,8 +262,10 @@ def main(argv=None) -> dict:
                              for t, v in seeds.items())
     thin = (f' (thin: {ctx["baseline_iters"] + args.iters} from scratch)'
             if 'thin' in args.methods else '')
-    budget = (f'{args.iters} iterations after a {ctx["baseline_iters"]}-iteration baseline'
-              f'{thin}, {seed_txt}')
+    images = ('' if args.train_images is None else
+              f' on the first {args.train_images} training images')
+    budget = (f'{args.iters} iterations{images} after a {ctx["baseline_iters"]}-iteration '
+              f'baseline{thin}, {seed_txt}')
     print(f'\n{task.headers[0]} on the test split of {osp.basename(args.config)} at '
           f'{"/".join(map(str, args.targets))} of the FLOPs; budget: {budget}; mean ± std over '
           'seeds')

@@ -51,6 +51,7 @@ def test_baseline_iterations_come_from_the_given_checkpoint(tmp_path, capsys):
     (['--iters', '0'], '--iters must be a positive integer'),
     (['--baseline', '/nonexistent/iter_500.pth'], 'does not exist'),
     (['--stored-only', '--force'], 'contradict each other'),
+    (['--train-images', '0'], '--train-images must be a positive integer'),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -111,3 +112,22 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     assert [r['seconds'] for r in stored['runs']] == [runs['random']['seconds']]
     assert stored['missing'] == [{'method': 'random', 'target': 0.5, 'seed': 1}]
     assert not (tmp_path / 'wd' / 'runs' / 'random_t50_s1').exists()
+
+
+def test_train_images_subsets_the_training_set_and_the_signature(tmp_path):
+    from mmengine.config import Config
+    from _accuracy_setup import few_images
+    ckpt = tmp_path / 'iter_2.pth'
+    ckpt.write_bytes(b'0')
+    plain = accuracy.settings(accuracy.parse_args([]), str(ckpt))
+    few = accuracy.settings(accuracy.parse_args(['--train-images', '100']), str(ckpt))
+    assert 'train_images' not in plain, 'runs stored before the option still match'
+    assert few == dict(plain, train_images=100)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py'))
+    few_images(cfg, 100)
+    assert cfg.train_dataloader.dataset.indices == 100
+    assert 'indices' not in cfg.val_dataloader.dataset, 'the test data stays whole'
+    cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=2,
+                                        dataset=cfg.val_dataloader.dataset)
+    with pytest.raises(SystemExit, match='wraps others'):
+        few_images(cfg, 100)
