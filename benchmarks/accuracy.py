@@ -54,7 +54,8 @@ prune before them (Taylor's gradient batches update no weights) and fine-tune fo
 them. ``thin`` trains from scratch for baseline + ``--iters`` iterations with the baseline's
 schedule stretched. Torch-Pruning's ratio and the thin width are searched until mmgfp's cost
 model, applied to the final compact module of every method alike, gives the target FLOPs within
-``--tol``.
+``--tol``. ``--train-images N`` trains every method after the baseline on the first ``N``
+training images only (the baseline keeps all it was trained on): pruning with few labels.
 
 Each finished (method, seed) run is stored in ``WORK_DIR/runs/<name>/result.json`` and reused
 by a later call with the same settings, so seeds can be added one call at a time.
