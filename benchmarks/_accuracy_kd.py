@@ -187,9 +187,10 @@ def sliced_losses(args, task) -> List[dict]:
         raise SystemExit(f'error: tp_*_kd on {task.scope} needs --kd-losses: an output loss '
                          '(type kl, sigmoid_kl or mse on the head) that a sliced student can '
                          'compare with the unpruned teacher')
-    cwd = [x['module'] for x in losses if x.get('type', 'cwd') in ('cwd', 'fg_mse')]
+    cwd = [x for x in losses if x.get('type', 'cwd') in ('cwd', 'fg_mse')]
     if cwd:
-        raise SystemExit(f'error: tp_*_kd: cwd or fg_mse on {cwd} needs the teacher\'s channels, but '
+        what = ', '.join(f"{x.get('type', 'cwd')} on {x['module']!r}" for x in cwd)
+        raise SystemExit(f'error: tp_*_kd: {what} needs the teacher\'s channels, but '
                          'Torch-Pruning sliced the student and its maps have fewer. Distil '
                          'outputs instead, e.g. --kd-losses \'[{"module": "bbox_head", '
                          '"type": "sigmoid_kl", "output": 0}]\' (a detector) or '

@@ -96,9 +96,9 @@ def few_images(cfg, n: int) -> None:
     ``indices``, applied after its own filters). A wrapper data set (repeat, concat) has no
     such option: the error says so."""
     ds = cfg.train_dataloader.dataset
-    if 'ann_file' not in ds and 'data_root' not in ds:
-        raise SystemExit(f'error: --train-images needs a plain training data set (one with '
-                         f'an ann_file), and {ds.get("type")!r} wraps others: set `indices` '
+    if 'dataset' in ds or 'datasets' in ds:
+        raise SystemExit(f'error: --train-images needs a plain training data set, and '
+                         f'{ds.get("type")!r} wraps others: set `indices` '
                          'in the config instead')
     ds.indices = int(n)
 

@@ -148,6 +148,8 @@ def parse_args(argv=None):
         p.error(f'--progress must be >= 0 seconds, got {args.progress}')
     if args.train_images is not None and args.train_images < 1:
         p.error(f'--train-images must be a positive integer, got {args.train_images}')
+    if args.train_images is not None and args.quick:
+        p.error('--quick trains on a few images already: leave out --train-images')
     if args.baseline_iters is not None and args.baseline_iters < 1:
         p.error(f'--baseline-iters must be a positive integer, got {args.baseline_iters}')
     for t in args.targets:

@@ -139,8 +139,10 @@ def box_masks(boxes: Sequence[torch.Tensor], input_hw: Sequence[int],
     """Per level, the positions of a feature map that the images' boxes cover.
 
     A box ``(x1, y1, x2, y2)`` in input pixels covers every cell of a level's grid that it
-    overlaps (a cell of an ``(h, w)`` level of an ``(H, W)`` input spans ``H / h`` by ``W / w``
-    pixels), so every box marks at least one cell on every level, also the coarsest.
+    overlaps, so every box inside the input marks at least one cell on every level, also the
+    coarsest. A cell of an ``(h, w)`` level of an ``(H, W)`` input spans the level's stride:
+    ``H / h`` rounded to a power of two where it is within 10% of one (an FPN level whose size
+    was rounded up: 800 / 13 is stride 64), else ``H / h`` itself.
 
     Args:
         boxes (Sequence[Tensor]): One ``(K, 4)`` tensor per image (``K`` may be 0).
@@ -151,20 +153,33 @@ def box_masks(boxes: Sequence[torch.Tensor], input_hw: Sequence[int],
         list[Tensor]: One bool ``(N, h, w)`` mask per level.
     """
     big_h, big_w = (float(v) for v in input_hw)
+    rows = []
+    for b in boxes:
+        b = torch.as_tensor(b).detach()
+        if b.numel() and (b.dim() != 2 or b.shape[-1] != 4):
+            raise ValueError(f'box_masks needs (K, 4) boxes (x1, y1, x2, y2), got shape '
+                             f'{tuple(b.shape)}')
+        rows.append(b.to('cpu', torch.float64).reshape(-1, 4).tolist())
     out = []
     for h, w in shapes:
         mask = torch.zeros(len(boxes), h, w, dtype=torch.bool)
-        sy, sx = big_h / h, big_w / w
-        for n, b in enumerate(boxes):
-            b = torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4).cpu()
-            for x1, y1, x2, y2 in b.tolist():
+        sy, sx = _stride(big_h, h), _stride(big_w, w)
+        for n, image in enumerate(rows):
+            for x1, y1, x2, y2 in image:
                 if not (x2 > x1 and y2 > y1):
                     continue  # an empty box covers nothing
-                c0, c1 = max(int(x1 // sx), 0), min(math.ceil(x2 / sx), w)
-                r0, r1 = max(int(y1 // sy), 0), min(math.ceil(y2 / sy), h)
-                mask[n, r0:r1, c0:c1] = True
+                c0, c1 = max(int(x1 // sx), 0), max(min(math.ceil(x2 / sx), w), 0)
+                r0, r1 = max(int(y1 // sy), 0), max(min(math.ceil(y2 / sy), h), 0)
+                mask[n, r0:r1, c0:c1] = True  # empty where the box is outside the input
         out.append(mask)
     return out
+
+
+def _stride(size: float, cells: int) -> float:
+    """Pixels per cell of a level with ``cells`` cells over ``size`` input pixels."""
+    ratio = size / cells
+    pow2 = 2.0 ** round(math.log2(ratio))
+    return pow2 if abs(pow2 - ratio) <= 0.1 * pow2 else ratio
 
 
 def fg_mse(student: Tensors, teacher: Tensors, masks: Sequence[torch.Tensor],

@@ -314,7 +314,8 @@ class GFPDistillHook(Hook):
                 return orig(inputs, data_samples, *args, **kwargs)
             self._student = {}
             if self._codebase is not None:
-                self._boxes = (self._codebase.gt_boxes(data_samples), tuple(inputs.shape[-2:]))
+                boxes = [b.detach().cpu() for b in self._codebase.gt_boxes(data_samples)]
+                self._boxes = (boxes, tuple(inputs.shape[-2:]))  # one copy to the CPU
             losses = orig(inputs, data_samples, *args, **kwargs)
             if self.fisher == 'task':
                 self._task_fisher(model, losses)
@@ -450,12 +451,14 @@ def _box_codebase(model: nn.Module):
     except Exception as e:  # noqa: BLE001  (a model of no codebase mmgfp serves)
         raise ValueError(f"GFPDistillHook: type='fg_mse' reads the ground-truth boxes of the "
                          f'batch through the model\'s OpenMMLab codebase, and '
-                         f'{type(model).__name__} belongs to none ({e}); use cwd') from e
+                         f'{type(model).__name__} belongs to none ({e}); use cwd on a '
+                         'module that outputs feature maps') from e
     if cb is None or type(cb).gt_boxes is Codebase.gt_boxes:
         title = getattr(cb, 'title', None) or type(model).__name__
         raise ValueError(f"GFPDistillHook: type='fg_mse' needs the batch's ground-truth boxes, "
                          f'which mmgfp reads for MMDetection detectors, not {title} models: '
-                         "use type='cwd' on the neck")
+                         "use type='kl' on a classifier's head, or 'cwd' on a module that "
+                         'outputs feature maps')
     return cb
 
 

@@ -137,7 +137,7 @@ def test_quick_on_a_classifier_with_and_without_the_teacher(tmp_path):
     assert kd_row['kd']['losses'][0]['type'] == 'kl'
 
 
-CWD = r"cwd or fg_mse on \['neck'\] needs the teacher's channels"
+CWD = r"cwd on 'neck' needs the teacher's channels"
 
 
 @pytest.mark.parametrize('argv, scope, message', [

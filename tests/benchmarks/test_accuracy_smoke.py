@@ -52,6 +52,7 @@ def test_baseline_iterations_come_from_the_given_checkpoint(tmp_path, capsys):
     (['--baseline', '/nonexistent/iter_500.pth'], 'does not exist'),
     (['--stored-only', '--force'], 'contradict each other'),
     (['--train-images', '0'], '--train-images must be a positive integer'),
+    (['--train-images', '10', '--quick'], 'leave out --train-images'),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):

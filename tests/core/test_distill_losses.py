@@ -102,6 +102,15 @@ def test_box_masks_cover_every_overlapped_cell_on_every_level():
     edge, = box_masks([torch.tensor([[60., -5., 90., 3.], [5., 5., 5., 9.]])], (32, 64),
                       [(4, 16)])
     assert edge[0, 0, 15] and edge[0].sum() == 1
+    # a box wholly outside the input covers nothing (not the wrapped-around rest of a row)
+    out, = box_masks([torch.tensor([[-40., 10., -10., 20.], [10., 200., 20., 300.]])],
+                     (64, 64), [(8, 8)])
+    assert not out.any()
+    # an 800-pixel input at stride 64 has 13 cells (rounded up): the stride is 64, not 61.5
+    p6, = box_masks([torch.tensor([[740., 0., 760., 10.]])], (800, 800), [(13, 13)])
+    assert p6[0, 0].nonzero().flatten().tolist() == [11]  # 61.5 would give [12]
+    with pytest.raises(ValueError, match=r'\(K, 4\) boxes'):
+        box_masks([torch.zeros(2, 5)], (64, 64), [(8, 8)])
 
 
 def test_fg_mse_reads_only_the_boxes_and_the_kept_channels():

@@ -73,6 +73,9 @@ def test_foreground_imitation_reads_the_boxes_of_each_batch(tmp_path, det_data, 
     # (not zero on iteration 1: the teacher runs in eval mode, the student's norms in train)
     assert len(values) == 4 and all(0 < v < float('inf') for v in values)
     assert len(seen) == 4 and all(n > 0 for n, _, _ in seen), 'every batch has its boxes'
+    # the kept channels of every level were looked up (pruned ones stay out, as for cwd)
+    dist = _hook(runner, GFPDistillHook)
+    assert set(dist._groups) == {('neck', i) for i in range(5)}
     n, (h, w), shapes = seen[0]
     assert len(shapes) == 5 and shapes[0][0] * 8 == h and shapes[0][1] * 8 == w  # P3..P7
 
