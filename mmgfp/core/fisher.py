@@ -15,6 +15,7 @@ uneven numbers of RoIs, so only the first is exact; it is what keeps the statist
 that see different RoI counts equal to one process's under DDP.
 """
 import warnings
+from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -95,6 +96,18 @@ class FisherRecorder:
         self._n = num_samples
         self._buf, self._buf_hits = {}, {}
         self._rows, self._sealed = [], False
+
+    @contextmanager
+    def paused(self):
+        """Forwards inside the block run with the masks but add nothing to the statistics:
+        a side pass of the iteration whose samples are not the ones ``begin_iter`` counted
+        (``GFPDistillHook``'s unlabelled batch), whose per-sample terms would otherwise be
+        summed with theirs."""
+        tap, self.masker.tap = self.masker.tap, None
+        try:
+            yield
+        finally:
+            self.masker.tap = tap
 
     @property
     def recording(self) -> bool:

@@ -11,14 +11,16 @@ from mmengine.registry import HOOKS
 from mmgfp.core.distill import LOSSES, NEEDS_BOXES, POOLED, box_masks, producer_group
 from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
+from .distill_unlabeled import UnlabeledBatches, unlabeled_loader_cfg
 
 TEACHER_KEY = 'mmgfp_teacher'
+STATE_KEY = 'mmgfp_distill'  # the hook's own progress (unlabelled batches drawn)
 DURING = ('all', 'pruning', 'finetuning')
 FISHER = ('all', 'task')
 
 
 class _TeacherDone(Exception):
-    """Raised by the teacher's last tap: the layers after it are not needed."""
+    """Raised by the last tapped module: the layers after it are not needed."""
 
 
 @HOOKS.register_module()
@@ -94,12 +96,26 @@ class GFPDistillHook(Hook):
             unweighted task loss; with ``fisher='all'`` by what is optimised. In the phase
             where the teacher is silent (``during``) the task losses keep weight 1.
             Defaults to 1.0.
+        unlabeled_dataloader (dict, optional): A data loader config (as ``train_dataloader``)
+            of images whose labels are not used: on every iteration the teacher teaches, one
+            batch of it runs through the student and the teacher (``forward(mode='tensor')``,
+            after the model's data preprocessor) and each entry of ``losses`` that needs no
+            labels (all but ``fg_mse``) adds ``loss_distill_<type>_<module>_unlabeled``. Keys
+            it lacks are taken from ``train_dataloader`` (``batch_size``, ``num_workers``,
+            ``collate_fn``, ``batch_sampler``, ...); the sampler defaults to a shuffled
+            ``InfiniteSampler``, seeded with the Runner's seed. These images train the student
+            but do not rank channels (their forward is not recorded for the Fisher
+            information: its per-sample terms are the labelled batch's). A resumed run
+            continues the loader where the checkpoint left it. Defaults to None.
+        unlabeled_weight (float): Factor on every ``*_unlabeled`` term (after the entry's own
+            ``weight``). Defaults to 1.0.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
                  save_teacher: bool = True, teacher_cfg=None, during: str = 'all',
-                 fisher: str = 'all', task_weight: float = 1.0):
+                 fisher: str = 'all', task_weight: float = 1.0,
+                 unlabeled_dataloader: Optional[dict] = None, unlabeled_weight: float = 1.0):
         self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
         keys = [loss_key(spec) for spec in self.losses or []]
         if len(set(keys)) < len(keys):
@@ -120,6 +136,20 @@ class GFPDistillHook(Hook):
                 not math.isfinite(task_weight) or task_weight < 0:
             raise ValueError(f'`task_weight` must be a finite number >= 0, got {task_weight!r}')
         self.task_weight = float(task_weight)
+        if unlabeled_dataloader is not None:
+            unlabeled_loader_cfg(unlabeled_dataloader, dict(batch_size=1))  # its shape only
+            if self.losses is not None and all(s['type'] in NEEDS_BOXES for s in self.losses):
+                raise ValueError(_NO_UNLABELED_LOSS)
+        if isinstance(unlabeled_weight, bool) or not isinstance(unlabeled_weight, (int, float)) \
+                or not math.isfinite(unlabeled_weight) or unlabeled_weight < 0:
+            raise ValueError('`unlabeled_weight` must be a finite number >= 0, got '
+                             f'{unlabeled_weight!r}')
+        self.unlabeled_cfg = unlabeled_dataloader
+        self.unlabeled_weight = float(unlabeled_weight)
+        self._unlabeled: Optional[UnlabeledBatches] = None
+        self._unlabeled_specs: List[dict] = []
+        self._unlabeled_loaded = 0  # batches drawn by the run a checkpoint was saved from
+        self._side = False  # a side pass (unlabelled batch) runs: the student's notes pause
         self._grad_scale = 1.0  # AMP's loss scale of the current iteration (fisher='task')
         self._optim_wrapper = None  # the Runner's, for its loss scaling (fisher='task')
         self._teaching: Optional[bool] = None  # the phase of the last iteration
@@ -138,18 +168,36 @@ class GFPDistillHook(Hook):
     # -- setup -----------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         self._loaded_teacher = checkpoint.get(TEACHER_KEY)
+        state = checkpoint.get(STATE_KEY)
+        self._unlabeled_loaded = int((state or {}).get('unlabeled_batches', 0))
 
     def before_train(self, runner) -> None:
         from .fisher_pruning_hook import FisherPruningHook
         prune_hook = next((h for h in runner.hooks if isinstance(h, FisherPruningHook)), None)
         cfg = runner.cfg if isinstance(runner.cfg.get('model'), dict) else None
-        self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg)
+        unlabeled = None
+        if self.unlabeled_cfg is not None:
+            loader_cfg = unlabeled_loader_cfg(self.unlabeled_cfg, runner.cfg.get(
+                'train_dataloader'))
+            loader = runner.build_dataloader(
+                loader_cfg, seed=runner.seed,
+                diff_rank_seed=getattr(runner, '_randomness_cfg', {}).get('diff_rank_seed',
+                                                                           False))
+            # a resumed run goes on with the batches after the checkpoint's; a run that only
+            # loads weights (load_from, iteration 0) starts the loader afresh
+            unlabeled = UnlabeledBatches(loader, self._unlabeled_loaded if runner.iter else 0)
+        self.attach(_unwrap(runner.model), prune_hook, model_cfg=cfg, unlabeled=unlabeled)
         runner.logger.info('GFPDistillHook: distilling ' + ', '.join(
             f"{s['type']} on {s['module']} (weight {s['weight']}, tau {s['tau']})"
             for s in self.losses) + f' from {self._source}, during {self.during}; task losses '
             f'weighted {self.task_weight:g} while it teaches; channels '
             'ranked by ' + ('the task loss alone' if self.fisher == 'task' else
                             'the task and distillation losses'))
+        if unlabeled is not None:
+            runner.logger.info(
+                f'GFPDistillHook: and on {len(unlabeled.loader.dataset)} images without '
+                f'labels, one batch per iteration, weight {self.unlabeled_weight:g}: '
+                + ', '.join(f"{s['type']} on {s['module']}" for s in self._unlabeled_specs))
         prunes = prune_hook is not None and prune_hook.prune_enabled
         if self.during == 'pruning' and not prunes:
             runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
@@ -173,7 +221,7 @@ class GFPDistillHook(Hook):
         return self._finished() == (self.during == 'finetuning')
 
     def attach(self, model: nn.Module, prune_hook=None, teacher_model: Optional[nn.Module] = None,
-               model_cfg=None) -> None:
+               model_cfg=None, unlabeled=None) -> None:
         """Make the teacher and wrap ``model.loss``.
 
         What ``before_train`` does, without a Runner (the overhead benchmark calls it). The
@@ -188,6 +236,9 @@ class GFPDistillHook(Hook):
             model_cfg (optional): Config of the unpruned model, used after ``teacher_cfg``
                 and the checkpoint's ``meta['cfg']`` when the student is sliced (the Runner's
                 ``cfg``). Defaults to None.
+            unlabeled (Iterator, optional): Batches of images without labels (as a data
+                loader gives them, before the data preprocessor), one drawn per iteration the
+                teacher teaches. Defaults to None.
         """
         self._prune_hook = prune_hook
         if self.losses is None:
@@ -204,6 +255,10 @@ class GFPDistillHook(Hook):
                              "an MMEngine BaseModel): use fisher='all'")
         if any(spec['type'] in NEEDS_BOXES for spec in self.losses):
             self._codebase = _box_codebase(model)
+        self._unlabeled = unlabeled
+        self._unlabeled_specs = [s for s in self.losses if s['type'] not in NEEDS_BOXES]
+        if unlabeled is not None and not self._unlabeled_specs:
+            raise ValueError(_NO_UNLABELED_LOSS)
         self.teacher = self._build_teacher(model, teacher_model, model_cfg)
         for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
@@ -303,7 +358,7 @@ class GFPDistillHook(Hook):
         self.active = False
 
     def _note(self, name: str, out) -> None:
-        if self.active:
+        if self.active and not self._side:
             self._student.setdefault(name, []).append(out)
 
     def _loss_of(self, model: nn.Module):
@@ -320,24 +375,55 @@ class GFPDistillHook(Hook):
                 self._task_fisher(model, losses)
             if self.task_weight != 1.0:
                 losses = weigh_task(losses, self.task_weight)
-            teacher = self._run_teacher(inputs, data_samples)
+            want = self._wanted()
+            teacher = self._tap(self.teacher, inputs, data_samples, want)
             for spec in self.losses:
                 key = loss_key(spec)
-                losses[key] = spec['weight'] * self._term(spec, teacher[spec['module']])
+                losses[key] = spec['weight'] * self._term(
+                    spec, self._student.get(spec['module'], []), teacher[spec['module']])
             self._student, self._boxes = {}, None
+            if self._unlabeled is not None:
+                losses.update(self._unlabeled_terms(model, want))
             return losses
 
         return loss
 
-    def _run_teacher(self, inputs, data_samples) -> Dict[str, list]:
-        """The teacher's outputs of the distilled modules, as many calls as the student made.
+    def _wanted(self) -> Dict[str, int]:
+        """Calls of each distilled module in the student's loss forward of this iteration."""
+        return {s['module']: len(self._student.get(s['module'], [])) for s in self.losses}
+
+    def _unlabeled_terms(self, model: nn.Module, want: Dict[str, int]) -> Dict:
+        """The ``*_unlabeled`` terms of one batch of images without labels: the student's
+        and the teacher's tensor forwards to the distilled modules, the student's with grad
+        and masks but outside the Fisher statistics."""
+        data = model.data_preprocessor(next(self._unlabeled), True)
+        inputs, samples = data['inputs'], data.get('data_samples')
+        recorder = self._recorder()
+        self._side = True
+        try:
+            if recorder is None:
+                student = self._tap(model, inputs, samples, want, grad=True)
+            else:
+                with recorder.paused():
+                    student = self._tap(model, inputs, samples, want, grad=True)
+        finally:
+            self._side = False
+        teacher = self._tap(self.teacher, inputs, samples, want)
+        return {loss_key(spec) + '_unlabeled': spec['weight'] * self.unlabeled_weight *
+                self._term(spec, student[spec['module']], teacher[spec['module']])
+                for spec in self._unlabeled_specs}
+
+    def _tap(self, net: nn.Module, inputs, data_samples, want: Dict[str, int],
+             grad: bool = False) -> Dict[str, list]:
+        """``net``'s outputs of the distilled modules in its tensor forward, the first
+        ``want[name]`` calls of each (as many as the student's loss forward made); the
+        forward stops after the last one.
 
         The modules' ``forward`` is wrapped on the instance rather than hooked: MMDetection's
         tensor path calls ``self.bbox_head.forward(x)``, which runs no forward hooks.
         """
-        want = {s['module']: len(self._student.get(s['module'], [])) for s in self.losses}
         got: Dict[str, list] = {n: [] for n in want}
-        modules = dict(self.teacher.named_modules())
+        modules = dict(net.named_modules())
 
         def tapped(name, forward):
             def run(*args, **kwargs):
@@ -351,8 +437,8 @@ class GFPDistillHook(Hook):
         for n in want:
             modules[n].forward = tapped(n, modules[n].forward)
         try:
-            with torch.no_grad():
-                self.teacher(inputs, data_samples, mode='tensor')
+            with torch.set_grad_enabled(grad):
+                net(inputs, data_samples, mode='tensor')
         except _TeacherDone:
             pass
         finally:
@@ -362,9 +448,9 @@ class GFPDistillHook(Hook):
                     modules[n].forward = forward
         return got
 
-    def _term(self, spec: dict, teacher_outs: list) -> torch.Tensor:
+    def _term(self, spec: dict, student_outs: list, teacher_outs: list) -> torch.Tensor:
         name = spec['module']
-        s_list = picked_tensors(spec, self._student.get(name, []))
+        s_list = picked_tensors(spec, student_outs)
         t_list = picked_tensors(spec, teacher_outs)
         if not s_list or len(s_list) != len(t_list):
             raise RuntimeError(f'GFPDistillHook: module {name!r} gave {len(s_list)} tensors in '
@@ -401,12 +487,18 @@ class GFPDistillHook(Hook):
 
     # -- checkpoints -----------------------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        if not self.save_teacher:
-            return
-        if self.teacher is not None:
+        if self.save_teacher and self.teacher is not None:
             checkpoint[TEACHER_KEY] = self.teacher.state_dict()
-        elif self._loaded_teacher is not None:
+        elif self.save_teacher and self._loaded_teacher is not None:
             checkpoint[TEACHER_KEY] = self._loaded_teacher
+        if self._unlabeled is not None:
+            checkpoint[STATE_KEY] = dict(unlabeled_batches=self._unlabeled.drawn)
+
+
+_NO_UNLABELED_LOSS = (
+    'GFPDistillHook: `unlabeled_dataloader` is given, but every entry of `losses` is fg_mse, '
+    "which needs the ground-truth boxes that images without labels lack: add an entry such as "
+    "dict(module='neck', type='cwd') for them")
 
 
 def weigh_task(losses: Dict, weight: float) -> Dict:

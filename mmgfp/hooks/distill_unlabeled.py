@@ -1,0 +1,85 @@
+"""Images without labels for :class:`GFPDistillHook`: the data loader's config, and an endless
+stream of its batches that a resumed run continues where the interrupted one stopped."""
+import copy
+import logging
+from typing import Iterable, Optional
+
+from mmengine.logging import print_log
+
+#: Keys of the training data loader that an ``unlabeled_dataloader`` without them inherits.
+INHERITED = ('batch_size', 'num_workers', 'persistent_workers', 'pin_memory', 'collate_fn',
+             'batch_sampler')
+
+
+def unlabeled_loader_cfg(given, train_cfg: Optional[dict]) -> dict:
+    """The ``unlabeled_dataloader`` config to build: ``given`` (a data loader config with at
+    least ``dataset``) with the keys of :data:`INHERITED` it lacks taken from the Runner's
+    ``train_dataloader``, and an ``InfiniteSampler`` (shuffled) unless it names a sampler."""
+    if not isinstance(given, dict) or not isinstance(given.get('dataset'), dict):
+        raise ValueError('GFPDistillHook: `unlabeled_dataloader` is a data loader config like '
+                         '`train_dataloader`, with at least `dataset=dict(type=...)`, but got '
+                         f'{given!r}')
+    cfg = copy.deepcopy(dict(given))
+    for key in INHERITED:
+        if key not in cfg and train_cfg is not None and key in train_cfg:
+            cfg[key] = copy.deepcopy(train_cfg[key])
+    if 'batch_size' not in cfg:
+        raise ValueError('GFPDistillHook: `unlabeled_dataloader` needs `batch_size` (there is no '
+                         '`train_dataloader` in the config to take it from)')
+    cfg.setdefault('num_workers', 0)
+    cfg.setdefault('sampler', dict(type='InfiniteSampler', shuffle=True))
+    return cfg
+
+
+class UnlabeledBatches:
+    """Batches of a data loader without end: a loader that runs out starts again (the
+    sampler's next epoch). ``skip`` batches are drawn and dropped before the first one is
+    given, as MMEngine's ``IterBasedTrainLoop`` advances its loader on resume.
+
+    Args:
+        loader (Iterable): The data loader.
+        skip (int): Batches the interrupted run already used. Defaults to 0.
+    """
+
+    def __init__(self, loader: Iterable, skip: int = 0):
+        self.loader = loader
+        self.drawn = 0  # batches given so far, the skipped ones included
+        self._epoch = 0
+        self._iter = None
+        self._skip = int(skip)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._skip:
+            print_log(f'GFPDistillHook: advancing the unlabelled data loader {self._skip} '
+                      'batches, the ones the resumed run already used', logger='current',
+                      level=logging.INFO)
+            skip, self._skip = self._skip, 0
+            for _ in range(skip):
+                self._draw()
+        return self._draw()
+
+    def _draw(self):
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._epoch += 1
+            for sampler in (getattr(self.loader, 'sampler', None),
+                            getattr(getattr(self.loader, 'batch_sampler', None), 'sampler',
+                                    None)):
+                if hasattr(sampler, 'set_epoch'):
+                    sampler.set_epoch(self._epoch)
+                    break
+            self._iter = iter(self.loader)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                raise RuntimeError('GFPDistillHook: the unlabelled data loader gives no batch '
+                                   '(an empty data set, or drop_last with fewer images than '
+                                   'batch_size)') from None
+        self.drawn += 1
+        return batch

@@ -1,0 +1,130 @@
+"""GFPDistillHook(unlabeled_dataloader=...): the teacher also teaches on images without labels."""
+import pytest
+import torch
+
+import mmgfp  # noqa: F401
+from mmgfp.hooks import FisherPruningHook, GFPDistillHook
+from mmgfp.hooks.distill_hook import STATE_KEY
+from mmgfp.hooks.distill_unlabeled import UnlabeledBatches, unlabeled_loader_cfg
+from runner_utils import DET_GEN, det_config, train_runner
+
+NO_VAL = dict(val_dataloader=None, val_cfg=None, val_evaluator=None)
+KEY = 'train/loss_distill_cwd_neck_unlabeled'
+
+
+def _train(config, work_dir, hooks, **overrides):
+    return train_runner(config, work_dir, **dict(NO_VAL, custom_hooks=hooks, **overrides))
+
+
+def _hook(runner, cls):
+    return next(h for h in runner.hooks if isinstance(h, cls))
+
+
+def _prune(**kw):
+    return dict(dict(type='FisherPruningHook', interval=2, delta='acts', target=0.9,
+                     target_metric='flops', channels_per_step=8, save_thresholds=()), **kw)
+
+
+def _images(root):
+    """The validation canvases as images without labels: no LoadAnnotations in the pipeline,
+    so the batches carry no boxes at all."""
+    return dict(dataset=dict(
+        type='DigitsCocoDataset', data_root=root + '/', generate_cfg=DET_GEN,
+        ann_file='annotations/val.json', data_prefix=dict(img='val/'), test_mode=True,
+        pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(96, 96),
+                                                       keep_ratio=True),
+                  dict(type='PackDetInputs')]))
+
+
+def test_images_without_labels_add_a_term_and_train_the_student(tmp_path, det_data):
+    config = det_config(tmp_path, det_data, max_iters=4, ckpt_interval=4)
+    hook = dict(type='GFPDistillHook', unlabeled_dataloader=_images(det_data))
+    runner = _train(config, tmp_path / 'u', [_prune(), hook])
+    scalars = runner.message_hub.log_scalars
+    values = scalars[KEY].data[0]
+    assert len(values) == 4 and all(0 < v < float('inf') for v in values)
+    assert 'train/loss_distill_cwd_neck' in scalars  # the labelled batch's term stays
+    dist = _hook(runner, GFPDistillHook)
+    assert dist._unlabeled.drawn == 4  # one batch per iteration
+    batch = next(dist._unlabeled)  # batch_size (and batch_sampler) from train_dataloader
+    assert len(batch['inputs']) == 2 and len(batch['data_samples'][0].gt_instances) == 0
+    ckpt = torch.load(tmp_path / 'u' / 'iter_4.pth', weights_only=True)
+    assert ckpt[STATE_KEY] == dict(unlabeled_batches=4)
+    # the term trains: the same run without the unlabelled images ends elsewhere
+    plain = _train(config, tmp_path / 'p', [_prune(), dict(type='GFPDistillHook')])
+    assert KEY not in plain.message_hub.log_scalars
+    a, b = runner.model.state_dict(), plain.model.state_dict()
+    assert any(not torch.allclose(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_images_without_labels_do_not_rank_channels(tmp_path, det_data):
+    """Iteration 1 starts from the same weights: its Fisher terms equal the run without the
+    unlabelled images, for the loss that ranks (task + labelled distillation)."""
+    config = det_config(tmp_path, det_data, max_iters=1, ckpt_interval=100)
+    prune = _prune(interval=100)  # accumulate only
+    with_u = _train(config, tmp_path / 'u', [prune, dict(
+        type='GFPDistillHook', unlabeled_dataloader=_images(det_data), unlabeled_weight=10.0)])
+    without = _train(config, tmp_path / 'p', [prune, dict(type='GFPDistillHook')])
+    fa = _hook(with_u, FisherPruningHook).pruner.recorder.fisher
+    fb = _hook(without, FisherPruningHook).pruner.recorder.fisher
+    assert fa.keys() == fb.keys() and any(bool(v.any()) for v in fa.values())
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], rtol=1e-5, atol=1e-12, msg=k)
+
+
+def test_resume_goes_on_with_the_next_unlabelled_batch(tmp_path, det_data):
+    config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
+                        ckpt_interval=3)
+    hooks = [_prune(target=0.8),
+             dict(type='GFPDistillHook', unlabeled_dataloader=_images(det_data))]
+    full = _train(config, tmp_path / 'full', hooks)
+    _train(config, tmp_path / 'part', hooks, **{'train_cfg.max_iters': 3})
+    resumed = _train(config, tmp_path / 'part', hooks, resume=True)
+    assert resumed.iter == 6 and _hook(resumed, GFPDistillHook)._unlabeled.drawn == 6
+    ma = _hook(full, FisherPruningHook).pruner.masker.keep
+    mb = _hook(resumed, FisherPruningHook).pruner.masker.keep
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    for (n, p), (_, q) in zip(full.model.state_dict().items(),
+                              resumed.model.state_dict().items()):
+        if p.is_floating_point():
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), n
+
+
+def test_unlabelled_batches_go_on_after_the_loader_ends_and_skip_on_resume():
+    class Sampler:
+        epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    class Loader(list):
+        sampler = Sampler()
+
+    batches = UnlabeledBatches(Loader([1, 2, 3]))
+    assert [next(batches) for _ in range(7)] == [1, 2, 3, 1, 2, 3, 1]
+    assert Loader.sampler.epochs == [1, 2] and batches.drawn == 7
+    resumed = UnlabeledBatches(Loader([1, 2, 3]), skip=4)
+    assert next(resumed) == 2 and resumed.drawn == 5
+    with pytest.raises(RuntimeError, match='gives no batch'):
+        next(UnlabeledBatches(Loader([])))
+
+
+def test_unlabelled_loader_config_takes_what_it_lacks_from_the_training_loader():
+    train = dict(batch_size=8, num_workers=2, batch_sampler=dict(type='AspectRatioBatchSampler'),
+                 sampler=dict(type='DefaultSampler', shuffle=True), dataset=dict(type='X'))
+    cfg = unlabeled_loader_cfg(dict(dataset=dict(type='Y'), num_workers=0), train)
+    assert cfg == dict(dataset=dict(type='Y'), num_workers=0, batch_size=8,
+                       batch_sampler=dict(type='AspectRatioBatchSampler'),
+                       sampler=dict(type='InfiniteSampler', shuffle=True))
+    with pytest.raises(ValueError, match='needs `batch_size`'):
+        unlabeled_loader_cfg(dict(dataset=dict(type='Y')), None)
+
+
+def test_bad_unlabelled_arguments_are_named():
+    with pytest.raises(ValueError, match='at least `dataset'):
+        GFPDistillHook(unlabeled_dataloader='data/unlabelled')
+    with pytest.raises(ValueError, match='every entry of `losses` is fg_mse'):
+        GFPDistillHook(losses=[dict(module='neck', type='fg_mse')],
+                       unlabeled_dataloader=dict(dataset=dict(type='X')))
+    with pytest.raises(ValueError, match='`unlabeled_weight` must be a finite number'):
+        GFPDistillHook(unlabeled_weight=-1)
