@@ -2,8 +2,9 @@
 
 ``--kd-weight W`` (the default CWD term on the neck with weight ``W``), ``--kd-losses JSON`` (a
 JSON list of GFPDistillHook ``losses`` entries), ``--kd-during {all,pruning,finetuning}`` (the
-hook's ``during``), ``--kd-fisher {all,task}`` (the hook's ``fisher``) and ``--kd-task-weight
-W`` (the hook's ``task_weight``) choose the recipe; with none of them a ``*_kd`` run gets the
+hook's ``during``), ``--kd-fisher {all,task}`` (the hook's ``fisher``), ``--kd-task-weight
+W`` (the hook's ``task_weight``) and ``--kd-unlabeled rest`` (the hook's ``unlabeled_dataloader``:
+the training images ``--train-images`` leaves out, without their labels) choose the recipe; with none of them a ``*_kd`` run gets the
 hook's defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
@@ -12,15 +13,17 @@ import hashlib
 import json
 from typing import Dict, List, Optional
 
-KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight')
+KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight', 'kd_unlabeled')
 # hashed into a run's name only when given, so runs stored before them keep their names
-LATE_KEYS = ('kd_fisher', 'kd_task_weight')
+LATE_KEYS = ('kd_fisher', 'kd_task_weight', 'kd_unlabeled')
+UNLABELED = ('rest',)
 DURING = ('all', 'pruning', 'finetuning')
 FISHER = ('all', 'task')
 
 
-def add_args(p) -> None:
-    """The distillation options on the argument parser ``p``."""
+def add_args(p, unlabeled: bool = False) -> None:
+    """The distillation options on the argument parser ``p`` (``--kd-unlabeled`` with
+    ``unlabeled``: it needs ``--train-images``)."""
     p.add_argument('--kd-weight', type=float, help="*_kd: weight of the CWD term on the "
                    "neck (default: GFPDistillHook's)")
     p.add_argument('--kd-losses', metavar='JSON', help='*_kd: GFPDistillHook `losses` as a '
@@ -34,6 +37,11 @@ def add_args(p) -> None:
     p.add_argument('--kd-task-weight', type=float, help="*_kd: GFPDistillHook's `task_weight`, "
                    'the weight of the task losses while the teacher teaches (0: the teacher '
                    'alone; default: the hook\'s, 1)')
+    if unlabeled:
+        p.add_argument('--kd-unlabeled', choices=UNLABELED,
+                       help='*_kd: the teacher also teaches on images without labels '
+                       "(GFPDistillHook's `unlabeled_dataloader`): 'rest', the training images "
+                       'after the first --train-images N, their annotations not loaded')
 
 
 def parse_losses(text: str) -> List[dict]:
@@ -56,6 +64,10 @@ def parse_losses(text: str) -> List[dict]:
 
 def check_args(p, args) -> None:
     """Parse ``--kd-losses`` into a list of dicts (``p.error`` names what is wrong)."""
+    if getattr(args, 'kd_unlabeled', None) == 'rest' and \
+            getattr(args, 'train_images', None) is None:
+        p.error('--kd-unlabeled rest distils on the training images that --train-images N '
+                'leaves out: give --train-images')
     if args.kd_losses is None:
         return
     if args.kd_weight is not None:
@@ -86,7 +98,30 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['fisher'] = args.kd_fisher
     if getattr(args, 'kd_task_weight', None) is not None:
         out['task_weight'] = args.kd_task_weight
+    if getattr(args, 'kd_unlabeled', None) is not None:
+        out['unlabeled_dataloader'] = copy.deepcopy(args.unlabeled_dataloader)
     return out
+
+
+def unlabeled_rest(cfg, n: int) -> dict:
+    """``--kd-unlabeled rest``: a data loader config (for GFPDistillHook's
+    ``unlabeled_dataloader``) of the training images after the first ``n``, with the
+    pipeline's annotation loading taken out, so their batches carry no labels.
+
+    Raises:
+        SystemExit: The training set has no images after the first ``n``.
+    """
+    from mmengine.registry import DATASETS, DefaultScope
+    ds = copy.deepcopy(cfg.train_dataloader.dataset)
+    ds.pop('indices', None)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        total = len(DATASETS.build(copy.deepcopy(ds)))
+    if total <= n:
+        raise SystemExit(f'error: --kd-unlabeled rest: the training set has {total} images, '
+                         f'none after the first {n} (--train-images)')
+    ds['indices'] = list(range(n, total))
+    ds['pipeline'] = [t for t in ds['pipeline'] if 'LoadAnnotations' not in str(t.get('type'))]
+    return dict(dataset=ds)
 
 
 def check_hook(args, task, base) -> None:
@@ -107,7 +142,7 @@ def check_hook(args, task, base) -> None:
             GFPDistillHook(**kwargs)
         except (TypeError, ValueError) as e:
             raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight / --kd-fisher / '
-                             f'--kd-task-weight: GFPDistillHook '
+                             f'--kd-task-weight / --kd-unlabeled: GFPDistillHook '
                              f'refuses {kwargs}: {e}') from None
 
 
@@ -120,7 +155,7 @@ def add_signature(sig: dict, args) -> dict:
     """``sig`` with the distillation options that were given (a copy)."""
     sig = dict(sig)
     for k in KD_KEYS:
-        if getattr(args, k) is not None:
+        if getattr(args, k, None) is not None:
             sig[k] = getattr(args, k)
     return sig
 
@@ -151,10 +186,11 @@ def run_signature(sig: dict, method: str) -> dict:
 
 
 def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
-           fisher: Optional[str] = None, task_weight: Optional[float] = None) -> str:
+           fisher: Optional[str] = None, task_weight: Optional[float] = None,
+           unlabeled: Optional[int] = None) -> str:
     """A short text for a table: ``cwd neck w1 tau1; finetuning`` (``; Fisher: task loss``
     when the channels are ranked by the task loss alone, ``; task x0`` when the task losses
-    are weighted other than 1)."""
+    are weighted other than 1, ``; +900 unlabelled`` with images without labels)."""
     if not losses:
         return ''
     parts = []
@@ -165,7 +201,8 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
                      f"tau{x.get('tau', 1.0):g}{extra}")
     return (', '.join(parts) + (f'; {during}' if during else '') +
             ('; Fisher: task loss' if fisher == 'task' else '') +
-            (f'; task x{task_weight:g}' if task_weight not in (None, 1.0) else ''))
+            (f'; task x{task_weight:g}' if task_weight not in (None, 1.0) else '') +
+            (f'; +{unlabeled} unlabelled' if unlabeled else ''))
 
 
 # --------------------------------------------------------------------- a sliced student
@@ -208,6 +245,8 @@ def sliced_hook(args, task, baseline: str, base) -> dict:
         hook['during'] = args.kd_during
     if getattr(args, 'kd_task_weight', None) is not None:
         hook['task_weight'] = args.kd_task_weight
+    if getattr(args, 'kd_unlabeled', None) is not None:
+        hook['unlabeled_dataloader'] = copy.deepcopy(args.unlabeled_dataloader)
     return hook
 
 
@@ -218,7 +257,9 @@ def distilled(run) -> Dict:
     hook = next((h for h in run.hooks if isinstance(h, GFPDistillHook)), None)
     if hook is None:
         return {}
+    unlabeled = getattr(hook, '_unlabeled', None)
     return {'kd': {'losses': copy.deepcopy(hook.losses),
                    'during': getattr(hook, 'during', None),
                    'fisher': getattr(hook, 'fisher', None),
-                   'task_weight': getattr(hook, 'task_weight', None)}}
+                   'task_weight': getattr(hook, 'task_weight', None),
+                   'unlabeled': None if unlabeled is None else len(unlabeled.loader.dataset)}}

@@ -116,7 +116,7 @@ def parse_args(argv=None):
                    help='every method after the baseline trains on the first N training '
                         'images only (the baseline is trained, or was, on all): pruning with '
                         'few labels, where a teacher may know more than they say')
-    K.add_args(p)
+    K.add_args(p, unlabeled=True)
     p.add_argument('--tp-scope', choices=['global', 'local'], default='global',
                    help="Torch-Pruning's ranking: across layers (global_pruning=True, like "
                         'GFP) or the same ratio in every layer')
@@ -197,6 +197,8 @@ def main(argv=None) -> dict:
     base = base_config(args)
     task = M.task()
     k1, k2 = task.keys
+    if args.kd_unlabeled == 'rest':  # before few_images keeps the first N
+        args.unlabeled_dataloader = K.unlabeled_rest(base, args.train_images)
     K.check_hook(args, task, base)
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)
@@ -278,7 +280,8 @@ def main(argv=None) -> dict:
         print(f'left out ({len(missing)} not stored): ' +
               ', '.join(f'{m} {t:g} s{sd}' for m, t, sd in missing))
     print(f'total time {total:.0f} s')
-    payload = {'benchmark': 'accuracy', 'args': vars(args), 'budget': budget,
+    given = {k: v for k, v in vars(args).items() if k != 'unlabeled_dataloader'}
+    payload = {'benchmark': 'accuracy', 'args': given, 'budget': budget,
                'task': task.scope, 'metric': dict(zip(task.keys, task.headers)),
                'baseline': base_res, 'rows': rows, 'runs': runs, 'total_s': total,
                'missing': [dict(method=m, target=t, seed=sd) for m, t, sd in missing]}

@@ -132,3 +132,28 @@ def test_train_images_subsets_the_training_set_and_the_signature(tmp_path):
                                         dataset=cfg.val_dataloader.dataset)
     with pytest.raises(SystemExit, match='wraps others'):
         few_images(cfg, 100)
+
+
+def test_kd_unlabeled_rest_takes_the_images_after_the_labelled_ones(tmp_path):
+    from mmengine.config import Config
+    import _accuracy_kd as K
+    with pytest.raises(SystemExit):  # argparse's error: it needs --train-images
+        accuracy.parse_args(['--kd-unlabeled', 'rest'])
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py'))
+    ds = cfg.train_dataloader.dataset
+    ds.data_root = str(tmp_path / 'digits') + '/'
+    ds.generate_cfg = dict(num_train=12, num_val=2, seed=0)
+    loader = K.unlabeled_rest(cfg, 5)
+    assert loader['dataset']['indices'] == list(range(5, 12))
+    assert [t['type'] for t in loader['dataset']['pipeline']] == [
+        'LoadImageFromFile', 'Resize', 'PackDetInputs'], 'the labels are not loaded'
+    assert 'indices' not in ds and any('LoadAnnotations' in t['type'] for t in ds.pipeline)
+    with pytest.raises(SystemExit, match='none after the first 12'):
+        K.unlabeled_rest(cfg, 12)
+    args = accuracy.parse_args(['--train-images', '5', '--kd-unlabeled', 'rest'])
+    args.unlabeled_dataloader = loader
+    assert K.hook_args('gfp_acts_kd', args)['unlabeled_dataloader'] == loader
+    assert K.hook_args('gfp_acts', args) is None
+    plain = accuracy.parse_args(['--train-images', '5'])
+    assert K.run_name('gfp_acts_kd', 0.3, 0, args) != K.run_name('gfp_acts_kd', 0.3, 0, plain)
+    assert K.run_name('gfp_acts', 0.3, 0, args) == K.run_name('gfp_acts', 0.3, 0, plain)
