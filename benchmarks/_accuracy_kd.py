@@ -3,8 +3,9 @@
 ``--kd-weight W`` (the default CWD term on the neck with weight ``W``), ``--kd-losses JSON`` (a
 JSON list of GFPDistillHook ``losses`` entries), ``--kd-during {all,pruning,finetuning}`` (the
 hook's ``during``), ``--kd-fisher {all,task}`` (the hook's ``fisher``), ``--kd-task-weight
-W`` (the hook's ``task_weight``) and ``--kd-unlabeled rest`` (the hook's ``unlabeled_dataloader``:
-the training images ``--train-images`` leaves out, without their labels) choose the recipe; with none of them a ``*_kd`` run gets the
+W`` (the hook's ``task_weight``) and ``--kd-unlabeled {rest,pool:N}`` (the hook's
+``unlabeled_dataloader``: the training images ``--train-images`` leaves out, or ``N`` more digits
+canvases generated with another seed, without their labels) choose the recipe; with none of them a ``*_kd`` run gets the
 hook's defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional
 KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight', 'kd_unlabeled')
 # hashed into a run's name only when given, so runs stored before them keep their names
 LATE_KEYS = ('kd_fisher', 'kd_task_weight', 'kd_unlabeled')
-UNLABELED = ('rest',)
+POOL_SEED = 1  # the digits training set is generated with seed 0
 DURING = ('all', 'pruning', 'finetuning')
 FISHER = ('all', 'task')
 
@@ -38,10 +39,12 @@ def add_args(p, unlabeled: bool = False) -> None:
                    'the weight of the task losses while the teacher teaches (0: the teacher '
                    'alone; default: the hook\'s, 1)')
     if unlabeled:
-        p.add_argument('--kd-unlabeled', choices=UNLABELED,
+        p.add_argument('--kd-unlabeled', metavar='{rest,pool:N}',
                        help='*_kd: the teacher also teaches on images without labels '
-                       "(GFPDistillHook's `unlabeled_dataloader`): 'rest', the training images "
-                       'after the first --train-images N, their annotations not loaded')
+                       "(GFPDistillHook's `unlabeled_dataloader`), their annotations not "
+                       "loaded: 'rest', the training images after the first --train-images N; "
+                       "'pool:N', N more canvases of a generated digits training set, drawn "
+                       f'with seed {POOL_SEED} into a data root of their own')
 
 
 def parse_losses(text: str) -> List[dict]:
@@ -64,8 +67,10 @@ def parse_losses(text: str) -> List[dict]:
 
 def check_args(p, args) -> None:
     """Parse ``--kd-losses`` into a list of dicts (``p.error`` names what is wrong)."""
-    if getattr(args, 'kd_unlabeled', None) == 'rest' and \
-            getattr(args, 'train_images', None) is None:
+    unlabeled = getattr(args, 'kd_unlabeled', None)
+    if unlabeled is not None and pool_size(unlabeled) is None and unlabeled != 'rest':
+        p.error(f"--kd-unlabeled is 'rest' or 'pool:N' (N > 0 images), got {unlabeled!r}")
+    if unlabeled == 'rest' and getattr(args, 'train_images', None) is None:
         p.error('--kd-unlabeled rest distils on the training images that --train-images N '
                 'leaves out: give --train-images')
     if args.kd_losses is None:
@@ -103,6 +108,45 @@ def hook_args(method: str, args) -> Optional[dict]:
     return out
 
 
+def pool_size(text: str) -> Optional[int]:
+    """N of ``'pool:N'`` (None: not of that form, or N < 1)."""
+    head, _, n = text.partition(':')
+    return int(n) if head == 'pool' and n.isdigit() and int(n) > 0 else None
+
+
+def unlabeled_loader(cfg, how: str, train_images: Optional[int]) -> dict:
+    """GFPDistillHook's ``unlabeled_dataloader`` for ``--kd-unlabeled HOW``."""
+    if how == 'rest':
+        return unlabeled_rest(cfg, train_images)
+    return unlabeled_pool(cfg, pool_size(how))
+
+
+def _without_labels(ds: dict) -> dict:
+    ds['pipeline'] = [t for t in ds['pipeline'] if 'LoadAnnotations' not in str(t.get('type'))]
+    return ds
+
+
+def unlabeled_pool(cfg, n: int) -> dict:
+    """``--kd-unlabeled pool:N``: a data loader config of ``n`` more canvases of the
+    generated digits training set (same generator, seed :data:`POOL_SEED`, no validation
+    canvases to speak of), in a data root of their own next to the training set's, with the
+    annotations not loaded.
+
+    Raises:
+        SystemExit: The training set is not a generated digits set.
+    """
+    ds = copy.deepcopy(cfg.train_dataloader.dataset)
+    if not str(ds.get('type', '')).startswith('Digits'):
+        raise SystemExit(f'error: --kd-unlabeled pool:N generates more digits canvases, but the '
+                         f'training set is {ds.get("type")!r}: use rest with --train-images')
+    ds.pop('indices', None)
+    root = str(ds.get('data_root') or 'data/digits_det/').rstrip('/')
+    ds['data_root'] = f'{root}_pool{n}_s{POOL_SEED}/'
+    ds['generate_cfg'] = dict(ds.get('generate_cfg') or {}, num_train=n, num_val=1,
+                              seed=POOL_SEED)
+    return dict(dataset=_without_labels(ds))
+
+
 def unlabeled_rest(cfg, n: int) -> dict:
     """``--kd-unlabeled rest``: a data loader config (for GFPDistillHook's
     ``unlabeled_dataloader``) of the training images after the first ``n``, with the
@@ -120,8 +164,7 @@ def unlabeled_rest(cfg, n: int) -> dict:
         raise SystemExit(f'error: --kd-unlabeled rest: the training set has {total} images, '
                          f'none after the first {n} (--train-images)')
     ds['indices'] = list(range(n, total))
-    ds['pipeline'] = [t for t in ds['pipeline'] if 'LoadAnnotations' not in str(t.get('type'))]
-    return dict(dataset=ds)
+    return dict(dataset=_without_labels(ds))
 
 
 def check_hook(args, task, base) -> None:

@@ -197,8 +197,9 @@ def main(argv=None) -> dict:
     base = base_config(args)
     task = M.task()
     k1, k2 = task.keys
-    if args.kd_unlabeled == 'rest':  # before few_images keeps the first N
-        args.unlabeled_dataloader = K.unlabeled_rest(base, args.train_images)
+    if args.kd_unlabeled is not None:  # before few_images keeps the first N
+        args.unlabeled_dataloader = K.unlabeled_loader(base, args.kd_unlabeled,
+                                                       args.train_images)
     K.check_hook(args, task, base)
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)

@@ -157,3 +157,25 @@ def test_kd_unlabeled_rest_takes_the_images_after_the_labelled_ones(tmp_path):
     plain = accuracy.parse_args(['--train-images', '5'])
     assert K.run_name('gfp_acts_kd', 0.3, 0, args) != K.run_name('gfp_acts_kd', 0.3, 0, plain)
     assert K.run_name('gfp_acts', 0.3, 0, args) == K.run_name('gfp_acts', 0.3, 0, plain)
+
+
+def test_kd_unlabeled_pool_generates_more_canvases_with_another_seed(tmp_path):
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, DefaultScope
+    import _accuracy_kd as K
+    for bad in ('pool:0', 'pool', 'all'):
+        with pytest.raises(SystemExit):
+            accuracy.parse_args(['--kd-unlabeled', bad])
+    assert accuracy.parse_args(['--kd-unlabeled', 'pool:7']).kd_unlabeled == 'pool:7'
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py'))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'digits') + '/'
+    ds = K.unlabeled_loader(cfg, 'pool:7', None)['dataset']
+    assert ds['data_root'] == str(tmp_path / 'digits') + '_pool7_s1/'
+    assert ds['generate_cfg'] == dict(num_train=7, num_val=1, seed=K.POOL_SEED)
+    assert not any('LoadAnnotations' in t['type'] for t in ds['pipeline'])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        pool = DATASETS.build(ds)
+    assert len(pool) == 7 and len(pool[0]['data_samples'].gt_instances) == 0
+    cfg.train_dataloader.dataset.type = 'CocoDataset'
+    with pytest.raises(SystemExit, match='use rest with --train-images'):
+        K.unlabeled_loader(cfg, 'pool:7', None)
