@@ -26,6 +26,12 @@ from runner_utils import CLS_GEN, cls_config  # noqa: E402
 
 DISTILL = ("    dict(type='GFPDistillHook', losses=[dict(module='head', type='kl', weight=1.0, "
            "tau=4.0)]),\n]\n")
+# the same, with the validation images as images without labels (their labels are not read)
+UNLABELED = ("    dict(type='GFPDistillHook', losses=[dict(module='head', type='kl', weight=1.0, "
+             "tau=4.0)], unlabeled_dataloader=dict(dataset=dict(type='DigitsClsDataset', "
+             "data_root='{root}', split='val', generate_cfg={gen}, pipeline=["
+             "dict(type='LoadImageFromFile'), dict(type='Resize', scale=32), "
+             "dict(type='PackInputs')]))),\n]\n")
 
 
 @pytest.fixture(scope='module')
@@ -49,6 +55,10 @@ def kd_config(tmp_path_factory):
         paths[name] = str(tmp / f'{name}_kd.py')
         with open(paths[name], 'w') as f:
             f.write(text.rstrip()[:-1] + DISTILL)
+        if name == 'ddp':
+            paths['ddp_unlabeled'] = str(tmp / 'ddp_unlabeled_kd.py')
+            with open(paths['ddp_unlabeled'], 'w') as f:
+                f.write(text.rstrip()[:-1] + UNLABELED.format(root=data_root, gen=CLS_GEN))
     _starting_point(paths['ddp'], start)
     return paths, start
 
@@ -77,3 +87,20 @@ def test_ranks_distil_from_the_same_unwrapped_teacher(kd_config, tmp_path_factor
     assert teacher.keys() == weights.keys()
     for k, v in weights.items():
         assert torch.equal(teacher[k], v), f'teacher {k} changed'
+
+
+@pytest.mark.slow
+def test_ranks_distil_on_images_without_labels(kd_config, tmp_path_factory):
+    """With an unlabelled data loader (sharded by rank as MMEngine shards train_dataloader):
+    both ranks train, add the term, stay bit-identical and keep the same masks."""
+    paths, _ = kd_config
+    ddp = _ok([paths['ddp_unlabeled']], tmp_path_factory.mktemp('ddp_unlabeled_run'))
+    r0, r1 = (_load(ddp, f'rank{r}_iter{MAX_ITERS}.pth') for r in range(WORLD))
+    logs = ''.join(open(p).read() for p in glob.glob(osp.join(ddp, '*', '*.log')))
+    assert 'loss_distill_kl_head_unlabeled' in logs
+    _assert_same_masks(r0['masks'], r1['masks'], 'rank 0 vs rank 1')
+    assert any(not bool(m.all()) for m in r0['masks'].values()), 'channels were pruned'
+    for k in r0['state_dict']:
+        assert torch.equal(r0['state_dict'][k], r1['state_dict'][k]), k
+    assert _load(ddp, f'iter_{MAX_ITERS}.pth')['mmgfp_distill'] == dict(
+        unlabeled_batches=MAX_ITERS)
