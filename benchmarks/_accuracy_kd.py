@@ -41,8 +41,9 @@ def add_args(p, unlabeled: bool = False) -> None:
     if unlabeled:
         p.add_argument('--kd-unlabeled', metavar='{rest,pool:N}',
                        help='*_kd: the teacher also teaches on images without labels '
-                       "(GFPDistillHook's `unlabeled_dataloader`), their annotations not "
-                       "loaded: 'rest', the training images after the first --train-images N; "
+                       "(GFPDistillHook's `unlabeled_dataloader`), their labels unused "
+                       "(LoadAnnotations, where the pipeline has it, taken out): 'rest', the "
+                       "training images after the first --train-images N; "
                        "'pool:N', N more canvases of a generated digits training set, drawn "
                        f'with seed {POOL_SEED} into a data root of their own')
 
@@ -153,11 +154,15 @@ def unlabeled_rest(cfg, n: int) -> dict:
     pipeline's annotation loading taken out, so their batches carry no labels.
 
     Raises:
-        SystemExit: The training set has no images after the first ``n``.
+        SystemExit: The training set wraps others or sets ``indices`` already, or has no
+            images after the first ``n``.
     """
     from mmengine.registry import DATASETS, DefaultScope
     ds = copy.deepcopy(cfg.train_dataloader.dataset)
-    ds.pop('indices', None)
+    if 'dataset' in ds or 'datasets' in ds or ds.get('indices') is not None:
+        raise SystemExit(f'error: --kd-unlabeled rest needs a plain training data set without '
+                         f'`indices`, and {ds.get("type")!r} '
+                         + ('wraps others' if 'indices' not in ds else 'sets them'))
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
         total = len(DATASETS.build(copy.deepcopy(ds)))
     if total <= n:

@@ -71,6 +71,7 @@ class FisherRecorder:
         self._rows: List[torch.Tensor] = []  # sample index per row, noted in this iteration
         self._row_handles: List = []
         self._sealed = False  # the terms of this iteration came from record_from
+        self._paused = False  # a side pass runs (paused)
 
     def start(self) -> None:
         self.masker.attach()
@@ -104,10 +105,11 @@ class FisherRecorder:
         (``GFPDistillHook``'s unlabelled batch), whose per-sample terms would otherwise be
         summed with theirs."""
         tap, self.masker.tap = self.masker.tap, None
+        self._paused = True  # nor are its rows noted (an RoI extractor's, say)
         try:
             yield
         finally:
-            self.masker.tap = tap
+            self.masker.tap, self._paused = tap, False
 
     @property
     def recording(self) -> bool:
@@ -115,7 +117,7 @@ class FisherRecorder:
         return self._n > 0 and not self._sealed
 
     def _note_rows(self, rows: Optional[torch.Tensor]) -> None:
-        if self._n and rows is not None:
+        if self._n and rows is not None and not self._paused:
             self._rows.append(rows.detach().long().flatten())
 
     def _on_forward(self, layer: str, y: torch.Tensor) -> None:

@@ -100,13 +100,18 @@ class GFPDistillHook(Hook):
             of images whose labels are not used: on every iteration the teacher teaches, one
             batch of it runs through the student and the teacher (``forward(mode='tensor')``,
             after the model's data preprocessor) and each entry of ``losses`` that needs no
-            labels (all but ``fg_mse``) adds ``loss_distill_<type>_<module>_unlabeled``. Keys
-            it lacks are taken from ``train_dataloader`` (``batch_size``, ``num_workers``,
-            ``collate_fn``, ``batch_sampler``, ...); the sampler defaults to a shuffled
-            ``InfiniteSampler``, seeded with the Runner's seed. These images train the student
-            but do not rank channels (their forward is not recorded for the Fisher
-            information: its per-sample terms are the labelled batch's). A resumed run
-            continues the loader where the checkpoint left it. Defaults to None.
+            labels (all but ``fg_mse``) adds ``loss_distill_<type>_<module>_unlabeled``. The
+            preprocessor runs with ``training=False`` (no batch augments); the student runs in
+            train mode, so its BatchNorm layers up to the last distilled module also update
+            their running statistics on these images. Keys it lacks are taken from
+            ``train_dataloader`` (``batch_size``, ``num_workers``, ``persistent_workers``,
+            ``pin_memory``; not its ``collate_fn`` or ``batch_sampler``); the sampler defaults
+            to a shuffled ``InfiniteSampler``, seeded with the Runner's seed + 1. These images
+            train the student but do not rank channels (their forward is not recorded for the
+            Fisher information: its per-sample terms are the labelled batch's). A resumed run
+            continues the loader where the checkpoint left it. Costs a student forward and
+            backward and a teacher forward per iteration, up to the last distilled module.
+            Defaults to None.
         unlabeled_weight (float): Factor on every ``*_unlabeled`` term (after the entry's own
             ``weight``). Defaults to 1.0.
     """
@@ -179,8 +184,10 @@ class GFPDistillHook(Hook):
         if self.unlabeled_cfg is not None:
             loader_cfg = unlabeled_loader_cfg(self.unlabeled_cfg, runner.cfg.get(
                 'train_dataloader'))
+            # another seed than train_dataloader's sampler: images in both data sets would
+            # otherwise come in the same order, the unlabelled batch the labelled one
             loader = runner.build_dataloader(
-                loader_cfg, seed=runner.seed,
+                loader_cfg, seed=(runner.seed + 1) % 2 ** 31,
                 diff_rank_seed=getattr(runner, '_randomness_cfg', {}).get('diff_rank_seed',
                                                                            False))
             # a resumed run goes on with the batches after the checkpoint's; a run that only
@@ -396,7 +403,9 @@ class GFPDistillHook(Hook):
         """The ``*_unlabeled`` terms of one batch of images without labels: the student's
         and the teacher's tensor forwards to the distilled modules, the student's with grad
         and masks but outside the Fisher statistics."""
-        data = model.data_preprocessor(next(self._unlabeled), True)
+        # training=False: no batch augments (mixup, YOLOX's random resize), which read or
+        # change labels and, for the random resize, draw the next labelled batch's size
+        data = model.data_preprocessor(next(self._unlabeled), False)
         inputs, samples = data['inputs'], data.get('data_samples')
         recorder = self._recorder()
         self._side = True

@@ -7,14 +7,17 @@ from typing import Iterable, Optional
 from mmengine.logging import print_log
 
 #: Keys of the training data loader that an ``unlabeled_dataloader`` without them inherits.
-INHERITED = ('batch_size', 'num_workers', 'persistent_workers', 'pin_memory', 'collate_fn',
-             'batch_sampler')
+#: Not its ``collate_fn`` or ``batch_sampler``: those may read the labels (mmyolo's
+#: ``yolov5_collate``) or data infos images without labels lack (mmdet's
+#: ``AspectRatioBatchSampler`` reads width and height); MMEngine's defaults need neither.
+INHERITED = ('batch_size', 'num_workers', 'persistent_workers', 'pin_memory')
 
 
 def unlabeled_loader_cfg(given, train_cfg: Optional[dict]) -> dict:
     """The ``unlabeled_dataloader`` config to build: ``given`` (a data loader config with at
     least ``dataset``) with the keys of :data:`INHERITED` it lacks taken from the Runner's
-    ``train_dataloader``, and an ``InfiniteSampler`` (shuffled) unless it names a sampler."""
+    ``train_dataloader`` (``persistent_workers`` only where there are workers), and an
+    ``InfiniteSampler`` (shuffled) unless it names a sampler."""
     if not isinstance(given, dict) or not isinstance(given.get('dataset'), dict):
         raise ValueError('GFPDistillHook: `unlabeled_dataloader` is a data loader config like '
                          '`train_dataloader`, with at least `dataset=dict(type=...)`, but got '
@@ -27,6 +30,8 @@ def unlabeled_loader_cfg(given, train_cfg: Optional[dict]) -> dict:
         raise ValueError('GFPDistillHook: `unlabeled_dataloader` needs `batch_size` (there is no '
                          '`train_dataloader` in the config to take it from)')
     cfg.setdefault('num_workers', 0)
+    if not cfg['num_workers'] and 'persistent_workers' not in given:
+        cfg.pop('persistent_workers', None)  # torch refuses it without workers
     cfg.setdefault('sampler', dict(type='InfiniteSampler', shuffle=True))
     return cfg
 
@@ -43,10 +48,10 @@ class UnlabeledBatches:
 
     def __init__(self, loader: Iterable, skip: int = 0):
         self.loader = loader
-        self.drawn = 0  # batches given so far, the skipped ones included
+        self.drawn = int(skip)  # batches used by this run and the ones it resumes
         self._epoch = 0
         self._iter = None
-        self._skip = int(skip)
+        self._skip = int(skip)  # still to draw and drop before the first batch
 
     def __iter__(self):
         return self
@@ -59,6 +64,7 @@ class UnlabeledBatches:
             skip, self._skip = self._skip, 0
             for _ in range(skip):
                 self._draw()
+        self.drawn += 1
         return self._draw()
 
     def _draw(self):
@@ -81,5 +87,4 @@ class UnlabeledBatches:
                 raise RuntimeError('GFPDistillHook: the unlabelled data loader gives no batch '
                                    '(an empty data set, or drop_last with fewer images than '
                                    'batch_size)') from None
-        self.drawn += 1
         return batch

@@ -150,6 +150,9 @@ def test_kd_unlabeled_rest_takes_the_images_after_the_labelled_ones(tmp_path):
     assert 'indices' not in ds and any('LoadAnnotations' in t['type'] for t in ds.pipeline)
     with pytest.raises(SystemExit, match='none after the first 12'):
         K.unlabeled_rest(cfg, 12)
+    ds.indices = 10
+    with pytest.raises(SystemExit, match='without `indices`'):
+        K.unlabeled_rest(cfg, 5)
     args = accuracy.parse_args(['--train-images', '5', '--kd-unlabeled', 'rest'])
     args.unlabeled_dataloader = loader
     assert K.hook_args('gfp_acts_kd', args)['unlabeled_dataloader'] == loader

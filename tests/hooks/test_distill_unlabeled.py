@@ -4,7 +4,7 @@ import torch
 
 import mmgfp  # noqa: F401
 from mmgfp.hooks import FisherPruningHook, GFPDistillHook
-from mmgfp.hooks.distill_hook import STATE_KEY
+from mmgfp.hooks.distill_hook import STATE_KEY, TEACHER_KEY
 from mmgfp.hooks.distill_unlabeled import UnlabeledBatches, unlabeled_loader_cfg
 from runner_utils import DET_GEN, det_config, train_runner
 
@@ -38,7 +38,8 @@ def _images(root):
 
 def test_images_without_labels_add_a_term_and_train_the_student(tmp_path, det_data):
     config = det_config(tmp_path, det_data, max_iters=4, ckpt_interval=4)
-    hook = dict(type='GFPDistillHook', unlabeled_dataloader=_images(det_data))
+    hook = dict(type='GFPDistillHook', unlabeled_dataloader=_images(det_data),
+                save_teacher=False)
     runner = _train(config, tmp_path / 'u', [_prune(), hook])
     scalars = runner.message_hub.log_scalars
     values = scalars[KEY].data[0]
@@ -46,25 +47,30 @@ def test_images_without_labels_add_a_term_and_train_the_student(tmp_path, det_da
     assert 'train/loss_distill_cwd_neck' in scalars  # the labelled batch's term stays
     dist = _hook(runner, GFPDistillHook)
     assert dist._unlabeled.drawn == 4  # one batch per iteration
-    batch = next(dist._unlabeled)  # batch_size (and batch_sampler) from train_dataloader
+    batch = next(dist._unlabeled)  # batch_size from train_dataloader
     assert len(batch['inputs']) == 2 and len(batch['data_samples'][0].gt_instances) == 0
     ckpt = torch.load(tmp_path / 'u' / 'iter_4.pth', weights_only=True)
-    assert ckpt[STATE_KEY] == dict(unlabeled_batches=4)
-    # the term trains: the same run without the unlabelled images ends elsewhere
+    assert ckpt[STATE_KEY] == dict(unlabeled_batches=4)  # also without the teacher's weights
+    assert TEACHER_KEY not in ckpt
+    # the term trains: the same run without the unlabelled images ends elsewhere (weights,
+    # not buffers: this detector's backbone keeps its BN statistics, norm_eval=True)
     plain = _train(config, tmp_path / 'p', [_prune(), dict(type='GFPDistillHook')])
     assert KEY not in plain.message_hub.log_scalars
-    a, b = runner.model.state_dict(), plain.model.state_dict()
-    assert any(not torch.allclose(a[k], b[k]) for k in a if a[k].is_floating_point())
+    a, b = dict(runner.model.named_parameters()), dict(plain.model.named_parameters())
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
-def test_images_without_labels_do_not_rank_channels(tmp_path, det_data):
+@pytest.mark.parametrize('fisher', ['all', 'task'])
+def test_images_without_labels_do_not_rank_channels(tmp_path, det_data, fisher):
     """Iteration 1 starts from the same weights: its Fisher terms equal the run without the
-    unlabelled images, for the loss that ranks (task + labelled distillation)."""
+    unlabelled images, for the loss that ranks (task + labelled distillation, or task)."""
     config = det_config(tmp_path, det_data, max_iters=1, ckpt_interval=100)
     prune = _prune(interval=100)  # accumulate only
     with_u = _train(config, tmp_path / 'u', [prune, dict(
-        type='GFPDistillHook', unlabeled_dataloader=_images(det_data), unlabeled_weight=10.0)])
-    without = _train(config, tmp_path / 'p', [prune, dict(type='GFPDistillHook')])
+        type='GFPDistillHook', unlabeled_dataloader=_images(det_data), unlabeled_weight=10.0,
+        fisher=fisher)])
+    without = _train(config, tmp_path / 'p', [prune, dict(type='GFPDistillHook',
+                                                          fisher=fisher)])
     fa = _hook(with_u, FisherPruningHook).pruner.recorder.fisher
     fb = _hook(without, FisherPruningHook).pruner.recorder.fisher
     assert fa.keys() == fb.keys() and any(bool(v.any()) for v in fa.values())
@@ -81,6 +87,10 @@ def test_resume_goes_on_with_the_next_unlabelled_batch(tmp_path, det_data):
     _train(config, tmp_path / 'part', hooks, **{'train_cfg.max_iters': 3})
     resumed = _train(config, tmp_path / 'part', hooks, resume=True)
     assert resumed.iter == 6 and _hook(resumed, GFPDistillHook)._unlabeled.drawn == 6
+    # a run that only loads the weights (load_from, not resume) starts the loader afresh
+    again = _train(config, tmp_path / 'again', hooks, **{'train_cfg.max_iters': 1},
+                   load_from=str(tmp_path / 'part' / 'iter_3.pth'))
+    assert _hook(again, GFPDistillHook)._unlabeled.drawn == 1
     ma = _hook(full, FisherPruningHook).pruner.masker.keep
     mb = _hook(resumed, FisherPruningHook).pruner.masker.keep
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
@@ -110,12 +120,17 @@ def test_unlabelled_batches_go_on_after_the_loader_ends_and_skip_on_resume():
 
 
 def test_unlabelled_loader_config_takes_what_it_lacks_from_the_training_loader():
-    train = dict(batch_size=8, num_workers=2, batch_sampler=dict(type='AspectRatioBatchSampler'),
+    train = dict(batch_size=8, num_workers=2, persistent_workers=True,
+                 batch_sampler=dict(type='AspectRatioBatchSampler'),
+                 collate_fn=dict(type='yolov5_collate'),
                  sampler=dict(type='DefaultSampler', shuffle=True), dataset=dict(type='X'))
+    # not the batch sampler or collate_fn (they may read sizes or labels); no persistent
+    # workers without workers (torch refuses them)
     cfg = unlabeled_loader_cfg(dict(dataset=dict(type='Y'), num_workers=0), train)
     assert cfg == dict(dataset=dict(type='Y'), num_workers=0, batch_size=8,
-                       batch_sampler=dict(type='AspectRatioBatchSampler'),
                        sampler=dict(type='InfiniteSampler', shuffle=True))
+    cfg = unlabeled_loader_cfg(dict(dataset=dict(type='Y')), train)
+    assert cfg['num_workers'] == 2 and cfg['persistent_workers'] is True
     with pytest.raises(ValueError, match='needs `batch_size`'):
         unlabeled_loader_cfg(dict(dataset=dict(type='Y')), None)
 
