@@ -133,3 +133,15 @@ def pruning_hook(runner):
 def hook_masks(runner):
     """A copy of the pruning hook's keep masks."""
     return {k: v.clone() for k, v in pruning_hook(runner).pruner.masker.keep.items()}
+
+
+def assert_same_run(full, resumed):
+    """A resumed run ended where the uninterrupted ``full`` run ended: the same masks, and the
+    same floating-point weights and buffers up to float rounding."""
+    import torch
+    ma, mb = hook_masks(full), hook_masks(resumed)
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    for (n, p), (_, q) in zip(full.model.state_dict().items(),
+                              resumed.model.state_dict().items()):
+        if p.is_floating_point():
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), n
