@@ -1,5 +1,6 @@
 """GFPDistillHook: distillation from the unpruned model while pruning and fine-tuning."""
 import math
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -410,11 +411,8 @@ class GFPDistillHook(Hook):
         recorder = self._recorder()
         self._side = True
         try:
-            if recorder is None:
+            with recorder.paused() if recorder is not None else nullcontext():
                 student = self._tap(model, inputs, samples, want, grad=True)
-            else:
-                with recorder.paused():
-                    student = self._tap(model, inputs, samples, want, grad=True)
         finally:
             self._side = False
         teacher = self._tap(self.teacher, inputs, samples, want)
