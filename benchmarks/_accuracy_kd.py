@@ -98,10 +98,17 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['losses'] = [dict(x) for x in args.kd_losses]
     elif args.kd_weight is not None:
         out['losses'] = [dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)]
-    if args.kd_during is not None:
-        out['during'] = args.kd_during
     if getattr(args, 'kd_fisher', None) is not None:
         out['fisher'] = args.kd_fisher
+    return dict(out, **_shared_args(args))
+
+
+def _shared_args(args) -> dict:
+    """The hook's arguments every ``*_kd`` method takes alike, pruned in place or sliced:
+    ``during``, ``task_weight`` and ``unlabeled_dataloader``, where given."""
+    out = {}
+    if args.kd_during is not None:
+        out['during'] = args.kd_during
     if getattr(args, 'kd_task_weight', None) is not None:
         out['task_weight'] = args.kd_task_weight
     if getattr(args, 'kd_unlabeled', None) is not None:
@@ -286,16 +293,10 @@ def sliced_losses(args, task) -> List[dict]:
 def sliced_hook(args, task, baseline: str, base) -> dict:
     """The GFPDistillHook entry of a ``tp_*_kd`` fine-tuning run: the teacher is the unpruned
     model built from the baseline config (``teacher_cfg``) with the baseline checkpoint."""
-    hook = dict(type='GFPDistillHook', losses=sliced_losses(args, task), teacher=baseline,
+    return dict(type='GFPDistillHook', losses=sliced_losses(args, task), teacher=baseline,
                 teacher_cfg=dict(model=base.model.to_dict(),
-                                 default_scope=base.get('default_scope') or task.scope))
-    if args.kd_during is not None:
-        hook['during'] = args.kd_during
-    if getattr(args, 'kd_task_weight', None) is not None:
-        hook['task_weight'] = args.kd_task_weight
-    if getattr(args, 'kd_unlabeled', None) is not None:
-        hook['unlabeled_dataloader'] = copy.deepcopy(args.unlabeled_dataloader)
-    return hook
+                                 default_scope=base.get('default_scope') or task.scope),
+                **_shared_args(args))
 
 
 def distilled(run) -> Dict:

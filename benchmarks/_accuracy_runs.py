@@ -84,10 +84,14 @@ def run_one(method: str, seed: int, target: float, ctx: dict) -> dict:
     out = {'method': method, 'seed': seed, 'target': target, 'name': name}
     ft = M.train_cfg(base, wd, args.iters, seed, _stamp(name), level,
                      M.finetune_schedule(args.iters), args.lr)
-    if method == 'unpruned':
+    if method.startswith('unpruned'):
         model = M.build(base, ckpt)
-        M.runner(ft, model).train()
-        info = {}
+        distill = K.hook_args(method, args)
+        if distill is not None:  # the teacher: GFPDistillHook's copy of the loaded model
+            ft.custom_hooks.insert(0, dict(type='GFPDistillHook', **distill))
+        run = M.runner(ft, model)
+        run.train()
+        info = K.distilled(run)
         out['train_iters'] = args.iters
     elif method.startswith('gfp'):
         model, info = M.gfp(ft, ckpt, method.split('_')[1], target, args.gfp_interval,

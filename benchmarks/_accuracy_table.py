@@ -7,13 +7,16 @@ import _accuracy_kd as K
 import _common as C
 
 METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_l1_kd', 'tp_taylor', 'random',
-           'thin', 'unpruned']
+           'thin', 'unpruned', 'unpruned_kd']
+# trained once per seed at the full FLOPs, whatever the targets
+UNPRUNED = ('unpruned', 'unpruned_kd')
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
           'gfp_acts_kd': 'GFP (acts) + distillation',
           'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
           'tp_l1_kd': 'TP group L1 + distillation', 'tp_taylor': 'TP group Taylor',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
-          'unpruned': 'unpruned, same budget'}
+          'unpruned': 'unpruned, same budget',
+          'unpruned_kd': 'unpruned, same budget + distillation'}
 
 
 def _mean_std(xs):
@@ -105,7 +108,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'ohsD*^vXP'))
+    markers = dict(zip(METHODS, 'ohsD*^vXPd'))
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     # curves end at the unpruned model with the same training budget when it was measured
@@ -114,7 +117,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
         rs = sorted((r for r in rows if r['method'] == method and r['n']),
                     key=lambda r: r['flops'])
         colour = f'C{METHODS.index(method)}'
-        if len(rs) > 1 and method != 'unpruned':
+        if len(rs) > 1 and method not in UNPRUNED:
             # through the targets and on to the unpruned model, except for the thin networks:
             # their full-width counterpart (trained from scratch as long) is not measured
             tail = [] if method == 'thin' else [(100.0, end[key])]

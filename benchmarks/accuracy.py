@@ -44,6 +44,9 @@ random         mmgfp's channel groups, units removed in random order, one shot
 thin           the same detector with all widths scaled (ResNet backbones), from scratch
 unpruned       the baseline trained on for the same iterations, nothing pruned (once per seed,
                whatever the targets): what the budget buys without pruning
+unpruned_kd    the same with GFPDistillHook and the ``--kd-*`` options of gfp_acts_kd (the
+               teacher a frozen copy of the baseline): what the teacher, and its images without
+               labels, give the model that keeps all its channels
 =============  ==============================================================================
 
 The budget: every pruning method trains ``--iters`` iterations after the baseline with the
@@ -75,8 +78,8 @@ import _common as C  # noqa: E402
 from _accuracy_runs import (_log_level, _stamp, baseline_iters, run_one,  # noqa: E402,F401
                             save, settings, stored, train_baseline)
 from _accuracy_setup import base_config, few_images  # noqa: E402,F401
-from _accuracy_table import (LABELS, METHODS, _mean_std, _pm, format_tables,  # noqa: E402,F401
-                             plot, summarize)
+from _accuracy_table import (LABELS, METHODS, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
+                             format_tables, plot, summarize)
 
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
 # --quick: one image per batch on a tiny data set; GFP removes up to 1024 units per iteration
@@ -230,10 +233,10 @@ def main(argv=None) -> dict:
           flush=True)
 
     runs, missing = [], []
-    jobs = [(1.0, seed, 'unpruned') for seed in args.seeds if 'unpruned' in args.methods]
+    jobs = [(1.0, seed, m) for seed in args.seeds for m in UNPRUNED if m in args.methods]
     for target in args.targets:
         for seed in args.seeds:  # all methods of a seed before the next seed
-            jobs += [(target, seed, m) for m in args.methods if m != 'unpruned']
+            jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
     for target, seed, method in jobs:
         path = osp.join(wd, 'runs', K.run_name(method, target, seed, args), 'result.json')
         res = None if args.force else stored(path, sig, method)

@@ -80,7 +80,7 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     for method, r in runs.items():
         assert 'error' not in r, f'{method}: {r.get("error")}'
         assert 0.0 <= r['mAP'] <= 1.0
-        if method == 'unpruned':  # the same budget with nothing pruned
+        if method in accuracy.UNPRUNED:  # the same budget with nothing pruned
             assert r['flops'] == r['params'] == r['acts'] == 1.0 and r['target'] == 1.0
             continue
         assert abs(r['flops'] - 0.5) <= tol, f'{method} ended at {r["flops"]:.3f} of the FLOPs'
@@ -98,9 +98,11 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
         assert 'mAP' in runs[method]['info']['pruned_eval']
     # the sliced student distils the head's class scores from the unpruned baseline
     assert runs['tp_l1_kd']['info']['kd']['losses'][0]['type'] == 'sigmoid_kl'
+    # the unpruned model distils with the hook's defaults (CWD on the neck)
+    assert runs['unpruned_kd']['info']['kd']['losses'][0]['type'] == 'cwd'
     saved = json.loads(out_json.read_text())
-    assert [r['method'] for r in saved['rows']] == ['baseline', 'unpruned'] + [
-        m for m in accuracy.METHODS if m != 'unpruned']
+    assert [r['method'] for r in saved['rows']] == ['baseline', 'unpruned', 'unpruned_kd'] + [
+        m for m in accuracy.METHODS if m not in accuracy.UNPRUNED]
     if '--plot' in argv:
         assert (tmp_path / 'accuracy.png').stat().st_size > 1000
 
