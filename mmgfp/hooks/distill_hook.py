@@ -12,7 +12,7 @@ from mmengine.registry import HOOKS
 from mmgfp.core.distill import LOSSES, NEEDS_BOXES, POOLED, box_masks, producer_group
 from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
-from .distill_unlabeled import UnlabeledBatches, unlabeled_loader_cfg
+from .distill_unlabeled import UnlabeledBatches, train_loader_settings, unlabeled_loader_cfg
 
 TEACHER_KEY = 'mmgfp_teacher'
 STATE_KEY = 'mmgfp_distill'  # the hook's own progress (unlabelled batches drawn)
@@ -183,8 +183,7 @@ class GFPDistillHook(Hook):
         cfg = runner.cfg if isinstance(runner.cfg.get('model'), dict) else None
         unlabeled = None
         if self.unlabeled_cfg is not None:
-            loader_cfg = unlabeled_loader_cfg(self.unlabeled_cfg, runner.cfg.get(
-                'train_dataloader'))
+            loader_cfg = unlabeled_loader_cfg(self.unlabeled_cfg, train_loader_settings(runner))
             # another seed than train_dataloader's sampler: images in both data sets would
             # otherwise come in the same order, the unlabelled batch the labelled one
             loader = runner.build_dataloader(

@@ -13,6 +13,29 @@ from mmengine.logging import print_log
 INHERITED = ('batch_size', 'num_workers', 'persistent_workers', 'pin_memory')
 
 
+def train_loader_settings(runner) -> Optional[dict]:
+    """What an ``unlabeled_dataloader`` may inherit from the Runner's training data loader:
+    its config where the Runner has one (``runner.cfg.train_dataloader``), else the keys of
+    :data:`INHERITED` read from the built loader, as for a Runner made in Python
+    (``Runner(model=..., train_dataloader=...)``, whose ``cfg`` is empty). None without either."""
+    cfg = runner.cfg.get('train_dataloader')
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        loader = runner.train_dataloader  # built by now (before_train)
+    except Exception:  # noqa: BLE001  (no train loop: nothing to inherit)
+        return None
+    if isinstance(loader, dict):
+        return loader
+    out = {k: getattr(loader, k) for k in INHERITED[1:] if hasattr(loader, k)}
+    size = getattr(loader, 'batch_size', None)
+    if size is None:  # a loader with a batch sampler
+        size = getattr(getattr(loader, 'batch_sampler', None), 'batch_size', None)
+    if size is not None:
+        out['batch_size'] = size
+    return out or None
+
+
 def unlabeled_loader_cfg(given, train_cfg: Optional[dict]) -> dict:
     """The ``unlabeled_dataloader`` config to build: ``given`` (a data loader config with at
     least ``dataset``) with the keys of :data:`INHERITED` it lacks taken from the Runner's
@@ -27,8 +50,9 @@ def unlabeled_loader_cfg(given, train_cfg: Optional[dict]) -> dict:
         if key not in cfg and train_cfg is not None and key in train_cfg:
             cfg[key] = copy.deepcopy(train_cfg[key])
     if 'batch_size' not in cfg:
-        raise ValueError('GFPDistillHook: `unlabeled_dataloader` needs `batch_size` (there is no '
-                         '`train_dataloader` in the config to take it from)')
+        raise ValueError('GFPDistillHook: `unlabeled_dataloader` needs `batch_size`: the '
+                         "Runner's training data loader gives none to take, so set it in "
+                         '`unlabeled_dataloader`')
     cfg.setdefault('num_workers', 0)
     if not cfg['num_workers'] and 'persistent_workers' not in given:
         cfg.pop('persistent_workers', None)  # torch refuses it without workers

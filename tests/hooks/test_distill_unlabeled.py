@@ -5,7 +5,8 @@ import torch
 import mmgfp  # noqa: F401
 from mmgfp.hooks import FisherPruningHook, GFPDistillHook
 from mmgfp.hooks.distill_hook import STATE_KEY, TEACHER_KEY
-from mmgfp.hooks.distill_unlabeled import UnlabeledBatches, unlabeled_loader_cfg
+from mmgfp.hooks.distill_unlabeled import (UnlabeledBatches, train_loader_settings,
+                                           unlabeled_loader_cfg)
 from runner_utils import DET_GEN, assert_same_run, det_config, train_runner
 
 NO_VAL = dict(val_dataloader=None, val_cfg=None, val_evaluator=None)
@@ -127,6 +128,55 @@ def test_unlabelled_loader_config_takes_what_it_lacks_from_the_training_loader()
     assert cfg['num_workers'] == 2 and cfg['persistent_workers'] is True
     with pytest.raises(ValueError, match='needs `batch_size`'):
         unlabeled_loader_cfg(dict(dataset=dict(type='Y')), None)
+
+
+class _Runner:
+    """What train_loader_settings reads of a Runner: ``cfg`` and ``train_dataloader``."""
+
+    def __init__(self, cfg, loader=None):
+        self.cfg, self._loader = cfg, loader
+
+    @property
+    def train_dataloader(self):
+        if self._loader is None:
+            raise RuntimeError('no train loop')
+        return self._loader
+
+
+def test_a_runner_made_in_python_lends_its_built_loader_settings():
+    from mmengine.config import Config
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+    given = dict(batch_size=8, dataset=dict(type='X'))
+    assert train_loader_settings(_Runner(Config(dict(train_dataloader=given)))) == given
+    # Runner(model=..., train_dataloader=...) keeps an empty cfg: the built loader speaks
+    loader = DataLoader(list(range(10)), batch_size=3, num_workers=0, pin_memory=False)
+    assert train_loader_settings(_Runner(Config(), loader)) == dict(
+        batch_size=3, num_workers=0, persistent_workers=False, pin_memory=False)
+    sampled = DataLoader(list(range(10)), batch_sampler=BatchSampler(
+        SequentialSampler(range(10)), batch_size=4, drop_last=False))
+    assert train_loader_settings(_Runner(Config(), sampled))['batch_size'] == 4
+    assert train_loader_settings(_Runner(Config())) is None
+
+
+def test_runner_made_in_python_distils_on_images_without_labels(tmp_path, det_data):
+    """Without a config the hook takes batch_size from the built training loader (found by
+    the accuracy benchmark's unpruned_kd, whose Runner is made from a model object)."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(det_config(tmp_path, det_data, max_iters=2, ckpt_interval=100))
+    model = MODELS.build(cfg.model)
+    keys = ('train_dataloader', 'train_cfg', 'optim_wrapper', 'default_scope', 'env_cfg')
+    runner = Runner(model=model, work_dir=str(tmp_path / 'py'),
+                    custom_hooks=[dict(type='GFPDistillHook', save_teacher=False,
+                                       unlabeled_dataloader=_images(det_data))],
+                    default_hooks=dict(checkpoint=None),
+                    **{k: cfg[k] for k in keys if k in cfg})
+    assert not runner.cfg.get('train_dataloader')  # what made the hook refuse before
+    runner.train()
+    assert len(runner.message_hub.log_scalars[KEY].data[0]) == 2
+    batch = next(_hook(runner, GFPDistillHook)._unlabeled)
+    assert len(batch['inputs']) == cfg.train_dataloader.batch_size
 
 
 def test_bad_unlabelled_arguments_are_named():
