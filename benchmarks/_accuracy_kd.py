@@ -34,7 +34,8 @@ def add_args(p, unlabeled: bool = False) -> None:
                    '(default: the hook\'s)')
     p.add_argument('--kd-fisher', choices=FISHER, help="gfp_*_kd: GFPDistillHook's `fisher`, "
                    'which loss ranks the channels while the teacher teaches during pruning '
-                   '(default: the hook\'s, all; tp_*_kd does not prune and ignores it)')
+                   "(default: the hook's, all; tp_*_kd and unpruned_kd do not prune and "
+                   'ignore it, but it names their runs, so that they pair with gfp_*_kd)')
     p.add_argument('--kd-task-weight', type=float, help="*_kd: GFPDistillHook's `task_weight`, "
                    'the weight of the task losses while the teacher teaches (0: the teacher '
                    'alone; default: the hook\'s, 1)')
@@ -74,6 +75,9 @@ def check_args(p, args) -> None:
     if unlabeled == 'rest' and getattr(args, 'train_images', None) is None:
         p.error('--kd-unlabeled rest distils on the training images that --train-images N '
                 'leaves out: give --train-images')
+    if 'unpruned_kd' in (getattr(args, 'methods', None) or ()) and args.kd_during == 'pruning':
+        p.error("--kd-during pruning: unpruned_kd prunes nothing, so its teacher would never "
+                'teach; leave unpruned_kd out of --methods, or give another --kd-during')
     if args.kd_losses is None:
         return
     if args.kd_weight is not None:
@@ -98,8 +102,8 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['losses'] = [dict(x) for x in args.kd_losses]
     elif args.kd_weight is not None:
         out['losses'] = [dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)]
-    if getattr(args, 'kd_fisher', None) is not None:
-        out['fisher'] = args.kd_fisher
+    if getattr(args, 'kd_fisher', None) is not None and not method.startswith('unpruned'):
+        out['fisher'] = args.kd_fisher  # nothing is ranked in unpruned_kd
     return dict(out, **_shared_args(args))
 
 

@@ -46,7 +46,9 @@ unpruned       the baseline trained on for the same iterations, nothing pruned (
                whatever the targets): what the budget buys without pruning
 unpruned_kd    the same with GFPDistillHook and the ``--kd-*`` options of gfp_acts_kd (the
                teacher a frozen copy of the baseline): what the teacher, and its images without
-               labels, give the model that keeps all its channels
+               labels, give the model that keeps all its channels. Nothing prunes, so the
+               teacher teaches on every iteration (``--kd-during finetuning`` too; ``pruning``
+               is refused). Not in the default ``--methods``
 =============  ==============================================================================
 
 The budget: every pruning method trains ``--iters`` iterations after the baseline with the
@@ -105,7 +107,9 @@ def parse_args(argv=None):
                    'every method (default 300; 88, two epochs of the digits set, for '
                    'classifiers)')
     p.add_argument('--seeds', type=int, nargs='+', help='default 0 1 2')
-    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--methods', nargs='+', choices=METHODS,
+                   default=[m for m in METHODS if m != 'unpruned_kd'],
+                   help='default: all but unpruned_kd')
     p.add_argument('--targets', type=float, nargs='+', default=[0.5],
                    help='fractions of the baseline FLOPs to keep (several give curves)')
     p.add_argument('--tol', type=float, help='FLOPs tolerance of the TP/thin search (0.01)')

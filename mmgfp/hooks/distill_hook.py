@@ -106,7 +106,8 @@ class GFPDistillHook(Hook):
             train mode, so its BatchNorm layers up to the last distilled module also update
             their running statistics on these images. Keys it lacks are taken from
             ``train_dataloader`` (``batch_size``, ``num_workers``, ``persistent_workers``,
-            ``pin_memory``; not its ``collate_fn`` or ``batch_sampler``); the sampler defaults
+            ``pin_memory``; not its ``collate_fn`` or ``batch_sampler``), or from the built
+            training loader of a Runner made in Python; the sampler defaults
             to a shuffled ``InfiniteSampler``, seeded with the Runner's seed + 1. These images
             train the student but do not rank channels (their forward is not recorded for the
             Fisher information: its per-sample terms are the labelled batch's). A resumed run

@@ -23,7 +23,7 @@ def train_loader_settings(runner) -> Optional[dict]:
         return cfg
     try:
         loader = runner.train_dataloader  # built by now (before_train)
-    except Exception:  # noqa: BLE001  (no train loop: nothing to inherit)
+    except AttributeError:  # no train loop (None): nothing to inherit
         return None
     if isinstance(loader, dict):
         return loader

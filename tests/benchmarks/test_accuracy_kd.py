@@ -93,7 +93,29 @@ def test_hook_arguments_and_table_recipe():
         'cwd neck w1 tau1; finetuning; task x0'
 
 
+def test_the_unpruned_model_distils_with_the_same_options_but_ranks_nothing(tmp_path):
+    args = accuracy.parse_args(['--kd-fisher', 'task', '--kd-during', 'finetuning',
+                                '--kd-losses', SIGMOID])
+    # fisher would only warn: nothing is ranked; during and losses are the pruned row's
+    assert K.hook_args('unpruned_kd', args) == {'losses': json.loads(SIGMOID),
+                                                'during': 'finetuning'}
+    assert K.hook_args('gfp_acts_kd', args)['fisher'] == 'task'
+    assert K.hook_args('unpruned', args) is None
+    # its own run folder, named with the recipe's hash like the pruned row it pairs with
+    name = K.run_name('unpruned_kd', 1.0, 0, args)
+    assert name.startswith('unpruned_kd-') and name.endswith('_t100_s0')
+    assert name.split('-')[1][:8] == K.run_name('gfp_acts_kd', 0.3, 0, args).split('-')[1][:8]
+    ckpt = tmp_path / 'base.pth'
+    ckpt.write_bytes(b'0')
+    sig = accuracy.settings(args, str(ckpt))
+    assert 'kd_fisher' in K.run_signature(sig, 'unpruned_kd')
+    assert 'kd_fisher' not in K.run_signature(sig, 'unpruned')
+    assert 'unpruned_kd' not in accuracy.parse_args([]).methods  # opt-in
+
+
 @pytest.mark.parametrize('argv, message', [
+    (['--methods', 'unpruned', 'unpruned_kd', '--kd-during', 'pruning'],
+     'unpruned_kd prunes nothing'),
     (['--kd-losses', '[{"module": '], 'not valid JSON'),
     (['--kd-losses', '{"module": "neck"}'], 'non-empty JSON list'),
     (['--kd-losses', '[{"type": "cwd"}]'], '"module" name'),

@@ -138,8 +138,8 @@ class _Runner:
 
     @property
     def train_dataloader(self):
-        if self._loader is None:
-            raise RuntimeError('no train loop')
+        if self._loader is None:  # as Runner.train_dataloader without a train loop
+            raise AttributeError("'NoneType' object has no attribute 'dataloader'")
         return self._loader
 
 
