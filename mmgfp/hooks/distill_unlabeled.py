@@ -25,14 +25,11 @@ def train_loader_settings(runner) -> Optional[dict]:
         loader = runner.train_dataloader  # built by now (before_train)
     except AttributeError:  # no train loop (None): nothing to inherit
         return None
-    if isinstance(loader, dict):
-        return loader
-    out = {k: getattr(loader, k) for k in INHERITED[1:] if hasattr(loader, k)}
-    size = getattr(loader, 'batch_size', None)
-    if size is None:  # a loader with a batch sampler
+    out = {k: getattr(loader, k) for k in INHERITED if getattr(loader, k, None) is not None}
+    if 'batch_size' not in out:  # a loader with a batch sampler
         size = getattr(getattr(loader, 'batch_sampler', None), 'batch_size', None)
-    if size is not None:
-        out['batch_size'] = size
+        if size is not None:
+            out['batch_size'] = size
     return out or None
 
 
