@@ -102,7 +102,7 @@ def hook_args(method: str, args) -> Optional[dict]:
         out['losses'] = [dict(x) for x in args.kd_losses]
     elif args.kd_weight is not None:
         out['losses'] = [dict(module='neck', type='cwd', weight=args.kd_weight, tau=1.0)]
-    if getattr(args, 'kd_fisher', None) is not None and not method.startswith('unpruned'):
+    if getattr(args, 'kd_fisher', None) is not None and method != 'unpruned_kd':
         out['fisher'] = args.kd_fisher  # nothing is ranked in unpruned_kd
     return dict(out, **_shared_args(args))
 

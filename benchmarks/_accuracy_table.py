@@ -96,6 +96,16 @@ def _err(std: float) -> float:
     return 0 if std != std else std
 
 
+def curve_end(rows: list, method: str) -> dict:
+    """The row a pruned method's curve ends at, at 100% of the FLOPs: the unpruned model with
+    the same training budget where it was measured, for a distilled method (``*_kd``) the
+    unpruned model given the same teacher where that was measured; else the baseline
+    (``rows[0]``)."""
+    measured = {r['method']: r for r in rows if r['method'] in UNPRUNED and r['n']}
+    order = ('unpruned_kd', 'unpruned') if K.is_kd(method) else ('unpruned',)
+    return next((measured[m] for m in order if m in measured), rows[0])
+
+
 def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
          label: str = 'bbox mAP') -> None:
     """Left: the metric ``key`` (e.g. mAP) vs FLOPs (a curve per method when there are several
@@ -111,8 +121,6 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     markers = dict(zip(METHODS, 'ohsD*^vXPd'))
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
-    # curves end at the unpruned model with the same training budget when it was measured
-    end = next((r for r in rows if r['method'] == 'unpruned' and r['n']), base)
     for i, method in enumerate(methods):
         rs = sorted((r for r in rows if r['method'] == method and r['n']),
                     key=lambda r: r['flops'])
@@ -120,7 +128,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
         if len(rs) > 1 and method not in UNPRUNED:
             # through the targets and on to the unpruned model, except for the thin networks:
             # their full-width counterpart (trained from scratch as long) is not measured
-            tail = [] if method == 'thin' else [(100.0, end[key])]
+            tail = [] if method == 'thin' else [(100.0, curve_end(rows, method)[key])]
             pts = [(100 * r['flops'], r[key]) for r in rs] + tail
             ax.plot([p[0] for p in pts], [p[1] for p in pts], '-', color=colour, alpha=0.5)
         ax.errorbar([100 * r['flops'] for r in rs], [r[key] for r in rs],

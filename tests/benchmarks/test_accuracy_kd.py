@@ -199,3 +199,18 @@ def test_a_metric_missing_in_every_run_is_nan_not_an_error():
     mean, std = accuracy._mean_std([float('nan')] * 3)
     assert mean != mean and std != std
     assert accuracy._mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414), abs=1e-4)
+
+
+def test_plot_curves_end_at_the_matching_unpruned_row():
+    """A distilled method's curve ends at the unpruned model given the same teacher where it
+    was measured, every other method's at the unpruned model; the baseline where neither was."""
+    import _accuracy_table as T
+    base = {'method': 'baseline', 'n': 1, 'mAP': 0.80}
+    unpruned = {'method': 'unpruned', 'n': 3, 'mAP': 0.81}
+    unpruned_kd = {'method': 'unpruned_kd', 'n': 3, 'mAP': 0.82}
+    rows = [base, unpruned, unpruned_kd]
+    assert T.curve_end(rows, 'gfp_acts_kd') is unpruned_kd
+    assert T.curve_end(rows, 'tp_l1_kd') is unpruned_kd
+    assert T.curve_end(rows, 'gfp_acts') is unpruned
+    assert T.curve_end([base, unpruned], 'gfp_acts_kd') is unpruned
+    assert T.curve_end([base, dict(unpruned, n=0)], 'gfp_acts') is base
