@@ -214,3 +214,20 @@ def test_plot_curves_end_at_the_matching_unpruned_row():
     assert T.curve_end(rows, 'gfp_acts') is unpruned
     assert T.curve_end([base, unpruned], 'gfp_acts_kd') is unpruned
     assert T.curve_end([base, dict(unpruned, n=0)], 'gfp_acts') is base
+
+
+def test_plot_draws_rows_with_both_unpruned_references(tmp_path):
+    pytest.importorskip('matplotlib')
+    import _accuracy_table as T
+
+    def row(method, target, flops, value, n=3):
+        return {'method': method, 'target': target, 'flops': flops, 'n': n,
+                'top1': value, 'top1_std': 0.004}
+    rows = [row('baseline', 1.0, 1.0, 0.935, 1), row('unpruned', 1.0, 1.0, 0.925),
+            row('unpruned_kd', 1.0, 1.0, 0.928)]
+    rows += [row(m, t, t, v) for m, v in (('gfp_acts', 0.90), ('gfp_acts_kd', 0.92))
+             for t in (0.3, 0.15)]
+    runs = [{'method': r['method'], 'target': r['target'], 'top1': r['top1']} for r in rows]
+    path = tmp_path / 'plot.png'
+    T.plot(rows, runs, str(path), 'digits', key='top1', label='top-1')
+    assert path.stat().st_size > 1000
