@@ -201,7 +201,7 @@ def test_a_metric_missing_in_every_run_is_nan_not_an_error():
     assert accuracy._mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414), abs=1e-4)
 
 
-def test_plot_curves_end_at_the_matching_unpruned_row():
+def test_curve_end_is_the_matching_unpruned_row():
     """A distilled method's curve ends at the unpruned model given the same teacher where it
     was measured, every other method's at the unpruned model; the baseline where neither was."""
     import _accuracy_table as T
@@ -216,7 +216,7 @@ def test_plot_curves_end_at_the_matching_unpruned_row():
     assert T.curve_end([base, dict(unpruned, n=0)], 'gfp_acts') is base
 
 
-def test_plot_draws_rows_with_both_unpruned_references(tmp_path):
+def test_plot_draws_rows_with_both_unpruned_references(tmp_path, monkeypatch):
     pytest.importorskip('matplotlib')
     import _accuracy_table as T
 
@@ -229,5 +229,15 @@ def test_plot_draws_rows_with_both_unpruned_references(tmp_path):
              for t in (0.3, 0.15)]
     runs = [{'method': r['method'], 'target': r['target'], 'top1': r['top1']} for r in rows]
     path = tmp_path / 'plot.png'
+    import matplotlib.pyplot as plt
+    kept, close = [], plt.close
+    monkeypatch.setattr(plt, 'close', kept.append)  # keep the figure to read its curves
     T.plot(rows, runs, str(path), 'digits', key='top1', label='top-1')
     assert path.stat().st_size > 1000
+    curves = {line.get_color(): (list(line.get_xdata()), list(line.get_ydata()))
+              for line in kept[0].axes[0].lines if line.get_linestyle() == '-'}
+    # through the targets (15%, 30%) to the matching unpruned row at 100%
+    assert curves[f"C{T.METHODS.index('gfp_acts')}"] == ([15.0, 30.0, 100.0], [0.90, 0.90, 0.925])
+    assert curves[f"C{T.METHODS.index('gfp_acts_kd')}"] == ([15.0, 30.0, 100.0],
+                                                             [0.92, 0.92, 0.928])
+    close(kept[0])
