@@ -6,17 +6,20 @@ import statistics
 import _accuracy_kd as K
 import _common as C
 
-METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'tp_l1', 'tp_l1_kd', 'tp_taylor', 'random',
-           'thin', 'unpruned', 'unpruned_kd']
+METHODS = ['gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'gfp_flops_kd', 'tp_l1', 'tp_l1_kd', 'tp_taylor',
+           'random', 'thin', 'unpruned', 'unpruned_kd']
 # trained once per seed at the full FLOPs, whatever the targets
 UNPRUNED = ('unpruned', 'unpruned_kd')
 LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
           'gfp_acts_kd': 'GFP (acts) + distillation',
-          'gfp_flops': 'GFP (flops)', 'tp_l1': 'TP group L1',
+          'gfp_flops': 'GFP (flops)', 'gfp_flops_kd': 'GFP (flops) + distillation',
+          'tp_l1': 'TP group L1',
           'tp_l1_kd': 'TP group L1 + distillation', 'tp_taylor': 'TP group Taylor',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
           'unpruned': 'unpruned, same budget',
           'unpruned_kd': 'unpruned, same budget + distillation'}
+# matplotlib's ten cycle colours, then one more (C10 would repeat C0)
+COLOURS = dict(zip(METHODS, [f'C{i}' for i in range(10)] + ['darkgoldenrod']))
 
 
 def _mean_std(xs):
@@ -118,13 +121,13 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'ohsD*^vXPd'))
+    markers = dict(zip(METHODS, 'ohspD*^vXPd'))
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     for i, method in enumerate(methods):
         rs = sorted((r for r in rows if r['method'] == method and r['n']),
                     key=lambda r: r['flops'])
-        colour = f'C{METHODS.index(method)}'
+        colour = COLOURS[method]
         if len(rs) > 1 and method not in UNPRUNED:
             # through the targets and on to the unpruned model, except for the thin networks:
             # their full-width counterpart (trained from scratch as long) is not measured
@@ -148,7 +151,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
             if r is None:
                 continue
             x = i + (j - (len(targets) - 1) / 2) * width
-            colour = f'C{METHODS.index(method)}'
+            colour = COLOURS[method]
             ax.errorbar([x], [r[key]], yerr=[_err(r[key + '_std'])],
                         fmt=markers[method], color=colour, capsize=4, ms=8)
             seeds = [s[key] for s in runs if s['method'] == method and

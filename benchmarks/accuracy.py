@@ -32,6 +32,8 @@ gfp_acts_kd    gfp_acts with GFPDistillHook's defaults (channel-wise distillatio
                outputs from the baseline, pruned channels left out) while pruning and
                fine-tuning; ``--kd-losses JSON`` / ``--kd-during`` / ``--kd-weight`` choose
                another recipe (``_accuracy_kd.py``), named in the table
+gfp_flops_kd   gfp_flops with the same distillation (the cost the compact is ranked by,
+               with the teacher: on MobileNetV2 acts and flops keep different channels)
 tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
                ranked across layers (``--tp-scope global``, like GFP) by default
 tp_l1_kd       tp_l1 fine-tuned with distillation from the unpruned baseline (built from

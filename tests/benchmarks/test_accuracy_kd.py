@@ -237,7 +237,7 @@ def test_plot_draws_rows_with_both_unpruned_references(tmp_path, monkeypatch):
     curves = {line.get_color(): (list(line.get_xdata()), list(line.get_ydata()))
               for line in kept[0].axes[0].lines if line.get_linestyle() == '-'}
     # through the targets (15%, 30%) to the matching unpruned row at 100%
-    assert curves[f"C{T.METHODS.index('gfp_acts')}"] == ([15.0, 30.0, 100.0], [0.90, 0.90, 0.925])
-    assert curves[f"C{T.METHODS.index('gfp_acts_kd')}"] == ([15.0, 30.0, 100.0],
-                                                             [0.92, 0.92, 0.928])
+    assert curves[T.COLOURS['gfp_acts']] == ([15.0, 30.0, 100.0], [0.90, 0.90, 0.925])
+    assert curves[T.COLOURS['gfp_acts_kd']] == ([15.0, 30.0, 100.0], [0.92, 0.92, 0.928])
+    assert len(set(T.COLOURS.values())) == len(T.METHODS)  # no two methods share a colour
     close(kept[0])

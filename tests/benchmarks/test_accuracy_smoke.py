@@ -88,7 +88,7 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
     assert runs['thin']['train_iters'] == accuracy.QUICK['baseline_iters'] + \
         accuracy.QUICK['iters']
     assert {r['train_iters'] for m, r in runs.items() if m != 'thin'} == {accuracy.QUICK['iters']}
-    for method in ('gfp_acts', 'gfp_acts_kd', 'gfp_flops'):
+    for method in ('gfp_acts', 'gfp_acts_kd', 'gfp_flops', 'gfp_flops_kd'):
         info = runs[method]['info']
         assert info['target_reached'] and info['pruning_iters'] <= accuracy.QUICK['iters']
         # the hook's own accounting (loss path, masks) = the measured compact module
@@ -98,6 +98,9 @@ def test_quick_runs_every_method_at_the_same_flops(tmp_path):
         assert 'mAP' in runs[method]['info']['pruned_eval']
     # the sliced student distils the head's class scores from the unpruned baseline
     assert runs['tp_l1_kd']['info']['kd']['losses'][0]['type'] == 'sigmoid_kl'
+    # GFP with either cost distils with the hook's defaults (CWD on the neck)
+    assert runs['gfp_flops_kd']['info']['kd'] == runs['gfp_acts_kd']['info']['kd']
+    assert runs['gfp_flops_kd']['info']['kd']['losses'][0]['type'] == 'cwd'
     # the unpruned model distils with the hook's defaults (CWD on the neck)
     assert runs['unpruned_kd']['info']['kd']['losses'][0]['type'] == 'cwd'
     saved = json.loads(out_json.read_text())
