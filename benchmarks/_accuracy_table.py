@@ -18,8 +18,13 @@ LABELS = {'baseline': 'baseline (unpruned)', 'gfp_acts': 'GFP (acts)',
           'random': 'random groups', 'thin': 'thin RetinaNet (scratch)',
           'unpruned': 'unpruned, same budget',
           'unpruned_kd': 'unpruned, same budget + distillation'}
-# matplotlib's ten cycle colours, then one more (C10 would repeat C0)
-COLOURS = dict(zip(METHODS, [f'C{i}' for i in range(10)] + ['darkgoldenrod']))
+# not in accuracy.py's default --methods: run only when named
+OPT_IN = ('gfp_flops_kd', 'unpruned_kd')
+# matplotlib's ten cycle colours in the order the methods came (so plots made before keep
+# theirs), then one more for gfp_flops_kd (C10 would repeat C0); the markers likewise
+_ORDER = [m for m in METHODS if m != 'gfp_flops_kd'] + ['gfp_flops_kd']
+COLOURS = dict(zip(_ORDER, [f'C{i}' for i in range(10)] + ['darkgoldenrod']))
+MARKERS = dict(zip(_ORDER, 'ohsD*^vXPdp'))
 
 
 def _mean_std(xs):
@@ -121,7 +126,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = dict(zip(METHODS, 'ohspD*^vXPd'))
+    markers = MARKERS
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     for i, method in enumerate(methods):

@@ -33,7 +33,8 @@ gfp_acts_kd    gfp_acts with GFPDistillHook's defaults (channel-wise distillatio
                fine-tuning; ``--kd-losses JSON`` / ``--kd-during`` / ``--kd-weight`` choose
                another recipe (``_accuracy_kd.py``), named in the table
 gfp_flops_kd   gfp_flops with the same distillation (the cost the compact is ranked by,
-               with the teacher: on MobileNetV2 acts and flops keep different channels)
+               with the teacher: on MobileNetV2 acts and flops keep different channels).
+               Not in the default ``--methods``
 tp_l1          Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1) (group L1), one shot,
                ranked across layers (``--tp-scope global``, like GFP) by default
 tp_l1_kd       tp_l1 fine-tuned with distillation from the unpruned baseline (built from
@@ -82,7 +83,7 @@ import _common as C  # noqa: E402
 from _accuracy_runs import (_log_level, _stamp, baseline_iters, run_one,  # noqa: E402,F401
                             save, settings, stored, train_baseline)
 from _accuracy_setup import base_config, few_images  # noqa: E402,F401
-from _accuracy_table import (LABELS, METHODS, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
+from _accuracy_table import (LABELS, METHODS, OPT_IN, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
                              format_tables, plot, summarize)
 
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'digits', 'retinanet_r18_fpn_digits.py')
@@ -110,8 +111,8 @@ def parse_args(argv=None):
                    'classifiers)')
     p.add_argument('--seeds', type=int, nargs='+', help='default 0 1 2')
     p.add_argument('--methods', nargs='+', choices=METHODS,
-                   default=[m for m in METHODS if m != 'unpruned_kd'],
-                   help='default: all but unpruned_kd')
+                   default=[m for m in METHODS if m not in OPT_IN],
+                   help=f'default: all but {" and ".join(OPT_IN)}')
     p.add_argument('--targets', type=float, nargs='+', default=[0.5],
                    help='fractions of the baseline FLOPs to keep (several give curves)')
     p.add_argument('--tol', type=float, help='FLOPs tolerance of the TP/thin search (0.01)')

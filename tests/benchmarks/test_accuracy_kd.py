@@ -110,7 +110,9 @@ def test_the_unpruned_model_distils_with_the_same_options_but_ranks_nothing(tmp_
     sig = accuracy.settings(args, str(ckpt))
     assert 'kd_fisher' in K.run_signature(sig, 'unpruned_kd')
     assert 'kd_fisher' not in K.run_signature(sig, 'unpruned')
-    assert 'unpruned_kd' not in accuracy.parse_args([]).methods  # opt-in
+    default = accuracy.parse_args([]).methods
+    assert 'unpruned_kd' not in default and 'gfp_flops_kd' not in default  # opt-in
+    assert 'gfp_acts_kd' in default
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -239,5 +241,7 @@ def test_plot_draws_rows_with_both_unpruned_references(tmp_path, monkeypatch):
     # through the targets (15%, 30%) to the matching unpruned row at 100%
     assert curves[T.COLOURS['gfp_acts']] == ([15.0, 30.0, 100.0], [0.90, 0.90, 0.925])
     assert curves[T.COLOURS['gfp_acts_kd']] == ([15.0, 30.0, 100.0], [0.92, 0.92, 0.928])
-    assert len(set(T.COLOURS.values())) == len(T.METHODS)  # no two methods share a colour
+    # no two methods share a colour or a marker; the methods before gfp_flops_kd keep theirs
+    assert len(set(T.COLOURS.values())) == len(set(T.MARKERS.values())) == len(T.METHODS)
+    assert T.COLOURS['tp_l1'] == 'C3' and T.MARKERS['tp_l1'] == 'D'
     close(kept[0])
