@@ -126,7 +126,6 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={'width_ratios': [1, 1.2]})
     base = rows[0]
     methods = [m for m in METHODS if any(r['method'] == m and r['n'] for r in rows)]
-    markers = MARKERS
     ax = axes[0]
     ax.plot([100.0], [base[key]], 'k*', ms=12, label=LABELS['baseline'])
     for i, method in enumerate(methods):
@@ -141,7 +140,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
             ax.plot([p[0] for p in pts], [p[1] for p in pts], '-', color=colour, alpha=0.5)
         ax.errorbar([100 * r['flops'] for r in rs], [r[key] for r in rs],
                     yerr=[_err(r[key + '_std']) for r in rs],
-                    fmt=markers[method], color=colour, capsize=3, label=LABELS[method])
+                    fmt=MARKERS[method], color=colour, capsize=3, label=LABELS[method])
     ax.axhline(base[key], color='grey', ls='--', lw=1)
     ax.set_xlabel('FLOPs (% of the baseline, mmgfp cost model)')
     ax.set_ylabel(f'{label} (test split)')
@@ -158,7 +157,7 @@ def plot(rows: list, runs: list, path: str, title: str, key: str = 'mAP',
             x = i + (j - (len(targets) - 1) / 2) * width
             colour = COLOURS[method]
             ax.errorbar([x], [r[key]], yerr=[_err(r[key + '_std'])],
-                        fmt=markers[method], color=colour, capsize=4, ms=8)
+                        fmt=MARKERS[method], color=colour, capsize=4, ms=8)
             seeds = [s[key] for s in runs if s['method'] == method and
                      s['target'] == target and 'error' not in s]
             ax.plot([x + 0.12] * len(seeds), seeds, '.', color=colour, alpha=0.5)
