@@ -158,6 +158,50 @@ def stored(path: str, sig: dict, method: Optional[str] = None):
     return res if have == sig and 'error' not in res else None
 
 
+def replaced(path: str, sig: dict, method: Optional[str] = None) -> Optional[str]:
+    """What a call with settings ``sig`` would lose at ``path``: for a finished run stored
+    there with other settings, the settings that differ (``"lr 0.0002 -> 0.001"``); None when
+    nothing would be lost (no run, a failed run, or the same settings: reused)."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except ValueError:
+        return None  # unreadable: nothing to keep
+    if not isinstance(res, dict) or 'error' in res:
+        return None
+    have = res.get('settings') or {}
+    if method is not None:
+        have, sig = K.run_signature(have, method), K.run_signature(sig, method)
+    if have == sig:
+        return None
+    diffs = [f'{k} {have.get(k)!r} -> {sig.get(k)!r}' for k in sorted(set(have) | set(sig))
+             if have.get(k) != sig.get(k)]
+    return ', '.join(diffs)
+
+
+def refuse_replacing(found, work_dir: str) -> None:
+    """Stop before anything trains when finished runs of other settings would be replaced.
+
+    A run folder is named by method, target and seed (and a hash of the distillation options),
+    not by ``--lr``, ``--iters``, ``--gfp-channels-per-step`` and the like, so a call with other
+    settings in the same work dir would train again and overwrite the stored result.
+
+    Args:
+        found (list[tuple[str, str]]): ``(run folder, what differs)`` for each such run.
+        work_dir (str): The work dir, named in the message.
+    """
+    if not found:
+        return
+    shown = '; '.join(f'{osp.basename(d)} ({why})' for d, why in found[:3])
+    more = f' and {len(found) - 3} more' if len(found) > 3 else ''
+    raise SystemExit(
+        f'error: {len(found)} finished run(s) in {work_dir}/runs were made with other settings '
+        f'and would be trained again and replaced: {shown}{more}. Give these settings a '
+        '--work-dir of their own, or --force to replace the stored runs')
+
+
 def save(path: str, res: dict) -> None:
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w') as f:

@@ -66,7 +66,9 @@ model, applied to the final compact module of every method alike, gives the targ
 training images only (the baseline keeps all it was trained on): pruning with few labels.
 
 Each finished (method, seed) run is stored in ``WORK_DIR/runs/<name>/result.json`` and reused
-by a later call with the same settings, so seeds can be added one call at a time.
+by a later call with the same settings, so seeds can be added one call at a time. A call with
+other settings (``--lr``, ``--iters``, ...) whose runs would replace finished ones stops before
+training and names them: give it a work dir of its own, or ``--force``.
 """
 import argparse
 import os.path as osp
@@ -80,8 +82,9 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 # the run, setup and table code lives in these modules; their names stay importable from here
-from _accuracy_runs import (_log_level, _stamp, baseline_iters, run_one,  # noqa: E402,F401
-                            save, settings, stored, train_baseline)
+from _accuracy_runs import (  # noqa: E402,F401
+    _log_level, _stamp, baseline_iters, refuse_replacing, replaced, run_one, save, settings,
+    stored, train_baseline)
 from _accuracy_setup import base_config, few_images  # noqa: E402,F401
 from _accuracy_table import (LABELS, METHODS, OPT_IN, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
                              format_tables, plot, summarize)
@@ -222,6 +225,16 @@ def main(argv=None) -> dict:
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
            'baseline_iters': baseline_iters(args, base, baseline)}
     LABELS['thin'] = f'thin {base.model.type} (scratch)'
+    jobs = [(1.0, seed, m) for seed in args.seeds for m in UNPRUNED if m in args.methods]
+    for target in args.targets:
+        for seed in args.seeds:  # all methods of a seed before the next seed
+            jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
+    paths = [(method, osp.join(wd, 'runs', K.run_name(method, target, seed, args)))
+             for target, seed, method in jobs]
+    if not (args.force or args.stored_only):
+        refuse_replacing([(d, why) for method, d in paths
+                          for why in [replaced(osp.join(d, 'result.json'), sig, method)] if why],
+                         wd)
     base_path = osp.join(wd, 'baseline_eval.json')
     base_res = stored(base_path, sig, 'baseline')
     if base_res is None and args.stored_only:
@@ -240,12 +253,8 @@ def main(argv=None) -> dict:
           flush=True)
 
     runs, missing = [], []
-    jobs = [(1.0, seed, m) for seed in args.seeds for m in UNPRUNED if m in args.methods]
-    for target in args.targets:
-        for seed in args.seeds:  # all methods of a seed before the next seed
-            jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
-    for target, seed, method in jobs:
-        path = osp.join(wd, 'runs', K.run_name(method, target, seed, args), 'result.json')
+    for (target, seed, method), (_, run_dir) in zip(jobs, paths):
+        path = osp.join(run_dir, 'result.json')
         res = None if args.force else stored(path, sig, method)
         if res is None and args.stored_only:
             print(f'[accuracy] {method}, target {target}, seed {seed}: no stored run '

@@ -362,6 +362,15 @@ def _baseline_eval(M, base, base_model, args, wd: str, sig: dict) -> dict:
 
 
 def _run_all(args, ctx: dict, sig: dict) -> list:
+    if not args.force:
+        found = []
+        for seed in args.seeds:
+            for method in args.methods:
+                rdir = osp.join(ctx['work_dir'], 'runs', run_name(method, seed, args))
+                why = A.replaced(osp.join(rdir, 'result.json'), sig, method)
+                if why:
+                    found.append((rdir, why))
+        A.refuse_replacing(found, ctx['work_dir'])
     runs = []
     for seed in args.seeds:
         for method in args.methods:

@@ -187,3 +187,38 @@ def test_kd_unlabeled_pool_generates_more_canvases_with_another_seed(tmp_path):
     cfg.train_dataloader.dataset.type = 'CocoDataset'
     with pytest.raises(SystemExit, match='use rest with --train-images'):
         K.unlabeled_loader(cfg, 'pool:7', None)
+
+
+def test_replaced_names_what_differs(tmp_path):
+    """A finished run of other settings would be lost; a failed, missing or matching one not."""
+    from _accuracy_runs import replaced
+    sig = {'iters': 300, 'lr': 0.001, 'kd_losses': 'x'}
+    path = str(tmp_path / 'result.json')
+    assert replaced(path, sig, 'gfp_acts') is None  # nothing stored
+    accuracy.save(path, {'settings': {'iters': 300, 'lr': 0.0002}, 'error': 'boom'})
+    assert replaced(path, sig, 'gfp_acts') is None  # a failed run: rerun, nothing lost
+    accuracy.save(path, {'settings': {'iters': 300, 'lr': 0.0002}, 'mAP': 0.5})
+    assert replaced(path, sig, 'gfp_acts') == 'lr 0.0002 -> 0.001'
+    accuracy.save(path, {'settings': {'iters': 300, 'lr': 0.001}, 'mAP': 0.5})
+    assert replaced(path, sig, 'gfp_acts') is None  # the distillation options are not its
+    assert replaced(path, sig, 'gfp_acts_kd') == "kd_losses None -> 'x'"
+
+
+def test_other_settings_stop_before_replacing_stored_runs(tmp_path):
+    """A stored run is not trained again and overwritten by a call with another --lr: the call
+    stops before training, names the run and what differs; the run stays as it was."""
+    wd = tmp_path / 'wd'
+    common = ['--quick', '--threads', '1', '--work-dir', str(wd), '--methods', 'random',
+              '--seeds', '0']
+    first = accuracy.main(common)['runs'][0]
+    assert 'error' not in first
+    result = wd / 'runs' / 'random_t50_s0' / 'result.json'
+    before = result.read_text()
+    with pytest.raises(SystemExit) as e:
+        accuracy.main(common + ['--lr', '0.123'])
+    message = str(e.value)
+    assert 'random_t50_s0 (lr ' in message and '-> 0.123' in message
+    assert '--work-dir of their own' in message and '--force' in message
+    assert result.read_text() == before
+    # the same settings still reuse it
+    assert accuracy.main(common)['runs'][0]['seconds'] == first['seconds']
