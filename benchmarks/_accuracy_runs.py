@@ -10,10 +10,15 @@ from typing import Optional
 import _accuracy_kd as K
 
 
+def baseline_ckpt(base, args, work_dir: str) -> str:
+    """Where :func:`train_baseline` keeps the baseline it trains."""
+    return osp.join(work_dir, f'iter_{args.baseline_iters or base.train_cfg.max_iters}.pth')
+
+
 def train_baseline(base, args, work_dir: str) -> str:
     import _accuracy_methods as M
     iters = args.baseline_iters or base.train_cfg.max_iters
-    ckpt = osp.join(work_dir, f'iter_{iters}.pth')
+    ckpt = baseline_ckpt(base, args, work_dir)
     if osp.isfile(ckpt) and not args.force:
         print(f'[accuracy] reusing baseline {ckpt}', flush=True)
         return ckpt
@@ -174,11 +179,55 @@ def replaced(path: str, sig: dict, method: Optional[str] = None) -> Optional[str
     have = res.get('settings') or {}
     if method is not None:
         have, sig = K.run_signature(have, method), K.run_signature(sig, method)
-    if have == sig:
-        return None
-    diffs = [f'{k} {have.get(k)!r} -> {sig.get(k)!r}' for k in sorted(set(have) | set(sig))
-             if have.get(k) != sig.get(k)]
-    return ', '.join(diffs)
+    unused = _unused(method)
+    keys = [k for k in sorted(set(have) | set(sig))
+            if k not in unused and have.get(k) != sig.get(k)]
+    return ', '.join(_change(k, have.get(k), sig.get(k)) for k in keys) or None
+
+
+def _unused(method: Optional[str]) -> tuple:
+    """Settings a method's run does not depend on: rerunning it after they change loses
+    nothing, so :func:`replaced` does not count them."""
+    unused = ()
+    if method is None:
+        return unused
+    if not method.startswith('gfp'):
+        unused += ('gfp_interval', 'gfp_channels_per_step')
+    if method != 'tp_taylor':
+        unused += ('taylor_batches',)
+    if not method.startswith('tp'):
+        unused += ('tp_scope',)
+    if not method.startswith(('tp', 'thin')):
+        unused += ('tol',)
+    if method == 'thin':
+        unused += ('lr',)
+    return unused
+
+
+def _change(key: str, old, new) -> str:
+    """One setting's change, short: a checkpoint or a table is named, not printed."""
+    if key == 'baseline':
+        return 'baseline: another checkpoint, or the same file trained again'
+    old, new = repr(old), repr(new)
+    if len(old) + len(new) > 80:
+        return f'{key} changed'
+    return f'{key} {old} -> {new}'
+
+
+def finished_runs(paths) -> list:
+    """The run folders among ``paths`` that hold a finished run (``result.json`` without an
+    error)."""
+    found = []
+    for d in paths:
+        path = osp.join(d, 'result.json')
+        try:
+            with open(path) as f:
+                res = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(res, dict) and 'error' not in res:
+            found.append(d)
+    return found
 
 
 def refuse_replacing(found, work_dir: str) -> None:
@@ -199,7 +248,8 @@ def refuse_replacing(found, work_dir: str) -> None:
     raise SystemExit(
         f'error: {len(found)} finished run(s) in {work_dir}/runs were made with other settings '
         f'and would be trained again and replaced: {shown}{more}. Give these settings a '
-        '--work-dir of their own, or --force to replace the stored runs')
+        '--work-dir of their own, or delete those run folders, or --force to train every run '
+        'of this call again')
 
 
 def save(path: str, res: dict) -> None:

@@ -68,7 +68,7 @@ training images only (the baseline keeps all it was trained on): pruning with fe
 Each finished (method, seed) run is stored in ``WORK_DIR/runs/<name>/result.json`` and reused
 by a later call with the same settings, so seeds can be added one call at a time. A call with
 other settings (``--lr``, ``--iters``, ...) whose runs would replace finished ones stops before
-training and names them: give it a work dir of its own, or ``--force``.
+training and names them: give it a work dir of its own, delete those runs, or ``--force``.
 """
 import argparse
 import os.path as osp
@@ -83,8 +83,8 @@ import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 # the run, setup and table code lives in these modules; their names stay importable from here
 from _accuracy_runs import (  # noqa: E402,F401
-    _log_level, _stamp, baseline_iters, refuse_replacing, replaced, run_one, save, settings,
-    stored, train_baseline)
+    _log_level, _stamp, baseline_ckpt, baseline_iters, finished_runs, refuse_replacing,
+    replaced, run_one, save, settings, stored, train_baseline)
 from _accuracy_setup import base_config, few_images  # noqa: E402,F401
 from _accuracy_table import (LABELS, METHODS, OPT_IN, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
                              format_tables, plot, summarize)
@@ -216,6 +216,17 @@ def main(argv=None) -> dict:
     K.check_hook(args, task, base)
     print(f'[accuracy] {args.config}: {base.model.type}, data and evaluator checked',
           flush=True)
+    jobs = [(1.0, seed, m) for seed in args.seeds for m in UNPRUNED if m in args.methods]
+    for target in args.targets:
+        for seed in args.seeds:  # all methods of a seed before the next seed
+            jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
+    paths = [(method, osp.join(wd, 'runs', K.run_name(method, target, seed, args)))
+             for target, seed, method in jobs]
+    if not (args.baseline or args.force or args.stored_only or
+            osp.isfile(baseline_ckpt(base, args, osp.join(wd, 'baseline')))):
+        # a new baseline would be trained: every finished run here was made from another
+        refuse_replacing([(d, 'made from another baseline; this call trains a new one')
+                          for d in finished_runs([d for _, d in paths])], wd)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
     if args.train_images is not None:
         few_images(base, args.train_images)
@@ -225,12 +236,6 @@ def main(argv=None) -> dict:
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
            'baseline_iters': baseline_iters(args, base, baseline)}
     LABELS['thin'] = f'thin {base.model.type} (scratch)'
-    jobs = [(1.0, seed, m) for seed in args.seeds for m in UNPRUNED if m in args.methods]
-    for target in args.targets:
-        for seed in args.seeds:  # all methods of a seed before the next seed
-            jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
-    paths = [(method, osp.join(wd, 'runs', K.run_name(method, target, seed, args)))
-             for target, seed, method in jobs]
     if not (args.force or args.stored_only):
         refuse_replacing([(d, why) for method, d in paths
                           for why in [replaced(osp.join(d, 'result.json'), sig, method)] if why],

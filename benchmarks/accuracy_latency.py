@@ -361,16 +361,22 @@ def _baseline_eval(M, base, base_model, args, wd: str, sig: dict) -> dict:
     return res
 
 
+def _refuse_replacing(args, wd: str, sig: dict) -> None:
+    """Stop before the baseline evaluation and any training where finished runs of other
+    settings would be replaced (see ``_accuracy_runs.refuse_replacing``)."""
+    if args.force:
+        return
+    found = []
+    for seed in args.seeds:
+        for method in args.methods:
+            rdir = osp.join(wd, 'runs', run_name(method, seed, args))
+            why = A.replaced(osp.join(rdir, 'result.json'), sig, method)
+            if why:
+                found.append((rdir, why))
+    A.refuse_replacing(found, wd)
+
+
 def _run_all(args, ctx: dict, sig: dict) -> list:
-    if not args.force:
-        found = []
-        for seed in args.seeds:
-            for method in args.methods:
-                rdir = osp.join(ctx['work_dir'], 'runs', run_name(method, seed, args))
-                why = A.replaced(osp.join(rdir, 'result.json'), sig, method)
-                if why:
-                    found.append((rdir, why))
-        A.refuse_replacing(found, ctx['work_dir'])
     runs = []
     for seed in args.seeds:
         for method in args.methods:
@@ -413,6 +419,7 @@ def main(argv=None) -> dict:
     base_model = M.build(base, baseline)
     full = M.measure(base_model)
     sig = settings(args, baseline, table)
+    _refuse_replacing(args, wd, sig)
     base_res = _baseline_eval(M, base, base_model, args, wd, sig)
     ctx = {'args': args, 'base': base, 'baseline': baseline, 'full': full, 'work_dir': wd,
            'table': table, 'sig': sig}

@@ -109,6 +109,13 @@ def test_quick_brings_every_method_to_the_same_predicted_latency(tmp_path):
     again = AL.main(argv)
     assert [r['seconds'] for r in again['runs']] == [r['seconds'] for r in out['runs']]
     assert again['table']['total_us'] == out['table']['total_us']
+    # another --lr would train every run again over the stored ones: it stops before the
+    # baseline evaluation, naming them, and leaves the work dir as it was
+    eval_before = (wd / 'baseline_eval.json').read_text()
+    with pytest.raises(SystemExit) as e:
+        AL.main(argv + ['--lr', '0.123'])
+    assert 'would be trained again and replaced' in str(e.value) and '-> 0.123' in str(e.value)
+    assert (wd / 'baseline_eval.json').read_text() == eval_before
     if 'modelopt' in runs:
         _check_modelopt(runs['modelopt'], argv)
 

@@ -202,6 +202,17 @@ def test_replaced_names_what_differs(tmp_path):
     accuracy.save(path, {'settings': {'iters': 300, 'lr': 0.001}, 'mAP': 0.5})
     assert replaced(path, sig, 'gfp_acts') is None  # the distillation options are not its
     assert replaced(path, sig, 'gfp_acts_kd') == "kd_losses None -> 'x'"
+    # settings a method does not use lose nothing when they change; a checkpoint is not printed
+    accuracy.save(path, {'settings': {'iters': 300, 'lr': 0.001, 'gfp_channels_per_step': 32,
+                                      'baseline': ['/a/iter_500.pth', 1, 2]}, 'mAP': 0.5})
+    sig = {'iters': 300, 'lr': 0.001, 'gfp_channels_per_step': 64,
+           'baseline': ['/a/iter_500.pth', 1, 3]}
+    assert replaced(path, sig, 'unpruned') == replaced(path, sig, 'random') == \
+        'baseline: another checkpoint, or the same file trained again'
+    assert replaced(path, sig, 'gfp_acts').startswith('baseline: another checkpoint, ')
+    assert replaced(path, sig, 'gfp_acts').endswith('gfp_channels_per_step 32 -> 64')
+    sig['baseline'] = ['/a/iter_500.pth', 1, 2]
+    assert replaced(path, sig, 'unpruned') is None
 
 
 def test_other_settings_stop_before_replacing_stored_runs(tmp_path):
@@ -220,5 +231,11 @@ def test_other_settings_stop_before_replacing_stored_runs(tmp_path):
     assert 'random_t50_s0 (lr ' in message and '-> 0.123' in message
     assert '--work-dir of their own' in message and '--force' in message
     assert result.read_text() == before
+    # a call that would train another baseline stops before it, since every stored run was
+    # made from the one there
+    with pytest.raises(SystemExit) as e:
+        accuracy.main(common + ['--baseline-iters', '3'])
+    assert 'random_t50_s0 (made from another baseline' in str(e.value)
+    assert not (wd / 'baseline' / 'iter_3.pth').exists() and result.read_text() == before
     # the same settings still reuse it
     assert accuracy.main(common)['runs'][0]['seconds'] == first['seconds']
