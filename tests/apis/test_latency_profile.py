@@ -294,16 +294,30 @@ def test_timing_fixes_glibc_allocator_once():
 
 @pytest.mark.skipif(not GLIBC_AS_IS, reason="glibc's own malloc, no allocator settings given")
 def test_compare_latency_counts_page_faults_per_run():
-    """A forward that maps fresh memory on every run (128 MiB, above any mmap threshold
-    glibc allows) faults on every run; one that reuses its memory does not. Page counts:
-    at least one fault per 4 MiB, also with transparent huge pages."""
+    """A forward that maps fresh memory on every run (128 MiB, every page written, then
+    unmapped) faults on every run; one that reuses its memory does not. Page counts: at least
+    one fault per 4 MiB, also with transparent huge pages.
+
+    The memory is mapped with ``mmap`` itself, not allocated as a tensor: glibc serves even
+    a 128 MiB request from the top of its heap when earlier tests of the process left that
+    much free there (the trim threshold of 1 GiB keeps it), and then nothing faults."""
+    import mmap
     keep = torch.zeros(1 << 10)
+
+    def fresh():
+        m = mmap.mmap(-1, 128 << 20)
+        for offset in range(0, 128 << 20, 4096):
+            m[offset] = 1
+        m.close()
 
     def forward(m):
         return m()
 
+    # what made the tensor version of this test fail inside the suite: a heap whose top
+    # already holds 800 MiB, freed
+    heap = [torch.ones(1 << 20) for _ in range(200)]
+    del heap
     faults = {}
-    compare_latency({'fresh': lambda: torch.ones(32 << 20),
-                     'reused': lambda: keep.add_(1)}, forward, rounds=3, warmup=1,
-                    faults=faults)
+    compare_latency({'fresh': fresh, 'reused': lambda: keep.add_(1)}, forward, rounds=3,
+                    warmup=1, faults=faults)
     assert faults['fresh'] >= 32 and faults['reused'] < faults['fresh']
