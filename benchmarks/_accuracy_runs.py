@@ -163,18 +163,22 @@ def stored(path: str, sig: dict, method: Optional[str] = None):
     return res if have == sig and 'error' not in res else None
 
 
+def _finished(path: str) -> Optional[dict]:
+    """The run stored at ``path`` if it finished (None: missing, unreadable or failed)."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return res if isinstance(res, dict) and 'error' not in res else None
+
+
 def replaced(path: str, sig: dict, method: Optional[str] = None) -> Optional[str]:
     """What a call with settings ``sig`` would lose at ``path``: for a finished run stored
     there with other settings, the settings that differ (``"lr 0.0002 -> 0.001"``); None when
     nothing would be lost (no run, a failed run, or the same settings: reused)."""
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            res = json.load(f)
-    except ValueError:
-        return None  # unreadable: nothing to keep
-    if not isinstance(res, dict) or 'error' in res:
+    res = _finished(path)
+    if res is None:
         return None
     have = res.get('settings') or {}
     if method is not None:
@@ -214,19 +218,19 @@ def _change(key: str, old, new) -> str:
     return f'{key} {old} -> {new}'
 
 
-def finished_runs(paths) -> list:
-    """The run folders among ``paths`` that hold a finished run (``result.json`` without an
-    error)."""
+def finished_runs(run_dirs) -> list:
+    """The run folders among ``run_dirs`` that hold a finished run."""
+    return [d for d in run_dirs if _finished(osp.join(d, 'result.json')) is not None]
+
+
+def changed_runs(runs, sig: dict) -> list:
+    """``(run folder, what differs)`` for each ``(method, run folder)`` of ``runs`` whose
+    finished run was made with other settings than ``sig`` (see :func:`replaced`)."""
     found = []
-    for d in paths:
-        path = osp.join(d, 'result.json')
-        try:
-            with open(path) as f:
-                res = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(res, dict) and 'error' not in res:
-            found.append(d)
+    for method, run_dir in runs:
+        why = replaced(osp.join(run_dir, 'result.json'), sig, method)
+        if why:
+            found.append((run_dir, why))
     return found
 
 

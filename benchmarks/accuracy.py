@@ -83,8 +83,8 @@ import _accuracy_kd as K  # noqa: E402
 import _common as C  # noqa: E402
 # the run, setup and table code lives in these modules; their names stay importable from here
 from _accuracy_runs import (  # noqa: E402,F401
-    _log_level, _stamp, baseline_ckpt, baseline_iters, finished_runs, refuse_replacing,
-    replaced, run_one, save, settings, stored, train_baseline)
+    _log_level, _stamp, baseline_ckpt, baseline_iters, changed_runs, finished_runs,
+    refuse_replacing, replaced, run_one, save, settings, stored, train_baseline)
 from _accuracy_setup import base_config, few_images  # noqa: E402,F401
 from _accuracy_table import (LABELS, METHODS, OPT_IN, UNPRUNED, _mean_std, _pm,  # noqa: E402,F401
                              format_tables, plot, summarize)
@@ -220,13 +220,13 @@ def main(argv=None) -> dict:
     for target in args.targets:
         for seed in args.seeds:  # all methods of a seed before the next seed
             jobs += [(target, seed, m) for m in args.methods if m not in UNPRUNED]
-    paths = [(method, osp.join(wd, 'runs', K.run_name(method, target, seed, args)))
-             for target, seed, method in jobs]
+    run_dirs = [osp.join(wd, 'runs', K.run_name(method, target, seed, args))
+                for target, seed, method in jobs]
     if not (args.baseline or args.force or args.stored_only or
             osp.isfile(baseline_ckpt(base, args, osp.join(wd, 'baseline')))):
         # a new baseline would be trained: every finished run here was made from another
         refuse_replacing([(d, 'made from another baseline; this call trains a new one')
-                          for d in finished_runs([d for _, d in paths])], wd)
+                          for d in finished_runs(run_dirs)], wd)
     baseline = args.baseline or train_baseline(base, args, osp.join(wd, 'baseline'))
     if args.train_images is not None:
         few_images(base, args.train_images)
@@ -237,9 +237,7 @@ def main(argv=None) -> dict:
            'baseline_iters': baseline_iters(args, base, baseline)}
     LABELS['thin'] = f'thin {base.model.type} (scratch)'
     if not (args.force or args.stored_only):
-        refuse_replacing([(d, why) for method, d in paths
-                          for why in [replaced(osp.join(d, 'result.json'), sig, method)] if why],
-                         wd)
+        refuse_replacing(changed_runs(zip([m for _, _, m in jobs], run_dirs), sig), wd)
     base_path = osp.join(wd, 'baseline_eval.json')
     base_res = stored(base_path, sig, 'baseline')
     if base_res is None and args.stored_only:
@@ -258,7 +256,7 @@ def main(argv=None) -> dict:
           flush=True)
 
     runs, missing = [], []
-    for (target, seed, method), (_, run_dir) in zip(jobs, paths):
+    for (target, seed, method), run_dir in zip(jobs, run_dirs):
         path = osp.join(run_dir, 'result.json')
         res = None if args.force else stored(path, sig, method)
         if res is None and args.stored_only:

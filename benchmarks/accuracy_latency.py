@@ -364,16 +364,10 @@ def _baseline_eval(M, base, base_model, args, wd: str, sig: dict) -> dict:
 def _refuse_replacing(args, wd: str, sig: dict) -> None:
     """Stop before the baseline evaluation and any training where finished runs of other
     settings would be replaced (see ``_accuracy_runs.refuse_replacing``)."""
-    if args.force:
-        return
-    found = []
-    for seed in args.seeds:
-        for method in args.methods:
-            rdir = osp.join(wd, 'runs', run_name(method, seed, args))
-            why = A.replaced(osp.join(rdir, 'result.json'), sig, method)
-            if why:
-                found.append((rdir, why))
-    A.refuse_replacing(found, wd)
+    if not args.force:
+        runs = [(method, osp.join(wd, 'runs', run_name(method, seed, args)))
+                for seed in args.seeds for method in args.methods]
+        A.refuse_replacing(A.changed_runs(runs, sig), wd)
 
 
 def _run_all(args, ctx: dict, sig: dict) -> list:
