@@ -8,6 +8,9 @@ Plain PyTorch: :class:`mmgfp.hooks.GFPDistillHook` runs the teacher and calls th
 * :func:`sigmoid_kl`: the same for dense per-class *sigmoid* scores (the class-score maps of
   RetinaNet/FCOS/ATSS heads): binary KL per element, pooled over the levels of a head.
 * :func:`mse`: squared difference of dense regression maps (box deltas), pooled likewise.
+* :func:`box_mse`: the head's box regression where the teacher sees an object: the squared
+  difference of the box maps at each anchor, weighted by the teacher's highest class score
+  there, so the background anchors' meaningless boxes are not imitated.
 * :func:`cwd`: channel-wise distillation (Shu et al., ICCV 2021): each channel's feature map is
   turned into a distribution over spatial positions (softmax with temperature ``tau``) and the
   student's is pulled to the teacher's with KL, summed over channels and divided by ``N * C``.
@@ -120,6 +123,64 @@ def mse(student: Tensors, teacher: Tensors, tau: float = 1.0) -> torch.Tensor:
     return total / positions
 
 
+def box_mse(student: Sequence[Tensors], teacher: Sequence[Tensors], tau: float = 1.0,
+            box_dim: int = 4) -> torch.Tensor:
+    """Box regression imitation weighted by the teacher's confidence, for dense detector heads.
+
+    ``sum_a w_a * ||s_a - t_a||**2 / sum_a w_a`` over every anchor ``a`` of every image and
+    level, where ``s_a``, ``t_a`` are the ``box_dim`` regression values of the anchor and
+    ``w_a = max_k sigmoid(t_cls[a, k])`` the teacher's highest class score there (no
+    gradient). A dense head regresses a box at every anchor, but its task loss trains only the
+    anchors assigned to an object; elsewhere the boxes are never used, and :func:`mse` would
+    spend the student's capacity imitating them. Weighting by the teacher's score imitates the
+    boxes where the teacher sees an object, labelled or not, so it also teaches on images
+    without labels, as pseudo boxes would, without a score threshold. The result is the
+    squared error of an anchor the teacher is sure of, independent of how many objects the
+    batch holds.
+
+    Args:
+        student (Sequence): ``(class scores, box maps)`` of the student's head: each a tensor
+            or one tensor per level, class scores ``(N, A * K, H, W)`` (sigmoid logits) and box
+            maps ``(N, A * box_dim, H, W)`` (``A`` anchors per position, ``K`` classes).
+        teacher (Sequence): The teacher's, same shapes.
+        tau (float): Not used (the weights are the teacher's scores at temperature 1).
+        box_dim (int): Regression values per anchor. Defaults to 4.
+
+    Returns:
+        Tensor: A float32 scalar; zero where the boxes agree, or where the teacher sees
+        nothing (connected to the graph).
+    """
+    if len(student) != 2 or len(teacher) != 2:
+        raise ValueError('box_mse needs (class scores, box maps) of the student and the '
+                         f'teacher, got {len(student)} and {len(teacher)} elements')
+    cls_pairs = list(_pairs(student[0], teacher[0]))
+    box_pairs = list(_pairs(student[1], teacher[1]))
+    if len(cls_pairs) != len(box_pairs):
+        raise ValueError(f'box_mse: {len(cls_pairs)} class-score maps but {len(box_pairs)} '
+                         'box maps; give a head whose output is (scores per level, boxes '
+                         'per level)')
+    err = total = 0.
+    for (_, t_cls), (s_box, t_box) in zip(cls_pairs, box_pairs):
+        n, c_box = s_box.shape[:2]
+        spatial = s_box.shape[2:]
+        if c_box % box_dim or t_cls.shape[1] % (c_box // box_dim) or \
+                t_cls.shape[0] != n or t_cls.shape[2:] != spatial:
+            raise ValueError(
+                f'box_mse: class scores {tuple(t_cls.shape)} and box maps '
+                f'{tuple(s_box.shape)} do not share anchors of {box_dim} values: the module '
+                'must return (class scores, boxes) per level with the same anchors (as '
+                "RetinaNet's, FCOS's or ATSS's head)")
+        anchors = c_box // box_dim
+        with torch.no_grad():
+            w = torch.sigmoid(t_cls.float().reshape(n, anchors, -1, *spatial)).amax(2)
+        d = (s_box.float() - t_box.float()).reshape(n, anchors, box_dim, *spatial)
+        err = err + (w * d.pow(2).sum(2)).sum()
+        total = total + w.sum()
+    if float(total) <= 1e-12:  # the teacher sees nothing: zero, still connected
+        return err * 0
+    return err / total
+
+
 def _pairs(student: Tensors, teacher: Tensors):
     """(student, teacher) tensor pairs of equal shape, at least one, each with a channel axis."""
     if isinstance(student, torch.Tensor):
@@ -222,11 +283,14 @@ def fg_mse(student: Tensors, teacher: Tensors, masks: Sequence[torch.Tensor],
     return err / norm
 
 
-LOSSES = {'kl': kl_logits, 'cwd': cwd, 'sigmoid_kl': sigmoid_kl, 'mse': mse, 'fg_mse': fg_mse}
+LOSSES = {'kl': kl_logits, 'cwd': cwd, 'sigmoid_kl': sigmoid_kl, 'mse': mse, 'fg_mse': fg_mse,
+          'box_mse': box_mse}
 # losses that need the ground-truth boxes of the batch (the codebase's ``gt_boxes``)
 NEEDS_BOXES = ('fg_mse',)
 # losses that take all tensors of a module's output at once (pooled), not one by one
 POOLED = ('sigmoid_kl', 'mse')
+# losses that take elements 0 and 1 of a module's output tuple (a head's scores and boxes)
+PAIRED = ('box_mse',)
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:

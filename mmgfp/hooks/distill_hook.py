@@ -9,8 +9,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmgfp.core.distill import LOSSES, NEEDS_BOXES, POOLED, box_masks, producer_group
-from .distill_losses import check_loss, default_losses, loss_key, picked_tensors
+from mmgfp.core.distill import LOSSES, NEEDS_BOXES, PAIRED, POOLED, box_masks, producer_group
+from .distill_losses import check_loss, default_losses, loss_key, picked_pair, picked_tensors
 from .distill_teacher import checkpoint_config, config_of, make_teacher, state_of
 from .distill_unlabeled import UnlabeledBatches, train_loader_settings, unlabeled_loader_cfg
 
@@ -61,7 +61,9 @@ class GFPDistillHook(Hook):
         losses (Sequence[dict], optional): Each ``dict(module=NAME, type=TYPE, weight=1.0,
             tau=1.0, output=None)``: ``'kl'`` compares class distributions (classifier logits),
             ``'sigmoid_kl'`` dense sigmoid class scores (a detector head's), ``'mse'`` dense
-            regression maps, ``'cwd'`` feature maps channel by channel, ``'fg_mse'`` feature
+            regression maps, ``'box_mse'`` a dense head's boxes weighted by the teacher's
+            class score at each anchor (the module returns (scores, boxes); no ``output``),
+            ``'cwd'`` feature maps channel by channel, ``'fg_mse'`` feature
             maps inside the ground-truth boxes only (detectors; the squared error relative to
             the teacher's norm there); pruned channels of the student are left out of
             ``'cwd'`` and ``'fg_mse'``. ``output=i`` distils element ``i`` of the
@@ -464,6 +466,12 @@ class GFPDistillHook(Hook):
                                f'the student\'s loss forward and {len(t_list)} in the '
                                "teacher's tensor forward; distil a module both paths run")
         fn = LOSSES[spec['type']]
+        if spec['type'] in PAIRED:
+            student, teacher = picked_pair(spec, student_outs), picked_pair(spec, teacher_outs)
+            if len(student[0]) != len(teacher[0]) or len(student[1]) != len(teacher[1]):
+                raise RuntimeError(f'GFPDistillHook: module {name!r} gave other outputs in the '
+                                   "student's loss forward than in the teacher's tensor forward")
+            return fn(student, teacher, spec['tau'])
         if spec['type'] == 'fg_mse':
             boxes, input_hw = self._boxes
             masks = box_masks(boxes, input_hw, [s.shape[-2:] for s in s_list])

@@ -1,15 +1,29 @@
 """The ``losses`` entries of :class:`GFPDistillHook`: checks, defaults, log keys, and the
 tensors of a module's output that an entry distils."""
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 
-from mmgfp.core.distill import LOSSES, flat_tensors
+from mmgfp.core.distill import LOSSES, PAIRED, flat_tensors
 
 
 def loss_key(spec: dict) -> str:
     return f"loss_distill_{spec['type']}_{spec['module'].replace('.', '_')}"
+
+
+def picked_pair(spec: dict, outputs: list) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Elements 0 and 1 of a module's outputs (a dense head's class scores and boxes, one
+    tensor per level), for the losses that read both (``PAIRED``)."""
+    for out in outputs:
+        if not isinstance(out, (tuple, list)) or len(out) < 2:
+            what = (f'a tuple of {len(out)}' if isinstance(out, (tuple, list))
+                    else f'a {type(out).__name__}')
+            raise ValueError(f"GFPDistillHook: type {spec['type']!r} needs a module that "
+                             f"returns (class scores, boxes), but {spec['module']!r} returns "
+                             f"{what}; name the detector's dense head (e.g. 'bbox_head')")
+    return (picked_tensors(dict(spec, output=0), outputs),
+            picked_tensors(dict(spec, output=1), outputs))
 
 
 def picked_tensors(spec: dict, outputs: list) -> List[torch.Tensor]:
@@ -46,6 +60,10 @@ def check_loss(spec: dict) -> dict:
                                        or not isinstance(spec['output'], int)):
         raise ValueError(f"`losses` output is an index into the module's output tuple (an "
                          f"int), got {spec['output']!r}")
+    if spec['type'] in PAIRED and spec['output'] is not None:
+        raise ValueError(f"`losses` type {spec['type']!r} reads elements 0 and 1 of the "
+                         "module's output (a head's class scores and boxes): leave `output` "
+                         f'out, got {spec!r}')
     extra = set(spec) - {'module', 'type', 'weight', 'tau', 'output'}
     if extra:
         raise ValueError(f'unknown keys {sorted(extra)} in `losses` entry {spec!r}')

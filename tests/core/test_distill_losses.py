@@ -140,3 +140,43 @@ def test_fg_mse_without_boxes_is_a_zero_with_a_graph():
     assert float(loss) == 0 and s.grad is not None and not s.grad.any()
     with pytest.raises(ValueError, match='masks'):
         fg_mse([s], [s.detach()], [])
+
+
+def test_box_mse_weighs_each_anchor_by_the_teachers_score():
+    """Two anchors, two classes, one level: the anchor the teacher is sure of carries the
+    error, the background one (scores near 0) almost none; the result is the weighted mean."""
+    from mmgfp.core.distill import box_mse
+    cls = torch.tensor([[8.0, -8.0], [-9.0, -9.0]]).reshape(1, 4, 1, 1)  # anchor 0 sure
+    t_box = torch.zeros(1, 8, 1, 1)
+    s_box = t_box.clone()
+    s_box[0, 4:8] = 5.0  # the background anchor's box is far off
+    w_bg = float(torch.sigmoid(torch.tensor(-9.0)))
+    w_fg = float(torch.sigmoid(torch.tensor(8.0)))
+    got = float(box_mse((cls, s_box), (cls, t_box)))
+    assert got == pytest.approx(w_bg * 100 / (w_fg + w_bg), rel=1e-4) and got < 0.02
+    s_box = t_box.clone()
+    s_box[0, 0:4] = 0.5  # the sure anchor off by 0.5 in each value: 4 * 0.25 = 1
+    got = float(box_mse((cls, s_box), (cls, t_box)))
+    assert got == pytest.approx(w_fg / (w_fg + w_bg), rel=1e-4)
+    assert float(box_mse((cls, t_box), (cls, t_box))) == 0
+
+
+def test_box_mse_pools_levels_has_no_gradient_into_the_scores_and_names_bad_shapes():
+    from mmgfp.core.distill import box_mse
+    torch.manual_seed(0)
+    cls = [torch.randn(2, 9 * 3, 4, 4), torch.randn(2, 9 * 3, 2, 2)]  # 9 anchors, 3 classes
+    t_box = [torch.randn(2, 36, 4, 4), torch.randn(2, 36, 2, 2)]
+    s_box = [(t + torch.randn_like(t)).requires_grad_() for t in t_box]
+    s_cls = [c.clone().requires_grad_() for c in cls]
+    loss = box_mse((s_cls, s_box), (cls, t_box))
+    w = [torch.sigmoid(c.reshape(2, 9, 3, *c.shape[2:])).amax(2) for c in cls]
+    d = [(s - t).detach().reshape(2, 9, 4, *s.shape[2:]).pow(2).sum(2) for s, t in zip(s_box, t_box)]
+    ref = sum((a * b).sum() for a, b in zip(w, d)) / sum(a.sum() for a in w)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    loss.backward()
+    assert all(c.grad is None for c in s_cls), 'the student class scores get no gradient'
+    assert all(float(s.grad.abs().sum()) > 0 for s in s_box)
+    with pytest.raises(ValueError, match='do not share anchors of 4 values'):
+        box_mse((cls[0], t_box[0][:, :35]), (cls[0], t_box[0][:, :35]))
+    with pytest.raises(ValueError, match='2 class-score maps but 1 box maps'):
+        box_mse((cls, t_box[:1]), (cls, t_box[:1]))

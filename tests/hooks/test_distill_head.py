@@ -98,3 +98,29 @@ def test_head_terms_under_autocast_are_float32_and_finite(retinanet):
     for key in ('loss_distill_sigmoid_kl_bbox_head', 'loss_distill_mse_bbox_head'):
         assert out[key].dtype == torch.float32 and torch.isfinite(out[key]), key
     assert float(out['loss_distill_sigmoid_kl_bbox_head']) > 0
+
+
+def test_box_mse_reads_the_heads_scores_and_boxes(retinanet):
+    """``box_mse`` on the head takes its output's elements 0 and 1 (every level): zero at
+    the teacher, the core function's value once the box branch moves, and a clear error on a
+    module that returns no (scores, boxes) or when `output` is given."""
+    from mmgfp.core.distill import box_mse
+    model, data = retinanet
+    spec = [dict(module='bbox_head', type='box_mse', weight=2.0)]
+    out, _, _, _ = _losses(model, data, spec)
+    assert float(out['loss_distill_box_mse_bbox_head']) == pytest.approx(0, abs=1e-8)
+
+    def shift(m):
+        m.bbox_head.retina_reg.bias += 0.3
+    out, student, s_out, t_out = _losses(model, data, spec, perturb=shift)
+    term = out['loss_distill_box_mse_bbox_head']
+    assert float(term) == pytest.approx(2.0 * float(box_mse(s_out, t_out)), rel=1e-5)
+    assert float(term) == pytest.approx(2.0 * 4 * 0.09, rel=1e-4), 'every anchor off by 0.3'
+    grad, = torch.autograd.grad(term, [student.bbox_head.retina_reg.bias])
+    assert bool((grad > 0).all())
+    with pytest.raises(ValueError, match="needs a module that returns \\(class scores, boxes\\)"):
+        _losses(model, data, [dict(module='backbone.conv1', type='box_mse')])
+    with pytest.raises(ValueError, match='do not share anchors'):  # the neck: 5 maps
+        _losses(model, data, [dict(module='neck', type='box_mse')])
+    with pytest.raises(ValueError, match='leave `output` out'):
+        GFPDistillHook(losses=[dict(module='bbox_head', type='box_mse', output=1)])
