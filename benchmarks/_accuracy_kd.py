@@ -5,7 +5,8 @@ JSON list of GFPDistillHook ``losses`` entries), ``--kd-during {all,pruning,fine
 hook's ``during``), ``--kd-fisher {all,task}`` (the hook's ``fisher``), ``--kd-task-weight
 W`` (the hook's ``task_weight``) and ``--kd-unlabeled {rest,pool:N}`` (the hook's
 ``unlabeled_dataloader``: the training images ``--train-images`` leaves out, or ``N`` more digits
-canvases generated with another seed, without their labels) choose the recipe; with none of them a ``*_kd`` run gets the
+canvases generated with another seed, without their labels) and ``--kd-pseudo THR`` (the hook's
+``pseudo_labels``: the teacher's detections scoring at least ``THR`` label those images) choose the recipe; with none of them a ``*_kd`` run gets the
 hook's defaults. Each option enters a run's stored signature only when given, and only for ``*_kd``
 runs, so runs stored before the option existed, and runs of the other methods, still match.
 """
@@ -14,9 +15,10 @@ import hashlib
 import json
 from typing import Dict, List, Optional
 
-KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight', 'kd_unlabeled')
+KD_KEYS = ('kd_weight', 'kd_losses', 'kd_during', 'kd_fisher', 'kd_task_weight', 'kd_unlabeled',
+           'kd_pseudo')
 # hashed into a run's name only when given, so runs stored before them keep their names
-LATE_KEYS = ('kd_fisher', 'kd_task_weight', 'kd_unlabeled')
+LATE_KEYS = ('kd_fisher', 'kd_task_weight', 'kd_unlabeled', 'kd_pseudo')
 POOL_SEED = 1  # the digits training set is generated with seed 0
 DURING = ('all', 'pruning', 'finetuning')
 FISHER = ('all', 'task')
@@ -47,6 +49,10 @@ def add_args(p, unlabeled: bool = False) -> None:
                        "training images after the first --train-images N; "
                        "'pool:N', N more canvases of a generated digits training set, drawn "
                        f'with seed {POOL_SEED} into a data root of their own')
+        p.add_argument('--kd-pseudo', type=float, metavar='THR',
+                       help="*_kd with --kd-unlabeled: GFPDistillHook's `pseudo_labels`: the "
+                       "teacher's detections scoring at least THR become the labels of those "
+                       "images, and the student trains on them with its own loss (detectors)")
 
 
 def parse_losses(text: str) -> List[dict]:
@@ -72,6 +78,11 @@ def check_args(p, args) -> None:
     unlabeled = getattr(args, 'kd_unlabeled', None)
     if unlabeled is not None and pool_size(unlabeled) is None and unlabeled != 'rest':
         p.error(f"--kd-unlabeled is 'rest' or 'pool:N' (N > 0 images), got {unlabeled!r}")
+    pseudo = getattr(args, 'kd_pseudo', None)
+    if pseudo is not None and (unlabeled is None or not 0 < pseudo <= 1):
+        p.error('--kd-pseudo THR (0 < THR <= 1) labels the images of --kd-unlabeled with the '
+                "teacher's detections: give --kd-unlabeled too" if unlabeled is None else
+                f'--kd-pseudo is a score threshold in (0, 1], got {pseudo}')
     if unlabeled == 'rest' and getattr(args, 'train_images', None) is None:
         p.error('--kd-unlabeled rest distils on the training images that --train-images N '
                 'leaves out: give --train-images')
@@ -117,6 +128,8 @@ def _shared_args(args) -> dict:
         out['task_weight'] = args.kd_task_weight
     if getattr(args, 'kd_unlabeled', None) is not None:
         out['unlabeled_dataloader'] = copy.deepcopy(args.unlabeled_dataloader)
+    if getattr(args, 'kd_pseudo', None) is not None:
+        out['pseudo_labels'] = dict(score_thr=args.kd_pseudo)
     return out
 
 
@@ -201,7 +214,7 @@ def check_hook(args, task, base) -> None:
             GFPDistillHook(**kwargs)
         except (TypeError, ValueError) as e:
             raise SystemExit(f'error: --kd-losses / --kd-during / --kd-weight / --kd-fisher / '
-                             f'--kd-task-weight / --kd-unlabeled: GFPDistillHook '
+                             f'--kd-task-weight / --kd-unlabeled / --kd-pseudo: GFPDistillHook '
                              f'refuses {kwargs}: {e}') from None
 
 
@@ -246,10 +259,11 @@ def run_signature(sig: dict, method: str) -> dict:
 
 def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
            fisher: Optional[str] = None, task_weight: Optional[float] = None,
-           unlabeled: Optional[int] = None) -> str:
+           unlabeled: Optional[int] = None, pseudo: Optional[dict] = None) -> str:
     """A short text for a table: ``cwd neck w1 tau1; finetuning`` (``; Fisher: task loss``
     when the channels are ranked by the task loss alone, ``; task x0`` when the task losses
-    are weighted other than 1, ``; +900 unlabelled`` with images without labels)."""
+    are weighted other than 1, ``; +900 unlabelled`` with images without labels, ``;
+    pseudo labels >= 0.5`` when the teacher's detections label them)."""
     if not losses:
         return ''
     parts = []
@@ -261,7 +275,8 @@ def recipe(losses: Optional[List[dict]], during: Optional[str] = None,
     return (', '.join(parts) + (f'; {during}' if during else '') +
             ('; Fisher: task loss' if fisher == 'task' else '') +
             (f'; task x{task_weight:g}' if task_weight not in (None, 1.0) else '') +
-            (f'; +{unlabeled} unlabelled' if unlabeled else ''))
+            (f'; +{unlabeled} unlabelled' if unlabeled else '') +
+            (f"; pseudo labels >= {pseudo['score_thr']:g}" if pseudo else ''))
 
 
 # --------------------------------------------------------------------- a sliced student
@@ -315,4 +330,5 @@ def distilled(run) -> Dict:
                    'during': getattr(hook, 'during', None),
                    'fisher': getattr(hook, 'fisher', None),
                    'task_weight': getattr(hook, 'task_weight', None),
-                   'unlabeled': None if unlabeled is None else len(unlabeled.loader.dataset)}}
+                   'unlabeled': None if unlabeled is None else len(unlabeled.loader.dataset),
+                   'pseudo': copy.deepcopy(getattr(hook, 'pseudo', None))}}

@@ -79,7 +79,7 @@ def format_tables(rows: list, keys=('mAP', 'mAP50'), headers=('bbox mAP', 'mAP@0
         if r.get('kd'):
             kd = r['kd']
             text = K.recipe(kd['losses'], kd.get('during'), kd.get('fisher'),
-                            kd.get('task_weight'), kd.get('unlabeled'))
+                            kd.get('task_weight'), kd.get('unlabeled'), kd.get('pseudo'))
             label += f' ({text})'
         main.append({'method': label, 'flops': f'{100 * r["flops"]:.1f}',
                      'params': f'{100 * r["params"]:.1f}', 'acts': f'{100 * r["acts"]:.1f}',

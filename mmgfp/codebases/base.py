@@ -64,6 +64,17 @@ class Codebase:
                             "boxes mmgfp reads: distil with type='cwd' (or 'kl', 'mse') "
                             "instead of 'fg_mse'")
 
+    def pseudo_labels(self, teacher: nn.Module, inputs, data_samples,
+                      score_thr: float) -> List:
+        """Copies of a preprocessed batch's ``data_samples`` labelled with the teacher's
+        predictions on ``inputs`` that score at least ``score_thr`` (for
+        ``GFPDistillHook(pseudo_labels=...)``); the given samples stay as they are."""
+        raise CodebaseError(f'mmgfp makes no pseudo labels for {self.title or self.scope} '
+                            'models')
+
+    def check_pseudo_labels(self, model: nn.Module) -> None:
+        """Raise ValueError naming why ``model`` cannot train on :meth:`pseudo_labels`."""
+
     def register_rules(self) -> None:
         """Register tracer rules for the codebase's modules (called on ``import mmgfp``)."""
 

@@ -128,6 +128,34 @@ class MMDetection(Codebase):
         return [getattr(d.gt_instances.bboxes, 'tensor', d.gt_instances.bboxes)
                 for d in data_samples]
 
+    def pseudo_labels(self, teacher: nn.Module, inputs, data_samples,
+                      score_thr: float) -> List:
+        """The teacher's detections (its ``test_cfg``: NMS, top boxes) scoring at least
+        ``score_thr``, in the batch's input pixels (``rescale=False``), as ``gt_instances``
+        of copies of the samples; their ``ignored_instances`` are emptied."""
+        from mmengine.structures import InstanceData
+        if not data_samples:
+            raise CodebaseError('pseudo labels need the data samples of the unlabelled batch '
+                                '(their image metas), and the batch has none')
+        samples = [s.clone() for s in data_samples]
+        teacher.predict(inputs, samples, rescale=False)  # sets each copy's pred_instances
+        for sample in samples:
+            pred = sample.pred_instances
+            keep = pred.scores >= score_thr
+            boxes = getattr(pred.bboxes, 'tensor', pred.bboxes)
+            sample.gt_instances = InstanceData(bboxes=boxes[keep].detach(),
+                                               labels=pred.labels[keep].detach())
+            sample.ignored_instances = InstanceData(bboxes=boxes.new_zeros(0, 4),
+                                                    labels=pred.labels.new_zeros(0))
+            del sample.pred_instances
+        return samples
+
+    def check_pseudo_labels(self, model: nn.Module) -> None:
+        if _with_mask(model):
+            raise ValueError(f'GFPDistillHook(pseudo_labels=...) labels images with boxes, '
+                             f'but {type(model).__name__} also trains masks: leave '
+                             '`pseudo_labels` out for instance segmentation')
+
     def register_rules(self) -> None:
         _register_rules()
 

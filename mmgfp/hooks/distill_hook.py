@@ -118,13 +118,26 @@ class GFPDistillHook(Hook):
             Defaults to None.
         unlabeled_weight (float): Factor on every ``*_unlabeled`` term (after the entry's own
             ``weight``). Defaults to 1.0.
+        pseudo_labels (dict, optional): ``dict(score_thr=0.5, weight=1.0)``: the teacher's
+            detections also become labels of the images without labels (needs
+            ``unlabeled_dataloader``; detectors of MMDetection). On every iteration the teacher
+            teaches, it predicts on the unlabelled batch (its ``test_cfg``: NMS, top
+            detections), the boxes scoring at least ``score_thr`` become the images'
+            ``gt_instances`` (in the batch's input pixels), and the student's own loss on them
+            is added as ``<key>_pseudo`` (``loss_cls_pseudo``, ...) times ``weight``; the boxes
+            per image are logged as ``pseudo_boxes``. An image where the teacher scores nothing
+            that high trains as background. Like the ``*_unlabeled`` terms they train the
+            student but do not rank channels. Costs the teacher's full forward with
+            post-processing and a student loss forward and backward per iteration. Defaults
+            to None.
     """
     priority = 'BELOW_NORMAL'  # after FisherPruningHook traced the model on iteration 1
 
     def __init__(self, losses: Optional[Sequence[dict]] = None, teacher: Optional[str] = None,
                  save_teacher: bool = True, teacher_cfg=None, during: str = 'all',
                  fisher: str = 'all', task_weight: float = 1.0,
-                 unlabeled_dataloader: Optional[dict] = None, unlabeled_weight: float = 1.0):
+                 unlabeled_dataloader: Optional[dict] = None, unlabeled_weight: float = 1.0,
+                 pseudo_labels: Optional[dict] = None):
         self.losses = None if losses is None else [check_loss(dict(l)) for l in losses]
         keys = [loss_key(spec) for spec in self.losses or []]
         if len(set(keys)) < len(keys):
@@ -147,7 +160,8 @@ class GFPDistillHook(Hook):
         self.task_weight = float(task_weight)
         if unlabeled_dataloader is not None:
             unlabeled_loader_cfg(unlabeled_dataloader, dict(batch_size=1))  # its shape only
-            if self.losses is not None and all(s['type'] in NEEDS_BOXES for s in self.losses):
+            if self.losses is not None and pseudo_labels is None and \
+                    all(s['type'] in NEEDS_BOXES for s in self.losses):
                 raise ValueError(_NO_UNLABELED_LOSS)
         if isinstance(unlabeled_weight, bool) or not isinstance(unlabeled_weight, (int, float)) \
                 or not math.isfinite(unlabeled_weight) or unlabeled_weight < 0:
@@ -155,6 +169,9 @@ class GFPDistillHook(Hook):
                              f'{unlabeled_weight!r}')
         self.unlabeled_cfg = unlabeled_dataloader
         self.unlabeled_weight = float(unlabeled_weight)
+        self.pseudo = _check_pseudo(pseudo_labels, unlabeled_dataloader)
+        self._pseudo_codebase = None  # makes the labels from the teacher's predictions
+        self._task_loss = None  # the student's own loss, for the pseudo-labelled batch
         self._unlabeled: Optional[UnlabeledBatches] = None
         self._unlabeled_specs: List[dict] = []
         self._unlabeled_loaded = 0  # batches drawn by the run a checkpoint was saved from
@@ -207,7 +224,10 @@ class GFPDistillHook(Hook):
             runner.logger.info(
                 f'GFPDistillHook: and on {len(unlabeled.loader.dataset)} images without '
                 f'labels, one batch per iteration, weight {self.unlabeled_weight:g}: '
-                + ', '.join(f"{s['type']} on {s['module']}" for s in self._unlabeled_specs))
+                + ', '.join([f"{s['type']} on {s['module']}" for s in self._unlabeled_specs]
+                            + (["the teacher's detections scoring >= "
+                                f"{self.pseudo['score_thr']:g} as labels (weight "
+                                f"{self.pseudo['weight']:g})"] if self.pseudo else [])))
         prunes = prune_hook is not None and prune_hook.prune_enabled
         if self.during == 'pruning' and not prunes:
             runner.logger.warning("GFPDistillHook: during='pruning' but no FisherPruningHook "
@@ -267,8 +287,13 @@ class GFPDistillHook(Hook):
             self._codebase = _box_codebase(model)
         self._unlabeled = unlabeled
         self._unlabeled_specs = [s for s in self.losses if s['type'] not in NEEDS_BOXES]
-        if unlabeled is not None and not self._unlabeled_specs:
+        if unlabeled is not None and not self._unlabeled_specs and self.pseudo is None:
             raise ValueError(_NO_UNLABELED_LOSS)
+        if self.pseudo is not None:
+            if unlabeled is None:
+                raise ValueError('GFPDistillHook(pseudo_labels=...) labels the images of '
+                                 '`unlabeled_dataloader`, and none were given')
+            self._pseudo_codebase = _pseudo_codebase(model)
         self.teacher = self._build_teacher(model, teacher_model, model_cfg)
         for name in dict.fromkeys(spec['module'] for spec in self.losses):  # once per module
             self._handles.append(modules[name].register_forward_hook(
@@ -373,6 +398,7 @@ class GFPDistillHook(Hook):
 
     def _loss_of(self, model: nn.Module):
         orig = model.loss
+        self._task_loss = orig
 
         def loss(inputs, data_samples=None, *args, **kwargs):
             if not self.active:
@@ -405,22 +431,55 @@ class GFPDistillHook(Hook):
     def _unlabeled_terms(self, model: nn.Module, want: Dict[str, int]) -> Dict:
         """The ``*_unlabeled`` terms of one batch of images without labels: the student's
         and the teacher's tensor forwards to the distilled modules, the student's with grad
-        and masks but outside the Fisher statistics."""
+        and masks but outside the Fisher statistics; and with ``pseudo_labels`` the
+        ``*_pseudo`` terms of the same batch."""
         # training=False: no batch augments (mixup, YOLOX's random resize), which read or
         # change labels and, for the random resize, draw the next labelled batch's size
         data = model.data_preprocessor(next(self._unlabeled), False)
         inputs, samples = data['inputs'], data.get('data_samples')
+        terms = {}
+        want = {s['module']: want[s['module']] for s in self._unlabeled_specs}
+        if want:
+            student = self._side_pass(lambda: self._tap(model, inputs, samples, want,
+                                                        grad=True))
+            teacher = self._tap(self.teacher, inputs, samples, want)
+            terms = {loss_key(spec) + '_unlabeled': spec['weight'] * self.unlabeled_weight *
+                     self._term(spec, student[spec['module']], teacher[spec['module']])
+                     for spec in self._unlabeled_specs}
+        if self.pseudo is not None:
+            terms.update(self._pseudo_terms(inputs, samples))
+        return terms
+
+    def _side_pass(self, run):
+        """``run()``, a student forward on a batch other than the labelled one: with grad
+        and masks, but outside the Fisher statistics and the student's notes."""
         recorder = self._recorder()
         self._side = True
         try:
             with recorder.paused() if recorder is not None else nullcontext():
-                student = self._tap(model, inputs, samples, want, grad=True)
+                return run()
         finally:
             self._side = False
-        teacher = self._tap(self.teacher, inputs, samples, want)
-        return {loss_key(spec) + '_unlabeled': spec['weight'] * self.unlabeled_weight *
-                self._term(spec, student[spec['module']], teacher[spec['module']])
-                for spec in self._unlabeled_specs}
+
+    def _pseudo_terms(self, inputs, samples) -> Dict:
+        """The student's own losses on the unlabelled batch labelled with the teacher's
+        detections (``pseudo_labels``), as ``<key>_pseudo``, and ``pseudo_boxes``."""
+        with torch.no_grad():
+            labelled = self._pseudo_codebase.pseudo_labels(self.teacher, inputs, samples,
+                                                           self.pseudo['score_thr'])
+        losses = self._side_pass(lambda: self._task_loss(inputs, labelled))
+        weight = self.pseudo['weight']
+        out = {}
+        for key, value in losses.items():
+            if 'loss' not in key:  # accuracies: logged, not summed
+                out[key + '_pseudo'] = value
+            elif isinstance(value, torch.Tensor):
+                out[key + '_pseudo'] = value * weight
+            else:  # a list of tensors (one per level)
+                out[key + '_pseudo'] = [v * weight for v in value]
+        boxes = self._pseudo_codebase.gt_boxes(labelled)
+        out['pseudo_boxes'] = inputs.new_tensor(sum(len(b) for b in boxes) / max(len(boxes), 1))
+        return out
 
     def _tap(self, net: nn.Module, inputs, data_samples, want: Dict[str, int],
              grad: bool = False) -> Dict[str, list]:
@@ -547,6 +606,41 @@ def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:
         for p in modules[layer].parameters(recurse=False):
             producers[id(p)] = key
     return producer_group(feature, producers)
+
+
+def _check_pseudo(given: Optional[dict], unlabeled: Optional[dict]) -> Optional[dict]:
+    """``pseudo_labels`` with its defaults, checked (None: off)."""
+    if given is None:
+        return None
+    if not isinstance(given, dict) or set(given) - {'score_thr', 'weight'}:
+        raise ValueError(f'`pseudo_labels` is dict(score_thr=0.5, weight=1.0), got {given!r}')
+    out = dict(dict(score_thr=0.5, weight=1.0), **given)
+    for key, low in (('score_thr', 0.0), ('weight', 0.0)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                v < low or (key == 'score_thr' and not 0 < v <= 1):
+            raise ValueError(f'`pseudo_labels` needs 0 < score_thr <= 1 and weight >= 0, got '
+                             f'{key}={v!r}')
+        out[key] = float(v)
+    if unlabeled is None:
+        raise ValueError('`pseudo_labels` labels the images of `unlabeled_dataloader` with the '
+                         "teacher's detections: give `unlabeled_dataloader` too")
+    return out
+
+
+def _pseudo_codebase(model: nn.Module):
+    """The codebase that turns the teacher's predictions into labels (``pseudo_labels``)."""
+    from mmgfp.codebases import Codebase, codebase_of
+    cb = codebase_of(model, default='none')
+    if cb is None or type(cb).pseudo_labels is Codebase.pseudo_labels:
+        title = getattr(cb, 'title', None) or type(model).__name__
+        raise ValueError(f"GFPDistillHook(pseudo_labels=...) labels images with the teacher's "
+                         f'detections, which mmgfp does for MMDetection detectors, not '
+                         f'{title} models: leave `pseudo_labels` out and let `losses` teach '
+                         "on the images without labels (e.g. type='kl' on a classifier's "
+                         'head)')
+    cb.check_pseudo_labels(model)
+    return cb
 
 
 def _box_codebase(model: nn.Module):
