@@ -115,7 +115,26 @@ def test_the_unpruned_model_distils_with_the_same_options_but_ranks_nothing(tmp_
     assert 'gfp_acts_kd' in default
 
 
+def test_pseudo_labels_option_names_its_runs_and_reaches_the_hook(tmp_path):
+    """--kd-pseudo THR: the hook's pseudo_labels, a run folder of its own (the names of runs
+    stored before it unchanged), and the table's recipe says so."""
+    base = ['--train-images', '5', '--kd-unlabeled', 'rest']
+    args = accuracy.parse_args(base + ['--kd-pseudo', '0.5'])
+    args.unlabeled_dataloader = {'dataset': {}}  # accuracy.py fills it from the config
+    assert K.hook_args('gfp_acts_kd', args)['pseudo_labels'] == {'score_thr': 0.5}
+    assert K.run_name('gfp_acts_kd', 0.3, 0, args) != \
+        K.run_name('gfp_acts_kd', 0.3, 0, accuracy.parse_args(base))
+    assert K.recipe([dict(module='neck', type='cwd')], 'all', 'task', 1.0, 900,
+                    {'score_thr': 0.5, 'weight': 1.0}) == \
+        'cwd neck w1 tau1; all; Fisher: task loss; +900 unlabelled; pseudo labels >= 0.5'
+    assert 'kd_pseudo' in _sig(tmp_path, *base, '--kd-pseudo', '0.5')
+    assert 'kd_pseudo' not in _sig(tmp_path, *base)
+
+
 @pytest.mark.parametrize('argv, message', [
+    (['--kd-pseudo', '0.5'], 'give --kd-unlabeled too'),
+    (['--train-images', '5', '--kd-unlabeled', 'rest', '--kd-pseudo', '1.5'],
+     'a score threshold in (0, 1]'),
     (['--methods', 'unpruned', 'unpruned_kd', '--kd-during', 'pruning'],
      'unpruned_kd prunes nothing'),
     (['--kd-losses', '[{"module": '], 'not valid JSON'),

@@ -142,19 +142,26 @@ def _launch(args, work_dir, nproc=WORLD):
     else:
         cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), args[0]]
     cmd += ['--work-dir', str(work_dir)] + list(args[1:])
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable, PORT=str(_free_port()),
-               PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get('PYTHONPATH', '')]))
     log_path = osp.join(str(work_dir), 'launch.log')
-    with open(log_path, 'ab') as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
-    text = open(log_path, errors='replace').read()
+    for attempt in range(2):
+        # the port is free when drawn but only bound again once the ranks have started (seconds
+        # of imports later): another process may take it meanwhile, so such a launch runs again
+        env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
+                   PORT=str(_free_port()),
+                   PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get('PYTHONPATH', '')]))
+        start = osp.getsize(log_path) if osp.exists(log_path) else 0
+        with open(log_path, 'ab') as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = None
+        text = open(log_path, errors='replace').read()
+        if rc == 0 or nproc == 1 or 'address already in use' not in text[start:].lower():
+            break
     assert rc is not None, f'{cmd} hung for {TIMEOUT}s; log tail:\n{text[-3000:]}'
     return rc, text
 
