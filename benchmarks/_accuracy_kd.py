@@ -204,6 +204,12 @@ def check_hook(args, task, base) -> None:
         SystemExit: Naming the option and the hook's complaint.
     """
     from mmgfp.hooks.distill_hook import GFPDistillHook
+    if getattr(args, 'kd_pseudo', None) is not None and task.scope != 'mmdet' and \
+            any(is_kd(m) for m in args.methods):
+        raise SystemExit(f"error: --kd-pseudo labels images with the teacher's detections, "
+                         f'which mmgfp does for MMDetection detectors, not {task.scope} models: '
+                         'leave it out (the --kd-losses terms teach on the images without '
+                         'labels)')
     hooks = [hook_args(m, args) for m in args.methods if is_kd(m) and not is_sliced(m)][:1]
     if any(is_sliced(m) for m in args.methods):
         hook = sliced_hook(args, task, 'baseline.pth', base)

@@ -143,7 +143,7 @@ class MMDetection(Codebase):
             pred = sample.pred_instances
             keep = pred.scores >= score_thr
             boxes = getattr(pred.bboxes, 'tensor', pred.bboxes)
-            sample.gt_instances = InstanceData(bboxes=boxes[keep].detach(),
+            sample.gt_instances = InstanceData(bboxes=boxes[keep].detach().float(),
                                                labels=pred.labels[keep].detach())
             sample.ignored_instances = InstanceData(bboxes=boxes.new_zeros(0, 4),
                                                     labels=pred.labels.new_zeros(0))

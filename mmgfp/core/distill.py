@@ -134,9 +134,10 @@ def box_mse(student: Sequence[Tensors], teacher: Sequence[Tensors], tau: float =
     anchors assigned to an object; elsewhere the boxes are never used, and :func:`mse` would
     spend the student's capacity imitating them. Weighting by the teacher's score imitates the
     boxes where the teacher sees an object, labelled or not, so it also teaches on images
-    without labels, as pseudo boxes would, without a score threshold. The result is the
-    squared error of an anchor the teacher is sure of, independent of how many objects the
-    batch holds.
+    without labels, as pseudo boxes would, without a score threshold. It is a weighted mean
+    over all anchors: an anchor the teacher is sure of weighs about 1, a background anchor its
+    small score (about 0.01 for a trained RetinaNet), so the many background anchors still
+    count together, each a little.
 
     Args:
         student (Sequence): ``(class scores, box maps)`` of the student's head: each a tensor
@@ -150,6 +151,8 @@ def box_mse(student: Sequence[Tensors], teacher: Sequence[Tensors], tau: float =
         Tensor: A float32 scalar; zero where the boxes agree, or where the teacher sees
         nothing (connected to the graph).
     """
+    if box_dim < 1:
+        raise ValueError(f'box_mse needs box_dim >= 1, got {box_dim}')
     if len(student) != 2 or len(teacher) != 2:
         raise ValueError('box_mse needs (class scores, box maps) of the student and the '
                          f'teacher, got {len(student)} and {len(teacher)} elements')
@@ -163,22 +166,22 @@ def box_mse(student: Sequence[Tensors], teacher: Sequence[Tensors], tau: float =
     for (_, t_cls), (s_box, t_box) in zip(cls_pairs, box_pairs):
         n, c_box = s_box.shape[:2]
         spatial = s_box.shape[2:]
-        if c_box % box_dim or t_cls.shape[1] % (c_box // box_dim) or \
+        if c_box < box_dim or c_box % box_dim or t_cls.shape[1] % (c_box // box_dim) or \
                 t_cls.shape[0] != n or t_cls.shape[2:] != spatial:
             raise ValueError(
                 f'box_mse: class scores {tuple(t_cls.shape)} and box maps '
                 f'{tuple(s_box.shape)} do not share anchors of {box_dim} values: the module '
                 'must return (class scores, boxes) per level with the same anchors (as '
-                "RetinaNet's, FCOS's or ATSS's head)")
+                "RetinaNet's or ATSS's head)")
         anchors = c_box // box_dim
         with torch.no_grad():
             w = torch.sigmoid(t_cls.float().reshape(n, anchors, -1, *spatial)).amax(2)
         d = (s_box.float() - t_box.float()).reshape(n, anchors, box_dim, *spatial)
         err = err + (w * d.pow(2).sum(2)).sum()
         total = total + w.sum()
-    if float(total) <= 1e-12:  # the teacher sees nothing: zero, still connected
-        return err * 0
-    return err / total
+    # where the teacher sees nothing (every weight 0) the error is 0 too: 0, still connected;
+    # no sync with the device to find out
+    return err / total.clamp_min(1e-12)
 
 
 def _pairs(student: Tensors, teacher: Tensors):

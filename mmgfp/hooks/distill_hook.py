@@ -127,7 +127,9 @@ class GFPDistillHook(Hook):
             is added as ``<key>_pseudo`` (``loss_cls_pseudo``, ...) times ``weight``; the boxes
             per image are logged as ``pseudo_boxes``. An image where the teacher scores nothing
             that high trains as background. Like the ``*_unlabeled`` terms they train the
-            student but do not rank channels. Costs the teacher's full forward with
+            student but do not rank channels; ``task_weight`` does not scale them (they are
+            the teacher's answer, taught with the task's loss), so with ``task_weight=0`` the
+            student still trains on them. Costs the teacher's full forward with
             post-processing and a student loss forward and backward per iteration. Defaults
             to None.
     """
@@ -279,6 +281,14 @@ class GFPDistillHook(Hook):
                 raise ValueError(f"GFPDistillHook: the model has no module {spec['module']!r} "
                                  f'to distil; give `losses` naming one of its modules, e.g. '
                                  f'{[n for n, _ in model.named_children()]}')
+            if spec['type'] in ('mse', 'box_mse') and \
+                    getattr(modules[spec['module']], 'norm_on_bbox', False):
+                raise ValueError(
+                    f"GFPDistillHook: type={spec['type']!r} on {spec['module']!r}, whose boxes "
+                    'are scaled by the stride in eval mode only (norm_on_bbox=True, as FCOS): '
+                    'the teacher (eval) and the student (train) would be compared at other '
+                    "scales. Distil its class scores (type='sigmoid_kl', output=0) or its "
+                    "input features (type='cwd' on 'neck')")
         if self.fisher == 'task' and not callable(getattr(model, 'parse_losses', None)):
             raise ValueError(f"GFPDistillHook(fisher='task') sums the task losses with the "
                              f"model's parse_losses, which {type(model).__name__} lacks (not "

@@ -131,6 +131,14 @@ def test_pseudo_labels_option_names_its_runs_and_reaches_the_hook(tmp_path):
     assert 'kd_pseudo' not in _sig(tmp_path, *base)
 
 
+def test_pseudo_labels_on_a_classifier_stop_before_training():
+    from types import SimpleNamespace
+    args = accuracy.parse_args(['--train-images', '5', '--kd-unlabeled', 'rest',
+                                '--kd-pseudo', '0.5', '--methods', 'gfp_acts_kd'])
+    with pytest.raises(SystemExit, match='not mmpretrain models'):
+        K.check_hook(args, SimpleNamespace(scope='mmpretrain'), None)
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--kd-pseudo', '0.5'], 'give --kd-unlabeled too'),
     (['--train-images', '5', '--kd-unlabeled', 'rest', '--kd-pseudo', '1.5'],

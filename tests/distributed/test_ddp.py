@@ -143,7 +143,8 @@ def _launch(args, work_dir, nproc=WORLD):
         cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), args[0]]
     cmd += ['--work-dir', str(work_dir)] + list(args[1:])
     log_path = osp.join(str(work_dir), 'launch.log')
-    for attempt in range(2):
+    earlier = open(log_path, 'rb').read() if osp.exists(log_path) else b''  # other launches
+    for _ in range(2):
         # the port is free when drawn but only bound again once the ranks have started (seconds
         # of imports later): another process may take it meanwhile, so such a launch runs again
         env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
@@ -159,8 +160,11 @@ def _launch(args, work_dir, nproc=WORLD):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 rc = None
-        text = open(log_path, errors='replace').read()
-        if rc == 0 or nproc == 1 or 'address already in use' not in text[start:].lower():
+        attempt_log = open(log_path, 'rb').read()[start:]
+        # the log of earlier launches into this work dir and of this attempt, not of a
+        # failed one before it
+        text = (earlier + attempt_log).decode(errors='replace')
+        if rc == 0 or nproc == 1 or b'address already in use' not in attempt_log.lower():
             break
     assert rc is not None, f'{cmd} hung for {TIMEOUT}s; log tail:\n{text[-3000:]}'
     return rc, text

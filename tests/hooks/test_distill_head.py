@@ -124,3 +124,15 @@ def test_box_mse_reads_the_heads_scores_and_boxes(retinanet):
         _losses(model, data, [dict(module='neck', type='box_mse')])
     with pytest.raises(ValueError, match='leave `output` out'):
         GFPDistillHook(losses=[dict(module='bbox_head', type='box_mse', output=1)])
+
+
+def test_box_terms_refuse_a_head_whose_boxes_scale_in_eval_mode_only(retinanet):
+    """FCOS with norm_on_bbox=True multiplies its boxes by the stride in eval mode only: the
+    teacher's and the student's boxes are at other scales, so mse/box_mse stop with a clear
+    error instead of teaching the wrong boxes."""
+    model, data = retinanet
+    scaled = copy.deepcopy(model)
+    scaled.bbox_head.norm_on_bbox = True
+    for kind in ('box_mse', 'mse'):
+        with pytest.raises(ValueError, match='norm_on_bbox=True'):
+            _losses(scaled, data, [dict(module='bbox_head', type=kind)])
