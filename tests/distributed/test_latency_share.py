@@ -1,6 +1,5 @@
 """latency_table=dict(...) under 2 gloo ranks: only the main process profiles; every rank prunes
 with the table it made (and the file it wrote)."""
-import socket
 import traceback
 from datetime import timedelta
 
@@ -20,10 +19,10 @@ class _Runner:
     work_dir = '/nonexistent'
 
 
-def _rank(rank: int, port: int, result) -> None:
+def _rank(rank: int, init: str, result) -> None:
     from mmgfp.hooks import latency_source
     try:
-        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+        dist.init_process_group('gloo', init_method=init, rank=rank,
                                 world_size=2)
 
         def fake_profile(runner, model, groups, settings):
@@ -39,11 +38,11 @@ def _rank(rank: int, port: int, result) -> None:
         result[rank] = traceback.format_exc()
 
 
-def _rank_failing(rank: int, port: int, result) -> None:
+def _rank_failing(rank: int, init: str, result) -> None:
     from mmgfp.hooks import latency_source
     try:
         # a short timeout: without the fix rank 1 would wait for the table forever
-        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+        dist.init_process_group('gloo', init_method=init, rank=rank,
                                 world_size=2, timeout=timedelta(seconds=30))
 
         def failing_profile(runner, model, groups, settings):
@@ -60,16 +59,16 @@ def _rank_failing(rank: int, port: int, result) -> None:
         result[rank] = 'setup: ' + traceback.format_exc()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+def _store(tmp_path) -> str:
+    """A file rendezvous in the test's own folder: no port to draw, so none another process
+    can take between drawing it and the ranks binding it."""
+    return f"file://{tmp_path / 'rendezvous'}"
 
 
-def test_only_rank_0_profiles_and_every_rank_gets_its_table():
+def test_only_rank_0_profiles_and_every_rank_gets_its_table(tmp_path):
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank, args=(_store(tmp_path), result), nprocs=2, join=True)
         result = dict(result)
     for rank in (0, 1):
         assert not isinstance(result[rank], str), result[rank]
@@ -79,10 +78,10 @@ def test_only_rank_0_profiles_and_every_rank_gets_its_table():
         assert table['layers']['conv']['us'] == [[1.0, 2.0]]
 
 
-def test_a_failed_profile_stops_every_rank_with_its_reason():
+def test_a_failed_profile_stops_every_rank_with_its_reason(tmp_path):
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_rank_failing, args=(_free_port(), result), nprocs=2, join=True)
+        mp.spawn(_rank_failing, args=(_store(tmp_path), result), nprocs=2, join=True)
         result = dict(result)
     assert result[0] == 'ValueError: no such device: cuda:7'  # the main process: its own error
     assert result[1].startswith('RuntimeError: FisherPruningHook: the main process could not '
