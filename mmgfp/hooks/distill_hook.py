@@ -640,29 +640,34 @@ def _check_pseudo(given: Optional[dict], unlabeled: Optional[dict]) -> Optional[
 
 def _pseudo_codebase(model: nn.Module):
     """The codebase that turns the teacher's predictions into labels (``pseudo_labels``)."""
-    from mmgfp.codebases import Codebase, codebase_of
-    cb = codebase_of(model, default='none')
-    if cb is None or type(cb).pseudo_labels is Codebase.pseudo_labels:
-        title = getattr(cb, 'title', None) or type(model).__name__
-        raise ValueError(f"GFPDistillHook(pseudo_labels=...) labels images with the teacher's "
-                         f'detections, which mmgfp does for MMDetection detectors, not '
-                         f'{title} models: leave `pseudo_labels` out and let `losses` teach '
-                         "on the images without labels (e.g. type='kl' on a classifier's "
-                         'head)')
+    cb = _codebase_serving(
+        model, 'pseudo_labels',
+        "GFPDistillHook(pseudo_labels=...) labels images with the teacher's detections, which "
+        'mmgfp does for MMDetection detectors, not {title} models: leave `pseudo_labels` out '
+        "and let `losses` teach on the images without labels (e.g. type='kl' on a "
+        "classifier's head)")
     cb.check_pseudo_labels(model)
     return cb
 
 
 def _box_codebase(model: nn.Module):
     """The codebase that gives ``model``'s training batches' boxes, for ``fg_mse``."""
+    return _codebase_serving(
+        model, 'gt_boxes',
+        "GFPDistillHook: type='fg_mse' needs the batch's ground-truth boxes, which mmgfp "
+        "reads for MMDetection detectors, not {title} models: use type='kl' on a classifier's "
+        "head, or 'cwd' on a module that outputs feature maps")
+
+
+def _codebase_serving(model: nn.Module, method: str, refusal: str):
+    """The codebase of ``model`` whose class implements the :class:`Codebase` method
+    ``method``; else ValueError ``refusal`` with ``{title}`` the codebase's (or the model's)
+    name. A model of no codebase mmgfp serves is refused likewise."""
     from mmgfp.codebases import Codebase, codebase_of
     cb = codebase_of(model, default='none')  # None: a model of no codebase mmgfp serves
-    if cb is None or type(cb).gt_boxes is Codebase.gt_boxes:
+    if cb is None or getattr(type(cb), method) is getattr(Codebase, method):
         title = getattr(cb, 'title', None) or type(model).__name__
-        raise ValueError(f"GFPDistillHook: type='fg_mse' needs the batch's ground-truth boxes, "
-                         f'which mmgfp reads for MMDetection detectors, not {title} models: '
-                         "use type='kl' on a classifier's head, or 'cwd' on a module that "
-                         'outputs feature maps')
+        raise ValueError(refusal.format(title=title))
     return cb
 
 
