@@ -130,15 +130,20 @@ class MMDetection(Codebase):
 
     def pseudo_labels(self, teacher: nn.Module, inputs, data_samples,
                       score_thr: float) -> List:
-        """The teacher's detections (its ``test_cfg``: NMS, top boxes) scoring at least
-        ``score_thr``, in the batch's input pixels (``rescale=False``), as ``gt_instances``
-        of copies of the samples; their ``ignored_instances`` are emptied."""
+        """The teacher's detections (its ``test_cfg``: NMS, top boxes; in full precision under
+        AMP) scoring at least ``score_thr``, in the batch's input pixels (``rescale=False``),
+        as ``gt_instances`` of copies of the samples; their ``ignored_instances`` are
+        emptied."""
         from mmengine.structures import InstanceData
         if not data_samples:
             raise CodebaseError('pseudo labels need the data samples of the unlabelled batch '
                                 '(their image metas), and the batch has none')
         samples = [s.clone() for s in data_samples]
-        teacher.predict(inputs, samples, rescale=False)  # sets each copy's pred_instances
+        device = (inputs if torch.is_tensor(inputs) else inputs[0]).device.type
+        # in full precision under AMP as well: mmcv's NMS on the CPU takes float32 boxes only
+        # (bfloat16 fails there), and rounded scores would decide which boxes pass score_thr
+        with torch.autocast(device, enabled=False):
+            teacher.predict(inputs, samples, rescale=False)  # sets each copy's pred_instances
         for sample in samples:
             pred = sample.pred_instances
             keep = pred.scores >= score_thr

@@ -480,13 +480,8 @@ class GFPDistillHook(Hook):
         losses = self._side_pass(lambda: self._task_loss(inputs, labelled))
         weight = self.pseudo['weight']
         out = {}
-        for key, value in losses.items():
-            if 'loss' not in key:  # accuracies: logged, not summed
-                out[key + '_pseudo'] = value
-            elif isinstance(value, torch.Tensor):
-                out[key + '_pseudo'] = value * weight
-            else:  # a list of tensors (one per level)
-                out[key + '_pseudo'] = [v * weight for v in value]
+        for key, value in losses.items():  # accuracies: logged, not summed nor weighted
+            out[key + '_pseudo'] = _scaled(value, weight) if 'loss' in key else value
         boxes = self._pseudo_codebase.gt_boxes(labelled)
         out['pseudo_boxes'] = inputs.new_tensor(sum(len(b) for b in boxes) / max(len(boxes), 1))
         return out
@@ -598,12 +593,16 @@ def weigh_task(losses: Dict, weight: float) -> Dict:
         if shown in losses:
             raise ValueError(f'GFPDistillHook(task_weight): the model already logs {shown!r}, '
                              f'the name the unweighted {key!r} would take')
-        if isinstance(value, torch.Tensor):
-            out[key], out[shown] = value * weight, value.detach()
-        else:  # a list of tensors (one per level), as MMEngine's parse_losses accepts
-            out[key] = [v * weight for v in value]
-            out[shown] = [v.detach() for v in value]
+        out[key], out[shown] = _scaled(value, weight), _scaled(value, None)
     return out
+
+
+def _scaled(value, weight: Optional[float]):
+    """A loss entry (a tensor, or a list of tensors, one per level, as MMEngine's
+    parse_losses accepts) times ``weight``; with ``weight=None`` detached instead."""
+    if isinstance(value, torch.Tensor):
+        return value.detach() if weight is None else value * weight
+    return [v.detach() if weight is None else v * weight for v in value]
 
 
 def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:

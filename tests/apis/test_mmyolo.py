@@ -48,7 +48,8 @@ def test_bridge_only_where_asked():
     """`import mmgfp` leaves mmyolo alone; `mmgfp.yolo` imports it past its gate, logs the
     bridge and gives mmcv its version back."""
     proc = subprocess.run([sys.executable, '-c', BRIDGE], capture_output=True, text=True,
-                          cwd=REPO, env=dict(__import__('os').environ, PYTHONPATH=REPO))
+                          cwd=REPO, env=dict(__import__('os').environ, PYTHONPATH=REPO),
+                          timeout=600)  # an import; a hang fails here, not at CI's limit
     assert proc.returncode == 0, proc.stderr[-2000:]
     if 'GATE CLOSED' in proc.stdout:
         assert "bridged mmyolo's version gate" in proc.stdout + proc.stderr

@@ -14,6 +14,7 @@ RoI counts. The Faster R-CNN job loses rank 1 after a checkpoint taken between t
 steps and is resumed; it must end where one uninterrupted process on the same samples ends.
 """
 import os.path as osp
+import re
 import sys
 import threading
 
@@ -140,7 +141,31 @@ def setup(tmp_path_factory):
                                  single=True)
         _starting_point(paths['ddp'], start)
         out[name] = paths
+    out['retinanet']['ddp_pseudo'] = _with_pseudo_labels(out['retinanet']['ddp'], data_root)
     return out
+
+
+# GFPDistillHook with the training canvases as images without labels (no LoadAnnotations), the
+# teacher's detections as their labels. Scores of the untrained teacher are near RetinaNet's
+# prior (0.01): its test_cfg keeps every score and the threshold is below the prior, so the
+# unlabelled batches carry boxes and the pseudo box loss is not zero.
+PSEUDO = '''
+model.update(test_cfg=dict(score_thr=0.0, max_per_img=20))
+custom_hooks.append(dict(
+    type='GFPDistillHook', losses=[dict(module='neck', type='cwd')],
+    pseudo_labels=dict(score_thr=0.002, weight=1.0),
+    unlabeled_dataloader=dict(dataset=dict(
+        type='DigitsCocoDataset', data_root='{data_root}/', generate_cfg={gen},
+        ann_file='annotations/train.json', data_prefix=dict(img='train/'), test_mode=True,
+        pipeline=[dict(type='LoadImageFromFile'), dict(type='PackDetInputs')]))))
+'''
+
+
+def _with_pseudo_labels(config, data_root):
+    path = config[:-3] + '_pseudo.py'
+    with open(config) as f, open(path, 'w') as out:
+        out.write(f.read() + PSEUDO.format(data_root=data_root, gen=GEN))
+    return path
 
 
 def _compare(ddp_dir, single_dir, start, what):
@@ -185,6 +210,26 @@ def test_retinanet_ddp_matches_one_process(setup, single_runs, tmp_path):
     start = torch.load(paths['start'], weights_only=True)['state_dict']
     _compare(ddp, single_runs['retinanet'], start, 'RetinaNet')
     _compare_statistics(ddp, single_runs['retinanet'], 'RetinaNet')
+
+
+@pytest.mark.slow
+def test_retinanet_ddp_with_pseudo_labels_keeps_the_ranks_identical(setup, tmp_path):
+    """Each rank labels its own shard of the unlabelled images with the teacher's detections
+    and adds the student's loss on them: DDP averages those gradients like the others, so
+    both ranks keep bit-identical weights and the same masks."""
+    ddp = _ok([setup['retinanet']['ddp_pseudo']], tmp_path / 'ddp_pseudo')
+    r0, r1 = (_load(ddp, f'rank{r}_iter{MAX_ITERS}.pth') for r in range(WORLD))
+    log = open(tmp_path / 'ddp_pseudo' / 'launch.log', errors='replace').read()
+    for key in ('loss_cls_pseudo', 'loss_bbox_pseudo', 'pseudo_boxes'):
+        assert key in log, key
+    boxes = [float(v) for v in re.findall(r'pseudo_boxes: ([0-9.]+)', log)]
+    assert boxes and all(b > 0 for b in boxes), 'the teacher labelled the unlabelled images'
+    _assert_same_masks(r0['masks'], r1['masks'], 'pseudo labels: rank 0 vs rank 1')
+    assert r0['steps'] == MAX_ITERS // INTERVAL and _pruned(r0['masks']) >= PER_STEP
+    for k in r0['state_dict']:
+        assert torch.equal(r0['state_dict'][k], r1['state_dict'][k]), k
+    assert _load(ddp, f'iter_{MAX_ITERS}.pth')['mmgfp_distill'] == dict(
+        unlabeled_batches=MAX_ITERS)
 
 
 @pytest.mark.slow

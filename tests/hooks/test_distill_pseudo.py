@@ -11,7 +11,7 @@ import mmgfp  # noqa: F401
 from mmgfp.codebases import get_codebase
 from mmgfp.hooks import FisherPruningHook, GFPDistillHook
 from mmgfp.hooks.distill_hook import _pseudo_codebase
-from runner_utils import det_config, train_runner
+from runner_utils import assert_same_run, det_config, train_runner
 
 from test_distill_unlabeled import NO_VAL, _hook, _images, _prune
 
@@ -134,3 +134,49 @@ def test_pseudo_labels_train_the_student_but_do_not_rank_channels(tmp_path, det_
     a = dict(with_p.model.named_parameters())
     b = dict(without.model.named_parameters())
     assert any(not torch.allclose(a[k], b[k]) for k in a), 'the pseudo terms train'
+
+
+def test_pseudo_labels_under_autocast_are_float_boxes_and_finite_terms(retinanet):
+    """AMP (bfloat16 autocast on CPU here): the teacher's detections become float32 boxes,
+    as mmdet's assigners and box coders expect of gt_instances, and the student's terms on
+    them are finite, in the dtype of its own task loss."""
+    model, raw = retinanet
+    student = copy.deepcopy(model)
+    hook = GFPDistillHook(losses=[dict(module='neck', type='cwd')], unlabeled_dataloader=LOADER,
+                          pseudo_labels=dict(score_thr=0.5))
+    hook.attach(student, unlabeled=iter([copy.deepcopy(raw)]))
+    side = student.data_preprocessor(copy.deepcopy(raw), False)
+    labelled = student.data_preprocessor(copy.deepcopy(raw), True)
+    hook.active = True
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.no_grad():
+            samples = get_codebase('mmdet').pseudo_labels(hook.teacher, side['inputs'],
+                                                          side['data_samples'], 0.5)
+        out = student.loss(labelled['inputs'], labelled['data_samples'])
+    hook.detach(student)
+    assert sum(len(s.gt_instances) for s in samples) > 0
+    assert all(s.gt_instances.bboxes.dtype == torch.float32 for s in samples)
+    for key in ('loss_cls', 'loss_bbox'):
+        got, own = out[key + '_pseudo'], out[key]
+        got, own = (got, own) if isinstance(got, list) else ([got], [own])
+        assert all(g.dtype == o.dtype and bool(torch.isfinite(g)) for g, o in zip(got, own)), key
+    assert float(out['pseudo_boxes']) > 0
+
+
+def test_resume_with_pseudo_labels_equals_an_uninterrupted_run(tmp_path, det_data):
+    """The teacher (stored in the checkpoint) labels the same unlabelled batches after a
+    resume: the resumed run ends where the uninterrupted one did."""
+    config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
+                        ckpt_interval=3)
+    hooks = [_prune(target=0.8), dict(
+        type='GFPDistillHook', unlabeled_dataloader=_images(det_data),
+        pseudo_labels=dict(score_thr=0.01, weight=2.0))]
+    full = train_runner(config, tmp_path / 'full', **dict(NO_VAL, custom_hooks=hooks))
+    train_runner(config, tmp_path / 'part', **dict(NO_VAL, custom_hooks=hooks,
+                                                     **{'train_cfg.max_iters': 3}))
+    resumed = train_runner(config, tmp_path / 'part', **dict(NO_VAL, custom_hooks=hooks,
+                                                               resume=True))
+    assert resumed.iter == 6 and _hook(resumed, GFPDistillHook)._unlabeled.drawn == 6
+    for run in (full, resumed):
+        assert 'train/loss_cls_pseudo' in run.message_hub.log_scalars
+    assert_same_run(full, resumed)
