@@ -260,7 +260,9 @@ class CpuShare:
         busy, wall = _busy_seconds(self.cpus), time.perf_counter() - self._t0
         if busy is not None and self._busy0 is not None and wall > 0:
             own = time.process_time() - self._own0
-            others = max(0.0, (busy - self._busy0 - own) / wall)
+            # /proc/stat counts in clock ticks (10 ms): over a short block the busy time of
+            # the others can come out a little below 0 or above the CPUs there are
+            others = min(float(len(self.cpus)), max(0.0, (busy - self._busy0 - own) / wall))
             self.result = {'other_cpus': round(others, 2), 'cpus': len(self.cpus),
                            'threads': self.threads, 'seconds': round(wall, 1),
                            'allocator': self.allocator}
