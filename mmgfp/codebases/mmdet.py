@@ -1,5 +1,6 @@
 """MMDetection: demo batches, tracer rules for modules built on ops the tracer cannot see, and
 MMDeploy's ObjectDetection task (deploy config, and the comparison of detections)."""
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -142,7 +143,7 @@ class MMDetection(Codebase):
         device = (inputs if torch.is_tensor(inputs) else inputs[0]).device.type
         # in full precision under AMP as well: mmcv's NMS on the CPU takes float32 boxes only
         # (bfloat16 fails there), and rounded scores would decide which boxes pass score_thr
-        with torch.autocast(device, enabled=False):
+        with _full_precision(device):
             teacher.predict(inputs, samples, rescale=False)  # sets each copy's pred_instances
         for sample in samples:
             pred = sample.pred_instances
@@ -383,3 +384,12 @@ def check_detections(model_cfg, ref_sample, got_sample) -> Dict:
         lines.append('no detection above the threshold on this image, nothing to compare: use '
                      'an image on which the model detects something')
     return dict(res, lines=lines)
+
+
+def _full_precision(device: str):
+    """AMP's autocast switched off on ``device`` (a no-op context where this torch has no
+    autocast for that device type, so nothing can be in low precision there either)."""
+    try:
+        return torch.autocast(device, enabled=False)
+    except (RuntimeError, ValueError):
+        return contextlib.nullcontext()
