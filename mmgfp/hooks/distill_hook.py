@@ -481,7 +481,7 @@ class GFPDistillHook(Hook):
         weight = self.pseudo['weight']
         out = {}
         for key, value in losses.items():  # accuracies: logged, not summed nor weighted
-            out[key + '_pseudo'] = _scaled(value, weight) if 'loss' in key else value
+            out[key + '_pseudo'] = _each(value, lambda v: v * weight) if 'loss' in key else value
         boxes = self._pseudo_codebase.gt_boxes(labelled)
         out['pseudo_boxes'] = inputs.new_tensor(sum(len(b) for b in boxes) / max(len(boxes), 1))
         return out
@@ -593,16 +593,14 @@ def weigh_task(losses: Dict, weight: float) -> Dict:
         if shown in losses:
             raise ValueError(f'GFPDistillHook(task_weight): the model already logs {shown!r}, '
                              f'the name the unweighted {key!r} would take')
-        out[key], out[shown] = _scaled(value, weight), _scaled(value, None)
+        out[key], out[shown] = _each(value, lambda v: v * weight), _each(value, torch.detach)
     return out
 
 
-def _scaled(value, weight: Optional[float]):
-    """A loss entry (a tensor, or a list of tensors, one per level, as MMEngine's
-    parse_losses accepts) times ``weight``; with ``weight=None`` detached instead."""
-    if isinstance(value, torch.Tensor):
-        return value.detach() if weight is None else value * weight
-    return [v.detach() if weight is None else v * weight for v in value]
+def _each(value, fn):
+    """``fn`` applied to a loss entry: a tensor, or each of a list of tensors (one per level,
+    as MMEngine's parse_losses accepts)."""
+    return fn(value) if isinstance(value, torch.Tensor) else [fn(v) for v in value]
 
 
 def _group_of(feature: torch.Tensor, groups, model: nn.Module) -> Optional[str]:

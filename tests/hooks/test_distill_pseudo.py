@@ -136,7 +136,7 @@ def test_pseudo_labels_train_the_student_but_do_not_rank_channels(tmp_path, det_
     assert any(not torch.allclose(a[k], b[k]) for k in a), 'the pseudo terms train'
 
 
-def test_pseudo_labels_under_autocast_are_float_boxes_and_finite_terms(retinanet):
+def test_pseudo_labels_under_autocast_predict_in_full_precision_with_finite_terms(retinanet):
     """AMP (bfloat16 autocast on CPU here): the teacher predicts in full precision (under
     bfloat16 its predict raised in mmcv's CPU NMS, which takes float32 only), its detections
     label the images, and the student's terms on them are finite, in the dtype of its own
