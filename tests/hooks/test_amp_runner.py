@@ -40,35 +40,41 @@ def _scale(runner):
     return float(runner.optim_wrapper.loss_scaler.get_scale())
 
 
-@pytest.mark.parametrize('distill', [None, 'all', 'task'])
+@pytest.mark.parametrize('distill,accumulate', [(None, 1), ('all', 1), ('task', 1), (None, 2)])
 def test_fisher_is_that_of_the_unscaled_loss_while_the_scale_grows(tmp_path, cls_data,
-                                                                   amp_on_cpu, distill):
+                                                                   amp_on_cpu, distill,
+                                                                   accumulate):
     """The gradients of a scaled loss are the unscaled ones times the scale of *that*
     iteration's backward: the Fisher information accumulated while the scale doubles on every
     step equals that of a run at scale 1 (multiplying by a power of two is exact), with the
-    pruning hook alone and with the teacher's term in the ranking or out of it."""
+    pruning hook alone, with the teacher's term in the ranking or out of it, and with
+    gradient accumulation (the scale changes after every second iteration's step only)."""
     config = cls_config(tmp_path, cls_data, max_iters=4, ckpt_interval=100)
     hooks = [_prune(interval=100)]  # accumulate only
     if distill:
         hooks.append(dict(type='GFPDistillHook', fisher=distill,
                           losses=[dict(module='head', type='kl', tau=4.0, weight=10.0)]))
+    extra = {'optim_wrapper.accumulative_counts': accumulate}
     growing = train_runner(config, tmp_path / 'g', **dict(NO_VAL, custom_hooks=hooks,
-                                                          **_amp(GROWING)))
+                                                          **_amp(GROWING, **extra)))
     plain = train_runner(config, tmp_path / 'p', **dict(NO_VAL, custom_hooks=hooks,
-                                                        **_amp(1.0)))
-    assert _scale(growing) == 2.0 ** 14 and _scale(plain) == 1.0  # the scaler ran
+                                                        **_amp(1.0, **extra)))
+    steps = 4 // accumulate
+    assert _scale(growing) == 2.0 ** (10 + steps) and _scale(plain) == 1.0  # the scaler ran
     assert _hook(growing, FisherPruningHook).pruner.recorder.iters == 4
     a, b = _fisher(growing), _fisher(plain)
     assert a.keys() == b.keys() and any(bool(v.any()) for v in b.values())
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=0, msg=k)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=0,
+                                   msg=lambda m, k=k: f'{k}: {m}')
 
 
 def test_retinanet_prunes_and_distils_with_pseudo_labels_under_amp(tmp_path, det_data,
                                                                    amp_on_cpu):
-    """A detector through pruning steps under AMP, the teacher teaching on the neck and
-    labelling images without labels (it predicts in full precision: mmcv's CPU NMS takes
-    float32 only): channels go, every logged term is finite, the pseudo boxes are there."""
+    """A detector through pruning steps under AMP (a smoke test: the dynamic scale does not
+    change in 6 iterations), the teacher's CWD on the neck and its detections as labels of
+    images without labels (it predicts in full precision: mmcv's CPU NMS takes float32 only):
+    channels go, every logged term is finite, the pseudo boxes are there."""
     config = det_config(tmp_path, det_data, max_iters=6, interval=2, target=0.8, per_step=8,
                         ckpt_interval=100)
     hooks = [_prune(target=0.8), dict(
