@@ -178,7 +178,6 @@ class GFPDistillHook(Hook):
         self._unlabeled_specs: List[dict] = []
         self._unlabeled_loaded = 0  # batches drawn by the run a checkpoint was saved from
         self._side = False  # a side pass (unlabelled batch) runs: the student's notes pause
-        self._grad_scale = 1.0  # AMP's loss scale of the current iteration (fisher='task')
         self._optim_wrapper = None  # the Runner's, for its loss scaling (fisher='task')
         self._teaching: Optional[bool] = None  # the phase of the last iteration
         self.save_teacher = save_teacher
@@ -366,8 +365,6 @@ class GFPDistillHook(Hook):
         # after the pruning hook's tracing forward of iteration 1 and its restored state
         self.active = self.teaching()
         if self.active and self.fisher == 'task':
-            from .fisher_pruning_hook import _grad_scale
-            self._grad_scale = _grad_scale(runner)  # AMP's, for this iteration's backward
             self._optim_wrapper = runner.optim_wrapper
         if self.active != self._teaching and self.during != 'all':
             runner.logger.info(
@@ -393,7 +390,8 @@ class GFPDistillHook(Hook):
         scale_loss = getattr(self._optim_wrapper, 'scale_loss', None)
         if callable(scale_loss):  # gradient accumulation divides the loss
             task = scale_loss(task)
-        recorder.record_from(task * self._grad_scale,
+        # scaled as the backward will be: the recorder divides the pruning hook's scale out
+        recorder.record_from(task * self._prune_hook.loss_scale,
                              [p for p in model.parameters() if p.requires_grad])
 
     def _finished(self) -> bool:

@@ -107,7 +107,7 @@ class FisherPruningHook(Hook):
         self.finished = not prune
         self.saved: list = []
         self.steps = 0
-        self._scale = 1.0  # AMP's loss scale of the current iteration's backward
+        self.loss_scale = 1.0  # AMP's loss scale of the current iteration's backward
         self._loaded: Optional[Dict] = None
         self._loaded_resume = False
 
@@ -249,13 +249,13 @@ class FisherPruningHook(Hook):
             self.pruner.recorder.begin_iter(_batch_size(data_batch))
             # the scale this iteration's backward uses: AMP's scaler updates it after the step
             # (doubles it after `growth_interval` finite steps), before after_train_iter
-            self._scale = _grad_scale(runner)
+            self.loss_scale = _grad_scale(runner)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.finished or self.pruner is None:
             return
         world = get_world_size()
-        ok = self.pruner.recorder.end_iter(self._scale * world,
+        ok = self.pruner.recorder.end_iter(self.loss_scale * world,
                                            reduce=_sum_over_ranks if world > 1 else None)
         if not ok:
             runner.logger.warning(

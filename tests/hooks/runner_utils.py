@@ -135,6 +135,11 @@ def hook_masks(runner):
     return {k: v.clone() for k, v in pruning_hook(runner).pruner.masker.keep.items()}
 
 
+def hook_fisher(runner):
+    """A copy of the Fisher information the pruning hook's recorder holds."""
+    return {k: v.clone() for k, v in pruning_hook(runner).pruner.recorder.fisher.items()}
+
+
 def assert_same_run(full, resumed):
     """A resumed run ended where the uninterrupted ``full`` run ended: the same masks, and the
     same floating-point weights and buffers up to float rounding."""

@@ -7,7 +7,7 @@ from mmengine.config import Config
 import mmgfp  # noqa: F401
 from mmgfp.hooks import FisherPruningHook, GFPDistillHook
 from mmgfp.hooks.distill_hook import TEACHER_KEY
-from runner_utils import assert_same_run, cls_config, det_config, train_runner
+from runner_utils import assert_same_run, cls_config, det_config, hook_fisher, train_runner
 
 NO_VAL = dict(val_dataloader=None, val_cfg=None, val_evaluator=None)
 
@@ -102,24 +102,19 @@ def test_resume_matches_uninterrupted(tmp_path, det_data, fisher):
     assert_same_run(full, resumed)
 
 
-def _fisher(runner):
-    rec = _hook(runner, FisherPruningHook).pruner.recorder
-    return {k: v.clone() for k, v in rec.fisher.items()}
-
-
 def test_distillation_term_enters_the_fisher_information(tmp_path, cls_data):
     """Weight 0: the statistics of a run without the hook, bit for bit (the teacher adds no
     Fisher terms of its own); weight > 0: the distillation gradient changes them."""
     config = cls_config(tmp_path, cls_data, max_iters=2, ckpt_interval=100)
     prune = _prune(interval=100)  # accumulate only
     kl = dict(module='head', type='kl', tau=4.0)
-    plain = _fisher(_train(config, tmp_path / 'a', [prune]))
+    plain = hook_fisher(_train(config, tmp_path / 'a', [prune]))
     zero = _train(config, tmp_path / 'b', [prune, dict(type='GFPDistillHook',
                                                         losses=[dict(kl, weight=0.0)])])
     assert 'train/loss_distill_kl_head' in zero.message_hub.log_scalars
-    weighted = _fisher(_train(config, tmp_path / 'c', [prune, dict(
+    weighted = hook_fisher(_train(config, tmp_path / 'c', [prune, dict(
         type='GFPDistillHook', losses=[dict(kl, weight=10.0)])]))
-    zero = _fisher(zero)
+    zero = hook_fisher(zero)
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert any(not torch.allclose(plain[k], weighted[k], rtol=1e-3) for k in plain)
     # fisher='task': the channels are ranked as without the teacher (the first iteration's
@@ -127,9 +122,9 @@ def test_distillation_term_enters_the_fisher_information(tmp_path, cls_data):
     # (no pruning step here, so the masks cannot differ)
     task_hook = dict(type='GFPDistillHook', losses=[dict(kl, weight=10.0)], fisher='task')
     one = cls_config(tmp_path, cls_data, name='one', max_iters=1, ckpt_interval=100)
-    plain1 = _fisher(_train(one, tmp_path / 'd', [prune]))
-    task1 = _fisher(_train(one, tmp_path / 'e', [prune, task_hook]))
-    all1 = _fisher(_train(one, tmp_path / 'e2', [prune, dict(task_hook, fisher='all')]))
+    plain1 = hook_fisher(_train(one, tmp_path / 'd', [prune]))
+    task1 = hook_fisher(_train(one, tmp_path / 'e', [prune, task_hook]))
+    all1 = hook_fisher(_train(one, tmp_path / 'e2', [prune, dict(task_hook, fisher='all')]))
     for k in plain1:
         torch.testing.assert_close(task1[k], plain1[k], rtol=1e-5, atol=1e-12)
     assert any(not torch.allclose(all1[k], plain1[k], rtol=1e-3) for k in plain1)

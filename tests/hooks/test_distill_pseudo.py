@@ -156,6 +156,7 @@ def test_pseudo_labels_under_autocast_predict_in_full_precision_with_finite_term
         out = student.loss(labelled['inputs'], labelled['data_samples'])
     hook.detach(student)
     assert sum(len(s.gt_instances) for s in samples) > 0
+    assert all(s.gt_instances.bboxes.dtype == torch.float32 for s in samples)
     for key in ('loss_cls', 'loss_bbox'):
         got, own = out[key + '_pseudo'], out[key]
         got, own = (got, own) if isinstance(got, list) else ([got], [own])
